@@ -1,0 +1,1 @@
+//! Carrack's image store: registry pulls, content store, layer unpacking, overlay snapshots.

@@ -1,0 +1,1 @@
+//! Pod networking for Carrack: CNI plugins and the built-in bridge network.

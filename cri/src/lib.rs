@@ -1,0 +1,1 @@
+//! carrackd: the CRI daemon.

@@ -1,0 +1,5 @@
+//! The `carrackd` binary.
+fn main() {
+    eprintln!("carrackd: not built yet");
+    std::process::exit(1);
+}

@@ -1,0 +1,1 @@
+//! carrack-runtime: builds a container from an OCI bundle.

@@ -1,0 +1,1 @@
+//! carrack-shim: the per-container shim.
