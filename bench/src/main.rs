@@ -1,0 +1,395 @@
+//! `cri-bench`: times the pod lifecycle through the CRI API on one or more
+//! endpoints, interleaved, and reports medians and p90 per phase; and measures
+//! a daemon's RSS with N pods running plus the memory of its per-container
+//! shims.
+//!
+//! It talks gRPC directly (no crictl processes), so its times are the runtime's
+//! own. `bench/pod-lifecycle.sh` starts the daemons and a registry around it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use carrack_proto::cri::{
+    self, ContainerConfig, ContainerMetadata, ContainerState, CreateContainerRequest, ImageSpec,
+    LinuxContainerConfig, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata,
+    PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
+};
+use clap::Parser;
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Parser)]
+#[command(about = "Pod lifecycle and memory benchmark over the CRI API")]
+struct Args {
+    /// CRI endpoints as NAME=unix:///path.sock (repeat; runs are interleaved).
+    #[arg(long = "endpoint", required = true)]
+    endpoints: Vec<String>,
+    /// Image for the containers; pulled once per endpoint before timing.
+    #[arg(long)]
+    image: String,
+    /// Lifecycles per endpoint.
+    #[arg(long, default_value_t = 30)]
+    iterations: usize,
+    /// Pods kept running for the memory measurement (0: skip it).
+    #[arg(long, default_value_t = 20)]
+    pods: usize,
+    /// PID of each daemon, NAME=PID, for its RSS.
+    #[arg(long = "daemon-pid")]
+    daemon_pids: Vec<String>,
+    /// Process name of each endpoint's shims, NAME=comm (e.g. carrack-shim).
+    #[arg(long = "shim-name")]
+    shim_names: Vec<String>,
+    /// Directory for the containers' logs.
+    #[arg(long, default_value = "/tmp/cri-bench-logs")]
+    log_dir: PathBuf,
+}
+
+struct Target {
+    name: String,
+    runtime: RuntimeServiceClient<Channel>,
+    phases: BTreeMap<&'static str, Vec<Duration>>,
+}
+
+async fn connect(uri: &str) -> Result<Channel> {
+    let path = uri
+        .strip_prefix("unix://")
+        .with_context(|| format!("endpoint '{uri}' must be unix:///path"))?
+        .to_owned();
+    let channel = Endpoint::try_from("http://[::]:0")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .with_context(|| format!("connecting to {uri}"))?;
+    Ok(channel)
+}
+
+fn named(list: &[String], name: &str) -> Option<String> {
+    list.iter().find_map(|s| {
+        s.split_once('=')
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_owned())
+    })
+}
+
+fn pod_config(tag: &str, log_dir: &std::path::Path) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: format!("bench-{tag}"),
+            uid: format!("uid-bench-{tag}"),
+            namespace: "bench".into(),
+            attempt: 0,
+        }),
+        hostname: format!("bench-{tag}"),
+        log_directory: log_dir.join(tag).display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: format!("/cri-bench/pod-{tag}"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(image: &str) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: "sleeper".into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: vec!["/bin/sleep".into(), "3600".into()],
+        log_path: "sleeper.log".into(),
+        linux: Some(LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+/// A running pod: its sandbox and container ids, and the configs to stop it.
+struct Pod {
+    sandbox: String,
+    container: String,
+}
+
+impl Target {
+    fn record(&mut self, phase: &'static str, since: Instant) {
+        self.phases.entry(phase).or_default().push(since.elapsed());
+    }
+
+    async fn start_pod(
+        &mut self,
+        tag: &str,
+        image: &str,
+        log_dir: &std::path::Path,
+    ) -> Result<Pod> {
+        let config = pod_config(tag, log_dir);
+        std::fs::create_dir_all(&config.log_directory)?;
+        let t = Instant::now();
+        let sandbox = self
+            .runtime
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .context("RunPodSandbox")?
+            .into_inner()
+            .pod_sandbox_id;
+        self.record("1 run pod", t);
+        let t = Instant::now();
+        let container = self
+            .runtime
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: sandbox.clone(),
+                config: Some(container_config(image)),
+                sandbox_config: Some(config),
+            })
+            .await
+            .context("CreateContainer")?
+            .into_inner()
+            .container_id;
+        self.record("2 create container", t);
+        let t = Instant::now();
+        self.runtime
+            .start_container(StartContainerRequest {
+                container_id: container.clone(),
+            })
+            .await
+            .context("StartContainer")?;
+        let status = self
+            .runtime
+            .container_status(cri::ContainerStatusRequest {
+                container_id: container.clone(),
+                verbose: false,
+            })
+            .await?
+            .into_inner()
+            .status
+            .context("ContainerStatus without status")?;
+        if status.state != ContainerState::ContainerRunning as i32 {
+            bail!(
+                "{}: container {container} not running after start: {status:?}",
+                self.name
+            );
+        }
+        self.record("3 start container", t);
+        Ok(Pod { sandbox, container })
+    }
+
+    async fn stop_pod(&mut self, pod: Pod) -> Result<()> {
+        let t = Instant::now();
+        self.runtime
+            .stop_container(StopContainerRequest {
+                container_id: pod.container.clone(),
+                timeout: 0,
+            })
+            .await
+            .context("StopContainer")?;
+        self.runtime
+            .remove_container(RemoveContainerRequest {
+                container_id: pod.container,
+            })
+            .await
+            .context("RemoveContainer")?;
+        self.record("4 stop+remove container", t);
+        let t = Instant::now();
+        self.runtime
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.sandbox.clone(),
+            })
+            .await
+            .context("StopPodSandbox")?;
+        self.runtime
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod.sandbox,
+            })
+            .await
+            .context("RemovePodSandbox")?;
+        self.record("5 stop+remove pod", t);
+        Ok(())
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// VmRSS of a process in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    field_kib(&status, "VmRSS:")
+}
+
+/// Pss of a process in KiB (smaps_rollup).
+fn pss_kib(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    field_kib(&rollup, "Pss:")
+}
+
+fn field_kib(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// PIDs of the processes whose comm is `comm`.
+fn pids_named(comm: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut targets = Vec::new();
+    for spec in &args.endpoints {
+        let (name, uri) = spec
+            .split_once('=')
+            .with_context(|| format!("--endpoint '{spec}' must be NAME=unix:///path"))?;
+        let channel = connect(uri).await?;
+        let mut images = ImageServiceClient::new(channel.clone());
+        images
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: args.image.clone(),
+                    ..Default::default()
+                }),
+                auth: None,
+                sandbox_config: None,
+            })
+            .await
+            .with_context(|| format!("{name}: pulling {}", args.image))?;
+        targets.push(Target {
+            name: name.to_owned(),
+            runtime: RuntimeServiceClient::new(channel),
+            phases: BTreeMap::new(),
+        });
+    }
+
+    // Warm-up: one lifecycle each, not recorded.
+    for t in &mut targets {
+        let pod = t.start_pod("warmup", &args.image, &args.log_dir).await?;
+        t.stop_pod(pod).await?;
+        t.phases.clear();
+    }
+    for i in 0..args.iterations {
+        for t in &mut targets {
+            let pod = t
+                .start_pod(&format!("lc{i}"), &args.image, &args.log_dir)
+                .await?;
+            t.stop_pod(pod).await?;
+        }
+    }
+
+    println!(
+        "pod lifecycle, {} iterations each, interleaved (ms)",
+        args.iterations
+    );
+    println!(
+        "{:<26}{}",
+        "phase",
+        targets
+            .iter()
+            .map(|t| format!("{:>22}", t.name))
+            .collect::<String>()
+    );
+    let phases: Vec<&'static str> = targets[0].phases.keys().copied().collect();
+    let mut medians: BTreeMap<(&str, String), f64> = BTreeMap::new();
+    for phase in &phases {
+        let mut line = format!("{phase:<26}");
+        for t in &targets {
+            let mut v = t.phases[phase].clone();
+            v.sort();
+            let (p50, p90) = (percentile(&v, 0.5), percentile(&v, 0.9));
+            medians.insert((phase, t.name.clone()), ms(p50));
+            line += &format!("{:>22}", format!("p50 {:.1} p90 {:.1}", ms(p50), ms(p90)));
+        }
+        println!("{line}");
+    }
+    let start_sum = |name: &str| -> f64 {
+        ["1 run pod", "2 create container", "3 start container"]
+            .iter()
+            .filter_map(|p| medians.get(&(*p, name.to_owned())))
+            .sum()
+    };
+    for t in &targets {
+        println!(
+            "{}: pod start to Running (sum of medians) {:.1} ms",
+            t.name,
+            start_sum(&t.name)
+        );
+    }
+    if targets.len() >= 2 {
+        let base = &targets[1].name;
+        for t in &targets {
+            println!(
+                "ratio {} / {}: start {:.2}",
+                t.name,
+                base,
+                start_sum(&t.name) / start_sum(base)
+            );
+        }
+    }
+
+    if args.pods > 0 {
+        println!("memory with {} pods running", args.pods);
+        for t in &mut targets {
+            let daemon = named(&args.daemon_pids, &t.name).and_then(|p| p.parse::<u32>().ok());
+            let idle = daemon.and_then(rss_kib);
+            let mut pods = Vec::new();
+            for i in 0..args.pods {
+                pods.push(
+                    t.start_pod(&format!("mem{i}"), &args.image, &args.log_dir)
+                        .await?,
+                );
+            }
+            let busy = daemon.and_then(rss_kib);
+            let shims = named(&args.shim_names, &t.name)
+                .map(|c| pids_named(&c))
+                .unwrap_or_default();
+            let (rss, pss): (u64, u64) = shims
+                .iter()
+                .map(|&p| (rss_kib(p).unwrap_or(0), pss_kib(p).unwrap_or(0)))
+                .fold((0, 0), |(a, b), (r, p)| (a + r, b + p));
+            let n = shims.len().max(1) as f64;
+            println!(
+                "{}: daemon RSS idle {:?} KiB, with pods {:?} KiB; {} shims, mean RSS {:.0} KiB, mean PSS {:.0} KiB",
+                t.name,
+                idle,
+                busy,
+                shims.len(),
+                rss as f64 / n,
+                pss as f64 / n
+            );
+            for pod in pods {
+                t.stop_pod(pod).await?;
+            }
+        }
+    }
+    Ok(())
+}
