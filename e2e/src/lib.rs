@@ -1,8 +1,10 @@
 //! Test support shared by the integration tests of every crate and by `e2e/`.
 //!
-//! Kept free of heavy dependencies (std only) so that a crate can take it as a
-//! dev-dependency without compiling the gRPC stack. What needs more (a CRI
-//! client, a registry) lives in modules behind their own small dependencies.
+//! Kept free of heavy dependencies so that a crate can take it as a
+//! dev-dependency without compiling the gRPC stack: the registry and image
+//! builder modules need only tar, flate2, zstd, sha2, serde_json and bcrypt.
 
+pub mod image_builder;
 pub mod prerequisite;
+pub mod registry;
 pub mod rootfs;

@@ -522,12 +522,14 @@ impl ImageStore {
                 async move {
                     let path = blob.await?;
                     let tmp = this.inner.snapshots.tmp()?;
-                    let dest = tmp.path.clone();
                     let digest = l.digest.clone();
-                    let unpacked = tokio::task::spawn_blocking(move || {
+                    // The temp snapshot moves into the blocking task, so it is
+                    // removed only after the unpack stopped writing into it.
+                    let (tmp, unpacked) = tokio::task::spawn_blocking(move || {
                         let f = fs::File::open(&path)
                             .ctx(|| format!("open blob {}", path.display()))?;
-                        unpack::unpack_layer(&digest, f, &dest)
+                        let u = unpack::unpack_layer(&digest, f, &tmp.path)?;
+                        Ok::<_, ImageError>((tmp, u))
                     })
                     .await
                     .map_err(|e| ImageError::InvalidLayer {
@@ -546,7 +548,14 @@ impl ImageStore {
                     Ok::<_, ImageError>((i, tmp, unpacked))
                 }
             });
-        let mut done = futures::future::try_join_all(tasks).await?;
+        // Wait for every task, also after a failure: an unpack running on a
+        // blocking thread must have finished (and removed its temp dir) before
+        // the pull returns.
+        let results = futures::future::join_all(tasks).await;
+        let mut done = Vec::with_capacity(results.len());
+        for r in results {
+            done.push(r?);
+        }
         done.sort_by_key(|(i, _, _)| *i);
         for (i, tmp, unpacked) in done {
             let l = &layers[i];

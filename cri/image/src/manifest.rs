@@ -83,7 +83,7 @@ pub fn parse_manifest(bytes: &[u8], digest: &str) -> Result<ManifestDocument, Im
         let m: ImageManifest =
             serde_json::from_slice(bytes).map_err(|e| bad(format!("invalid manifest: {e}")))?;
         for layer in m.layers() {
-            layer_compression(layer).map_err(|e| bad(e))?;
+            layer_compression(layer).map_err(bad)?;
         }
         Ok(ManifestDocument::Manifest(Box::new(m)))
     }
