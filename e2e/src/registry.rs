@@ -25,6 +25,7 @@ pub struct Registry {
     dir: PathBuf,
     child: Option<Child>,
     credentials: Option<(String, String)>,
+    tls: bool,
 }
 
 fn free_port() -> io::Result<u16> {
@@ -34,16 +35,24 @@ fn free_port() -> io::Result<u16> {
 impl Registry {
     /// Starts an open (anonymous) registry.
     pub fn start() -> io::Result<Registry> {
-        Self::start_inner(None)
+        Self::start_inner(None, None)
+    }
+
+    /// Starts an open registry serving HTTPS with the PEM `cert` and `key`.
+    pub fn start_with_tls(cert: &Path, key: &Path) -> io::Result<Registry> {
+        Self::start_inner(None, Some((cert.to_owned(), key.to_owned())))
     }
 
     /// Starts a registry that requires basic auth with `user` / `password`
     /// (htpasswd, bcrypt).
     pub fn start_with_auth(user: &str, password: &str) -> io::Result<Registry> {
-        Self::start_inner(Some((user.to_owned(), password.to_owned())))
+        Self::start_inner(Some((user.to_owned(), password.to_owned())), None)
     }
 
-    fn start_inner(credentials: Option<(String, String)>) -> io::Result<Registry> {
+    fn start_inner(
+        credentials: Option<(String, String)>,
+        tls: Option<(PathBuf, PathBuf)>,
+    ) -> io::Result<Registry> {
         let dir = std::env::temp_dir().join(format!(
             "carrack-e2e-registry-{}-{}",
             std::process::id(),
@@ -65,10 +74,18 @@ impl Registry {
                     dir.join("htpasswd").display()
                 );
             }
+            let tls_config = match &tls {
+                Some((c, k)) => format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    c.display(),
+                    k.display()
+                ),
+                None => String::new(),
+            };
             let config = format!(
                 "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\n\
                  storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: 127.0.0.1:{port}\n{auth}",
+                 http:\n  addr: 127.0.0.1:{port}\n{tls_config}{auth}",
                 data = dir.join("data").display()
             );
             let config_path = dir.join("config.yml");
@@ -86,6 +103,7 @@ impl Registry {
                 dir: dir.clone(),
                 child: Some(child),
                 credentials: credentials.clone(),
+                tls: tls.is_some(),
             };
             match reg.wait_ready() {
                 Ok(()) => return Ok(reg),
@@ -112,7 +130,11 @@ impl Registry {
                     "docker-registry exited with {status}: {log}"
                 )));
             }
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+            if self.tls {
+                if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    return Ok(());
+                }
+            } else if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
                 s.set_read_timeout(Some(Duration::from_secs(2)))?;
                 write!(
                     s,

@@ -49,8 +49,8 @@ pub struct RegistryConfig {
 pub struct RegistryHostConfig {
     /// Endpoints tried in order before the registry itself, each
     /// `scheme://host[:port]` or `host[:port]`; the repository path is kept.
-    /// Without a scheme, plain HTTP is used for loopback hosts and hosts marked
-    /// `insecure`, HTTPS otherwise.
+    /// Without a scheme, plain HTTP is used for hosts marked `insecure` and for
+    /// loopback hosts without `ca_files`, HTTPS otherwise.
     pub mirrors: Vec<String>,
     /// Talk plain HTTP to this host.
     pub insecure: bool,
@@ -209,11 +209,14 @@ impl RegistryClient {
         out
     }
 
+    /// `http` for hosts marked insecure, `https` for hosts with extra CAs,
+    /// `http` for other loopback hosts, `https` for everything else.
     fn default_scheme(&self, host: &str) -> &'static str {
-        if self.host_config(host).is_some_and(|h| h.insecure) || is_loopback(host) {
-            "http"
-        } else {
-            "https"
+        match self.host_config(host) {
+            Some(h) if h.insecure => "http",
+            Some(h) if !h.ca_files.is_empty() => "https",
+            _ if is_loopback(host) => "http",
+            _ => "https",
         }
     }
 
@@ -304,7 +307,7 @@ impl RegistryClient {
             });
         let transport = |e: reqwest::Error| ImageError::Registry {
             registry: ep.base.clone(),
-            reason: format!("GET {url}: {e}"),
+            reason: format!("GET {url}: {}", error_chain(&e)),
         };
         let resp = send(cached.clone()).await.map_err(transport)?;
         if resp.status() != StatusCode::UNAUTHORIZED {
@@ -392,7 +395,7 @@ impl RegistryClient {
         }
         .map_err(|e| ImageError::Registry {
             registry: ep.host.clone(),
-            reason: format!("token endpoint {realm}: {e}"),
+            reason: format!("token endpoint {realm}: {}", error_chain(&e)),
         })?;
         if !resp.status().is_success() {
             return Err(unauthorized(format!(
@@ -544,7 +547,7 @@ pub(crate) async fn read_limited(
     let mut out = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| ImageError::Registry {
         registry: ep.host.clone(),
-        reason: format!("{what}: {e}"),
+        reason: format!("{what}: {}", error_chain(&e)),
     })? {
         out.extend_from_slice(&chunk);
         if out.len() as u64 > limit {
@@ -557,6 +560,19 @@ pub(crate) async fn read_limited(
         }
     }
     Ok(out)
+}
+
+/// An error and its causes, `: `-separated (reqwest's Display hides the
+/// cause, e.g. which certificate check failed).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 fn basic_header(user: &str, password: &str) -> String {
