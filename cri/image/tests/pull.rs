@@ -127,6 +127,8 @@ async fn multi_layer_whiteouts_opaque_dirs_and_mounted_rootfs() {
             .opaque("keep")
             .file("keep/new", b"new\n", 0o644)
             .hardlink("data/b-link", "data/b")
+            // A hardlink to a file of a lower layer: copied up at unpack.
+            .hardlink("data/motd-link", "etc/motd")
             .symlink("data/rel", "../etc/motd"),
     ];
     let (built, _) = push(
@@ -156,6 +158,7 @@ async fn multi_layer_whiteouts_opaque_dirs_and_mounted_rootfs() {
     assert_eq!(read("data/b").unwrap(), "b\n");
     assert_eq!(read("data/b-link").unwrap(), "b\n");
     assert_eq!(read("data/rel").unwrap(), "layer two\n");
+    assert_eq!(read("data/motd-link").unwrap(), "layer two\n");
     assert!(
         !target.join("keep/x").exists(),
         "opaque dir showed lower content"
