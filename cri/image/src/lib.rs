@@ -10,6 +10,39 @@
 //! - `containers/<id>/upper`, `containers/<id>/work`: a container's overlay
 //!   upper and work dirs (the rootfs itself is mounted where the caller says).
 //!
+//! # Using it from carrackd
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), carrack_image::ImageError> {
+//! use carrack_image::{ImageStore, ImageStoreConfig, RegistryAuth, RegistryConfig};
+//! let registries: RegistryConfig = toml_or_json_from_the_daemon_config();
+//! let store = ImageStore::open(ImageStoreConfig {
+//!     root: "/var/lib/carrack".into(),
+//!     db_path: "/var/lib/carrack/carrack.db".into(),
+//!     registries,
+//!     max_concurrent_downloads: 4,
+//! })
+//! .await?;
+//! let image = store.pull("busybox", None::<RegistryAuth>).await?; // PullImage
+//! let _ = store.resolve(&image.id)?; // ImageStatus (None: not found, not an error)
+//! store.prepare_rootfs(&image.id, "container-id", "/var/lib/carrack/containers/container-id/rootfs".as_ref())?;
+//! store.remove_rootfs("container-id", "/var/lib/carrack/containers/container-id/rootfs".as_ref())?;
+//! store.remove(&image.id).await?; // RemoveImage: NotFound is an error here
+//! # Ok(()) }
+//! # fn toml_or_json_from_the_daemon_config() -> carrack_image::RegistryConfig { Default::default() }
+//! ```
+//!
+//! CRI mapping: `ImageStatus` = [`ImageStore::resolve`] (`Image::uid` /
+//! `Image::username` from the config's `User`, `Image::verbose_info` for
+//! `verbose`); `ListImages` = [`ImageStore::list`]; `ImageFsInfo` =
+//! [`ImageStore::fs_info`]; `image import FILE` = [`ImageStore::import_archive`].
+//! The image id (`sha256:` + config digest) is what `ContainerStatus.image_id`
+//! wants. [`RegistryConfig`] deserialises from the daemon's config, e.g.
+//! `[registries."registry.k8s.io"] mirrors = ["http://127.0.0.1:5000"]`.
+//!
+//! The metadata tables live in the database carrackd shares: it must link the
+//! same `rusqlite` as this crate (0.41; libsqlite3-sys may be linked once).
+//!
 //! Pull by digest of an image already present makes no request at all. Pull
 //! by tag makes exactly one manifest request, because tags move (kubelet's
 //! `Always` policy relies on that; `IfNotPresent` checks ImageStatus first and

@@ -470,11 +470,36 @@ async fn failed_pull_leaves_nothing_and_next_pull_starts_clean() {
     assert!(leftovers(dir.path()).is_empty());
     assert!(s.resolve(&reference).unwrap().is_none());
 
-    // The tag now points at a correct image with the same layer blobs.
+    // The tag now points at a correct image with the same layer blobs, but
+    // the registry serves one of them corrupted (same size, other bytes).
     let (built, _) = push(&reg, dir.path(), "e2e/flaky", "v1", &ImageSpec::new(layers));
+    let hex = &built.layer_digests[1]["sha256:".len()..];
+    let stored = reg
+        .storage()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let good = fs::read(&stored).unwrap();
+    let mut bad_bytes = good.clone();
+    let last = bad_bytes.len() - 1;
+    bad_bytes[last] ^= 0xff;
+    fs::write(&stored, &bad_bytes).unwrap();
+    // A fresh store (the first one keeps the verified blobs it fetched).
+    let second = dir.path().join("second");
+    let s = store(&second, RegistryConfig::default()).await;
+    let err = s.pull(&reference, None).await.unwrap_err();
+    assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
+    assert!(leftovers(&second).is_empty(), "{:?}", leftovers(&second));
+    assert!(!second.join("root/content/sha256").join(hex).exists());
+    assert_eq!(snapshot_count(&second), 0);
+    assert!(s.resolve(&reference).unwrap().is_none());
+
+    // Repaired: the next pull starts clean and succeeds.
+    fs::write(&stored, &good).unwrap();
     let img = s.pull(&reference, None).await.unwrap();
     assert_eq!(img.id, built.config_digest);
-    assert_eq!(snapshot_count(dir.path()), 2);
+    assert_eq!(snapshot_count(&second), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
