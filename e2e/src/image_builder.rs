@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! use carrack_e2e::image_builder::{Compression, ImageConfig, ImageSpec, Layer, OciLayout};
-//! let layout = OciLayout::create(std::path::Path::new("/tmp/layout")).unwrap();
+//! let mut layout = OciLayout::create(std::path::Path::new("/tmp/layout")).unwrap();
 //! let image = ImageSpec::new(vec![
 //!     Layer::busybox(Compression::Gzip).unwrap(),
 //!     Layer::new(Compression::Zstd).file("etc/motd", b"hi\n", 0o644).whiteout("tmp"),
