@@ -2,7 +2,7 @@
 //! a platform from any index. None of it may panic.
 #![no_main]
 
-use carrack_image::manifest::{parse_config, parse_manifest, select_platform, ManifestDocument};
+use carrack_image::manifest::{ManifestDocument, parse_config, parse_manifest, select_platform};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

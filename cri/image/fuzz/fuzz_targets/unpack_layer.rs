@@ -15,6 +15,10 @@ fuzz_target!(|data: &[u8]| {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("snapshot")], "wrote outside the snapshot");
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("snapshot")],
+        "wrote outside the snapshot"
+    );
     let _ = std::fs::remove_dir_all(&base);
 });
