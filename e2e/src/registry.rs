@@ -183,7 +183,31 @@ impl Registry {
         fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default()
     }
 
-    /// How many requests so far had `needle` in their request line.
+    /// Waits until the access log holds every request answered so far: the
+    /// registry writes a request's log line only after answering it, so this
+    /// sends a marker request and waits (up to 10 s) for its line.
+    pub fn settle(&self) {
+        let marker = format!("carrack-marker-{}", crate::image_builder::unique());
+        if self.tls {
+            return; // the access log is only counted on plain-HTTP registries
+        }
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+            let _ = write!(
+                s,
+                "GET /v2/{marker}/tags/list HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+                self.port
+            );
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log().contains(&marker) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// How many requests so far had `needle` in their request line (call
+    /// [`Registry::settle`] first).
     pub fn requests_matching(&self, needle: &str) -> usize {
         self.log()
             .lines()

@@ -75,12 +75,14 @@ async fn pull_by_tag_then_by_digest_without_network() {
     assert_eq!(s.list(Some("docker.io/library/other:1")).unwrap().len(), 0);
 
     // A repeat pull by tag asks for the manifest once and for no blob.
+    reg.settle();
     let blob_gets = reg.requests_matching("/blobs/");
     let manifest_gets = reg.requests_matching("/manifests/");
     let t = std::time::Instant::now();
     let again = s.pull(&format!("{name}:v1"), None).await.unwrap();
     eprintln!("repeat pull by tag: {:?}", t.elapsed());
     assert_eq!(again.id, img.id);
+    reg.settle();
     assert_eq!(reg.requests_matching("/blobs/"), blob_gets);
     assert_eq!(reg.requests_matching("/manifests/"), manifest_gets + 1);
 
@@ -336,6 +338,7 @@ async fn mirror_serves_upstream_names_and_blobs_are_fetched_once() {
     assert_eq!(a.id, built.config_digest);
     assert_eq!(b.id, a.id);
     assert_eq!(a.repo_tags, vec![reference.to_owned()]);
+    reg.settle();
     for d in &built.layer_digests {
         assert_eq!(
             reg.requests_matching(&format!("GET /v2/e2e-test-images/busybox/blobs/{d}")),
