@@ -956,3 +956,54 @@ fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_send_sync<T: Send + Sync>(_: &T) {}
+    fn is_send<T: Send>(_: &T) {}
+
+    /// The store and its futures can be used from tonic handlers
+    /// (multi-threaded runtime, spawned tasks).
+    #[test]
+    fn store_and_futures_are_send() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = rt
+            .block_on(ImageStore::open(ImageStoreConfig {
+                root: dir.path().join("root"),
+                db_path: dir.path().join("carrack.db"),
+                ..Default::default()
+            }))
+            .unwrap();
+        is_send_sync(&store);
+        is_send(&store.pull("busybox", None));
+        is_send(&store.remove("busybox"));
+        is_send(&store.gc());
+        is_send(&store.import_archive(Path::new("/nonexistent")));
+        assert!(store.list(None).unwrap().is_empty());
+        assert!(matches!(
+            rt.block_on(store.remove("busybox")),
+            Err(ImageError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn user_from_config() {
+        let cfg = |user: &str| -> ImageConfiguration {
+            serde_json::from_value(serde_json::json!({
+                "architecture": "amd64", "os": "linux",
+                "config": {"User": user},
+                "rootfs": {"type": "layers", "diff_ids": []}
+            }))
+            .unwrap()
+        };
+        assert_eq!(user_of(&cfg("")), (None, String::new()));
+        assert_eq!(user_of(&cfg("1002")), (Some(1002), String::new()));
+        assert_eq!(user_of(&cfg("1002:1003")), (Some(1002), String::new()));
+        assert_eq!(user_of(&cfg("nobody:nogroup")), (None, "nobody".to_owned()));
+    }
+}
