@@ -403,9 +403,19 @@ impl ImageStore {
                 }
             }
         };
+        let started = std::time::Instant::now();
         let image = self
             .pull_manifest(&r, &ep, auth, &manifest, &manifest_digest, blobs, names)
             .await?;
+        tracing::info!(
+            reference = %r,
+            endpoint = %ep.base,
+            id = %image.id,
+            layers = image.layers.len(),
+            bytes = image.size,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "image pulled"
+        );
         Ok(image)
     }
 

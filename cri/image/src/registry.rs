@@ -664,6 +664,31 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_daemon_toml() {
+        #[derive(Deserialize)]
+        struct Daemon {
+            registries: RegistryConfig,
+        }
+        let d: Daemon = toml::from_str(
+            r#"
+            [registries."registry.k8s.io"]
+            mirrors = ["http://127.0.0.1:5000"]
+            [registries."127.0.0.1:5000"]
+            insecure = true
+            [registries."private.example"]
+            ca_files = ["/etc/carrack/ca.pem"]
+            auth = { username = "u", password = "p" }
+            "#,
+        )
+        .unwrap();
+        let h = &d.registries.hosts;
+        assert_eq!(h["registry.k8s.io"].mirrors, ["http://127.0.0.1:5000"]);
+        assert!(h["127.0.0.1:5000"].insecure);
+        assert_eq!(h["private.example"].auth.as_ref().unwrap().username, "u");
+        assert!(toml::from_str::<Daemon>("[registries.x]\nmirror = []\n").is_err());
+    }
+
+    #[test]
     fn decodes_auth_field() {
         let a = RegistryAuth {
             auth: base64::engine::general_purpose::STANDARD.encode("u:p:q"),
