@@ -110,7 +110,13 @@ pub fn unpack_layer(layer: &str, blob: impl Read, dest: &Path) -> Result<Unpacke
     // end-of-archive blocks.
     io::copy(&mut reader, &mut io::sink()).map_err(|e| invalid(format!("read: {e}")))?;
     for (dir, mtime) in unpacker.dirs.iter().rev() {
-        set_times(dir, *mtime, false);
+        // A later entry may have replaced the directory, or one of its
+        // parents, with a symlink: touch only what is still a real directory.
+        if let Ok(rel) = dir.strip_prefix(dest)
+            && real_dirs(dest, rel)
+        {
+            set_times(dir, *mtime, true);
+        }
     }
     Ok(Unpacked {
         diff_id: format!("sha256:{}", hex::encode(reader.hasher.finalize())),
@@ -504,9 +510,25 @@ impl Unpacker<'_> {
     }
 }
 
+/// True when every component of `rel` below `root` is a real directory
+/// (no symlink on the way).
+fn real_dirs(root: &Path, rel: &Path) -> bool {
+    let mut cur = root.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.is_dir() => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// Resolves a deferred hardlink: copies `target` from the nearest of `lowers`
 /// (top first) that has it as a regular file into `dest` at `link`. Walks
-/// without following symlinks.
+/// without following symlinks, on both sides: a later entry of the layer may
+/// have turned a parent of `link` into a symlink, which is refused; a later
+/// entry at `link` itself wins (nothing is copied).
 pub fn resolve_deferred_link(
     layer: &str,
     dest: &Path,
@@ -514,47 +536,65 @@ pub fn resolve_deferred_link(
     target: &Path,
     lowers: &[PathBuf],
 ) -> Result<(), ImageError> {
+    let refuse = |reason: String| ImageError::UnsafeLayer {
+        layer: layer.to_owned(),
+        entry: link.display().to_string(),
+        reason,
+    };
+    let parent = link.parent().unwrap_or(Path::new(""));
+    if !real_dirs(dest, parent) {
+        return Err(refuse(format!(
+            "hardlink parent {} is no longer a directory",
+            parent.display()
+        )));
+    }
+    let abs = dest.join(link);
+    if fs::symlink_metadata(&abs).is_ok() {
+        return Ok(()); // replaced by a later entry of the same layer
+    }
+    let n = target.components().count();
     for lower in lowers {
         let mut cur = lower.clone();
-        let mut ok = true;
-        let n = target.components().count();
+        let mut found = None;
         for (i, c) in target.components().enumerate() {
             cur.push(c);
             match fs::symlink_metadata(&cur) {
                 Ok(m) if i + 1 < n && m.is_dir() => {}
-                Ok(m) if i + 1 == n && m.is_file() => {}
-                _ => {
-                    ok = false;
-                    break;
-                }
+                Ok(m) if i + 1 == n && m.is_file() => found = Some(m),
+                _ => break,
             }
         }
-        if ok {
-            let abs = dest.join(link);
-            fs::copy(&cur, &abs).map_err(|e| ImageError::InvalidLayer {
-                layer: layer.to_owned(),
-                reason: format!(
-                    "hardlink {} to lower-layer {}: {e}",
-                    link.display(),
-                    target.display()
-                ),
-            })?;
-            let m = fs::symlink_metadata(&cur)
-                .map_err(|e| ImageError::io(format!("lstat {}", cur.display()), e))?;
+        let Some(meta) = found else { continue };
+        let copy = || -> io::Result<()> {
             use std::os::unix::fs::MetadataExt;
-            let _ = std::os::unix::fs::lchown(&abs, Some(m.uid()), Some(m.gid()));
-            let _ = fs::set_permissions(&abs, m.permissions());
-            return Ok(());
-        }
+            let mut src = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&cur)?;
+            let mut out = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&abs)?;
+            io::copy(&mut src, &mut out)?;
+            std::os::unix::fs::fchown(&out, Some(meta.uid()), Some(meta.gid()))?;
+            out.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+            Ok(())
+        };
+        return copy().map_err(|e| ImageError::InvalidLayer {
+            layer: layer.to_owned(),
+            reason: format!(
+                "hardlink {} to lower-layer {}: {e}",
+                link.display(),
+                target.display()
+            ),
+        });
     }
-    Err(ImageError::UnsafeLayer {
-        layer: layer.to_owned(),
-        entry: link.display().to_string(),
-        reason: format!(
-            "hardlink target {} exists neither in this layer nor in a lower one",
-            target.display()
-        ),
-    })
+    Err(refuse(format!(
+        "hardlink target {} exists neither in this layer nor in a lower one",
+        target.display()
+    )))
 }
 
 #[cfg(test)]
@@ -570,6 +610,47 @@ mod tests {
         assert_eq!(normalise(Path::new("./")).unwrap(), None);
         assert!(normalise(Path::new("a/../../b")).is_err());
         assert!(normalise(Path::new("/etc/passwd")).is_err());
+    }
+
+    /// A deferred hardlink whose parent a later entry turned into a symlink
+    /// must not be written through it.
+    #[test]
+    fn deferred_hardlink_through_later_symlink_is_refused() {
+        if !carrack_e2e::prerequisite::require_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        let lower = dir.path().join("lower");
+        let dest = dir.path().join("dest");
+        for d in [&outside, &lower, &dest] {
+            fs::create_dir(d).unwrap();
+        }
+        fs::write(lower.join("secret"), "lower file").unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, "a", &[][..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(EntryType::Link);
+        h.set_size(0);
+        b.append_link(&mut h, "a/x", "secret").unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "a", &outside).unwrap();
+        let tar = b.into_inner().unwrap();
+        let u = unpack_layer("sha256:test", &tar[..], &dest).unwrap();
+        assert_eq!(u.deferred_links.len(), 1);
+        let (link, target) = &u.deferred_links[0];
+        let err = resolve_deferred_link("sha256:test", &dest, link, target, &[lower.clone()]);
+        assert!(
+            matches!(err, Err(ImageError::UnsafeLayer { .. })),
+            "{err:?}"
+        );
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
     }
 
     #[test]
