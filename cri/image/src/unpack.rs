@@ -645,7 +645,13 @@ mod tests {
         let u = unpack_layer("sha256:test", &tar[..], &dest).unwrap();
         assert_eq!(u.deferred_links.len(), 1);
         let (link, target) = &u.deferred_links[0];
-        let err = resolve_deferred_link("sha256:test", &dest, link, target, &[lower.clone()]);
+        let err = resolve_deferred_link(
+            "sha256:test",
+            &dest,
+            link,
+            target,
+            std::slice::from_ref(&lower),
+        );
         assert!(
             matches!(err, Err(ImageError::UnsafeLayer { .. })),
             "{err:?}"
