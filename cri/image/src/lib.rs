@@ -842,6 +842,29 @@ impl ImageStore {
         })
     }
 
+    /// Bytes and inodes a container's rootfs has written (its upper dir): the
+    /// `writable_layer` of CRI's ContainerStats.
+    pub fn rootfs_usage(&self, container_id: &str) -> Result<FsUsage, ImageError> {
+        validate_container_id(container_id)?;
+        let upper = self
+            .inner
+            .root
+            .join("containers")
+            .join(container_id)
+            .join("upper");
+        if !upper.is_dir() {
+            return Err(ImageError::NotFound(format!(
+                "rootfs of container {container_id}"
+            )));
+        }
+        let mut usage = FsUsage {
+            path: upper.clone(),
+            ..Default::default()
+        };
+        du(&upper, &mut HashSet::new(), &mut usage);
+        Ok(usage)
+    }
+
     /// Removes blobs and snapshots no image and no container rootfs uses.
     /// Waits for running pulls. Images themselves (pinned or not) are never
     /// removed here.

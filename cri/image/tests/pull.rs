@@ -193,12 +193,24 @@ async fn multi_layer_whiteouts_opaque_dirs_and_mounted_rootfs() {
         .join(&img.layers[1].chain_id["sha256:".len()..])
         .join("data/b");
     assert_eq!(fs::read_to_string(lower_b).unwrap(), "b\n");
+    let written = s.rootfs_usage("ctr-1").unwrap();
+    fs::write(target.join("big"), vec![7u8; 1 << 20]).unwrap();
+    let grown = s.rootfs_usage("ctr-1").unwrap();
+    assert!(
+        grown.used_bytes >= written.used_bytes + (1 << 20),
+        "{written:?} -> {grown:?}"
+    );
+    assert_eq!(grown.inodes_used, written.inodes_used + 1);
     let info = s.fs_info().unwrap();
     assert!(info.image_fs.used_bytes > 0 && info.image_fs.inodes_used > 0);
     assert!(info.container_fs.inodes_used > 0);
 
     s.remove_rootfs("ctr-1", &target).unwrap();
     assert!(!target.join("bin/busybox").exists(), "rootfs still mounted");
+    assert!(matches!(
+        s.rootfs_usage("ctr-1"),
+        Err(ImageError::NotFound(_))
+    ));
     assert!(!dir.path().join("root/containers/ctr-1").exists());
     s.remove_rootfs("ctr-1", &target).unwrap(); // idempotent
 }
