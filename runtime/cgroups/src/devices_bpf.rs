@@ -102,8 +102,16 @@ fn compile(rules: &[LinuxDeviceCgroup]) -> Vec<Insn> {
         if let Some(minor) = rule.minor().filter(|m| *m >= 0) {
             block.push(insn(JNE_K, 5, 0, 0, minor as i32));
         }
+        let unconditional = block.is_empty();
         block.push(insn(MOV64_K, 0, 0, 0, i32::from(rule.allow())));
         block.push(insn(EXIT, 0, 0, 0, 0));
+        if unconditional {
+            // A rule that matches everything decides every request that
+            // reaches it: the earlier rules and the default are shadowed,
+            // and the verifier refuses unreachable instructions.
+            prog.extend(block);
+            return prog;
+        }
         let len = block.len();
         for (i, ins) in block.iter_mut().enumerate() {
             if ins.code == JNE_K || ins.code == JNE_X {
@@ -311,5 +319,16 @@ mod tests {
     #[test]
     fn no_rules_denies() {
         assert_eq!(eval(&compile(&[]), DEV_CHAR, ACC_READ, 1, 3), 0);
+    }
+
+    #[test]
+    fn nothing_after_an_unconditional_rule() {
+        let prog = compile(&[
+            rule(true, LinuxDeviceType::C, Some(1), Some(3), "rwm"),
+            rule(false, LinuxDeviceType::A, None, None, "rwm"),
+        ]);
+        assert_eq!(prog.last().unwrap().code, EXIT);
+        assert_eq!(prog[prog.len() - 2], insn(MOV64_K, 0, 0, 0, 0));
+        assert_eq!(prog.len(), 8, "six loads, then the deny-all block only");
     }
 }

@@ -1,0 +1,328 @@
+//! carrack-cgroups against the real kernel (as root): on this host's layout,
+//! whatever it is (v1 hybrid on the development VMs, v2 in the CI VM), plus
+//! the eBPF device filter on the host's cgroup2 mount treated as pure v2.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+
+use carrack_cgroups::{Cgroup, Hierarchy, Mode, hierarchy};
+use carrack_e2e::prerequisite::require_root;
+use oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder,
+    LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
+};
+
+/// A cgroup that is killed and removed when the test ends, pass or fail.
+struct TestCgroup {
+    cg: Cgroup,
+    children: Vec<Child>,
+}
+
+impl TestCgroup {
+    fn new(name: &str) -> TestCgroup {
+        let path = format!("/carrack-test-cgroups/{}-{name}", std::process::id());
+        let cg = Cgroup::open(&path, name).unwrap();
+        cg.create().unwrap();
+        TestCgroup {
+            cg,
+            children: Vec::new(),
+        }
+    }
+
+    fn in_layout(layout: Hierarchy, name: &str) -> TestCgroup {
+        let path = format!("/carrack-test-cgroups/{}-{name}", std::process::id());
+        let cg = Cgroup::open_in(layout, &path, name).unwrap();
+        cg.create().unwrap();
+        TestCgroup {
+            cg,
+            children: Vec::new(),
+        }
+    }
+
+    /// Starts `sh -c script` inside the cgroup (it joins before exec).
+    fn spawn(&mut self, script: &str) -> &mut Child {
+        let procs: Vec<_> = self
+            .cg
+            .paths()
+            .iter()
+            .map(|d| d.join("cgroup.procs"))
+            .collect();
+        let mut cmd = Command::new("/bin/busybox");
+        cmd.args(["sh", "-c", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: the closure only writes to files (async-signal-safe enough
+        // for a test: no locks are held across fork by this single call).
+        unsafe {
+            cmd.pre_exec(move || {
+                for p in &procs {
+                    std::fs::write(p, "0")?;
+                }
+                Ok(())
+            });
+        }
+        self.children.push(cmd.spawn().unwrap());
+        self.children.last_mut().unwrap()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = self.cg.thaw();
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.cg.delete().unwrap();
+        // The shared parent goes with the last test that uses it.
+        for dir in self.cg.paths() {
+            if let Some(parent) = dir.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+    }
+}
+
+fn output(child: &mut Child) -> (i32, String, String) {
+    let mut out = String::new();
+    let mut err = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    (status.code().unwrap_or(-1), out, err)
+}
+
+fn resources(f: impl FnOnce(LinuxResourcesBuilder) -> LinuxResourcesBuilder) -> LinuxResources {
+    f(LinuxResourcesBuilder::default()).build().unwrap()
+}
+
+fn read(cg: &Cgroup, controller_v1: &str, file_v1: &str, file_v2: &str) -> String {
+    let path = match cg.v1_dir(controller_v1) {
+        Some(d) => d.join(file_v1),
+        None => cg.unified_dir().unwrap().join(file_v2),
+    };
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn limits_are_written_and_read_back() {
+    if !require_root() {
+        return;
+    }
+    let t = TestCgroup::new("limits");
+    let r = resources(|b| {
+        b.memory(
+            LinuxMemoryBuilder::default()
+                .limit(64 << 20)
+                .build()
+                .unwrap(),
+        )
+        .cpu(
+            LinuxCpuBuilder::default()
+                .shares(512u64)
+                .quota(50_000i64)
+                .period(100_000u64)
+                .cpus("0")
+                .build()
+                .unwrap(),
+        )
+        .pids(LinuxPidsBuilder::default().limit(32i64).build().unwrap())
+    });
+    t.cg.apply(&r).unwrap();
+    assert_eq!(
+        read(&t.cg, "memory", "memory.limit_in_bytes", "memory.max"),
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(read(&t.cg, "pids", "pids.max", "pids.max"), "32");
+    assert_eq!(read(&t.cg, "cpuset", "cpuset.cpus", "cpuset.cpus"), "0");
+    if t.cg.v1_dir("cpu").is_some() {
+        assert_eq!(read(&t.cg, "cpu", "cpu.shares", ""), "512");
+        assert_eq!(read(&t.cg, "cpu", "cpu.cfs_quota_us", ""), "50000");
+    } else {
+        assert_eq!(read(&t.cg, "", "", "cpu.max"), "50000 100000");
+        assert_eq!(read(&t.cg, "", "", "cpu.weight"), "20");
+    }
+    // Raising and lowering again (update) works in either order.
+    let bigger = resources(|b| {
+        b.memory(
+            LinuxMemoryBuilder::default()
+                .limit(128 << 20)
+                .build()
+                .unwrap(),
+        )
+    });
+    t.cg.apply(&bigger).unwrap();
+    assert_eq!(
+        read(&t.cg, "memory", "memory.limit_in_bytes", "memory.max"),
+        (128u64 << 20).to_string()
+    );
+}
+
+#[test]
+fn process_joins_freezes_and_shows_in_stats() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestCgroup::new("freeze");
+    let pid = t.spawn("exec sleep 30").id() as i32;
+    let pids = t.cg.pids().unwrap();
+    assert!(pids.contains(&pid), "{pid} not in {pids:?}");
+    t.cg.freeze().unwrap();
+    assert!(t.cg.is_frozen().unwrap());
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let state = state
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        state == "S" || state == "D",
+        "a frozen task sleeps, got {state}"
+    );
+    t.cg.thaw().unwrap();
+    assert!(!t.cg.is_frozen().unwrap());
+    let stats = t.cg.stats().unwrap();
+    assert!(stats.memory.usage.usage > 0, "{stats:?}");
+    assert_eq!(stats.pids.current, 1);
+    let json = serde_json::to_value(&stats).unwrap();
+    assert!(json["memory"]["usage"]["usage"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn pids_limit_stops_forks() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestCgroup::new("pids");
+    t.cg.apply(&resources(|b| {
+        b.pids(LinuxPidsBuilder::default().limit(2i64).build().unwrap())
+    }))
+    .unwrap();
+    let child = t.spawn("for i in 1 2 3 4; do sleep 1 & done; wait; echo done");
+    let (_, _, err) = output(child);
+    assert!(
+        err.contains("can't fork") || err.contains("Resource temporarily unavailable"),
+        "stderr: {err}"
+    );
+}
+
+#[test]
+fn oom_kill_wakes_the_watcher() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestCgroup::new("oom");
+    t.cg.apply(&resources(|b| {
+        b.memory(
+            LinuxMemoryBuilder::default()
+                .limit(8 << 20)
+                .swap(8 << 20)
+                .build()
+                .unwrap(),
+        )
+    }))
+    .unwrap();
+    let watcher = t.cg.oom_watcher().unwrap();
+    assert_eq!(watcher.oom_kills().unwrap(), 0);
+    // dd fills a 64 MiB buffer: far beyond 8 MiB.
+    let child = t.spawn("dd if=/dev/zero of=/dev/null bs=64M count=1");
+    let (code, _, _) = output(child);
+    assert_ne!(code, 0, "the memory hog must not survive");
+    let mut pfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&watcher),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, bounded timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
+    assert_eq!(n, 1, "the OOM watcher did not become readable");
+    assert!(watcher.drain());
+    assert!(watcher.oom_kills().unwrap() >= 1);
+}
+
+#[test]
+fn bad_values_name_the_field_and_change_nothing() {
+    if !require_root() {
+        return;
+    }
+    let t = TestCgroup::new("bad");
+    let err =
+        t.cg.apply(&resources(|b| {
+            b.memory(
+                LinuxMemoryBuilder::default()
+                    .limit(64 << 20)
+                    .swap(1 << 20)
+                    .build()
+                    .unwrap(),
+            )
+        }))
+        .unwrap_err();
+    assert!(err.to_string().contains("memory.swap"), "{err}");
+}
+
+#[test]
+fn v2_device_filter_denies_what_the_rules_deny() {
+    if !require_root() {
+        return;
+    }
+    let layout = hierarchy().unwrap();
+    let Some(unified) = layout.unified.clone() else {
+        assert!(carrack_e2e::prerequisite::check(false, "a cgroup2 mount"));
+        return;
+    };
+    // Treat the host's cgroup2 mount as a pure v2 host: only the eBPF
+    // program polices devices there.
+    let v2_only = Hierarchy {
+        v1: Default::default(),
+        unified: Some(unified),
+        unified_controllers: vec![],
+    };
+    assert_eq!(v2_only.mode(), Mode::Unified);
+    let mut t = TestCgroup::in_layout(v2_only, "devices");
+    let rules = vec![
+        LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()
+            .unwrap(),
+        LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(LinuxDeviceType::C)
+            .major(1i64)
+            .minor(5i64)
+            .access("r")
+            .build()
+            .unwrap(),
+    ];
+    t.cg.apply(&resources(|b| b.devices(rules))).unwrap();
+    let (code, out, err) = output(t.spawn(
+        "[ \"$(head -c 1 /dev/zero | wc -c)\" = 1 ] && echo zero-ok; echo x > /dev/null && echo null-ok; exit 0",
+    ));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("zero-ok"),
+        "reading /dev/zero is allowed: {out} {err}"
+    );
+    assert!(
+        !out.contains("null-ok"),
+        "writing /dev/null is denied: {out}"
+    );
+    assert!(err.contains("Operation not permitted"), "{err}");
+}
