@@ -489,17 +489,12 @@ impl ImageStore {
             })?;
             blobs.push(l.digest.clone());
         }
-        let fetch = |digest: String, size: u64| {
-            let this = self.clone();
-            let ep = ep.clone();
-            let repo = r.repository.clone();
-            let auth = auth.cloned();
-            async move {
-                this.ensure_blob(&ep, &repo, &digest, size, auth.as_ref())
-                    .await
-            }
+        let remote = Remote {
+            ep: ep.clone(),
+            repository: r.repository.clone(),
+            auth: auth.cloned(),
         };
-        self.materialise_layers(&layers, fetch).await?;
+        self.materialise_layers(&layers, Some(remote)).await?;
         let record = ImageRecord {
             id: config_digest.clone(),
             manifest_digest: manifest_digest.to_owned(),
@@ -514,18 +509,18 @@ impl ImageStore {
             .ok_or_else(|| ImageError::NotFound(config_digest))
     }
 
-    /// Makes sure every layer's snapshot exists: fetches missing blobs with
-    /// `fetch` (concurrently), unpacks them (in parallel, each into its own
-    /// temp dir), resolves hardlinks into lower layers, and commits bottom up.
-    async fn materialise_layers<F, Fut>(
+    /// Makes sure every layer's snapshot exists. Missing layers are fetched
+    /// from `remote` (concurrently, each into the content store and verified,
+    /// then unpacked) or, without `remote`, read from blobs already in the
+    /// content store (archive import). Each layer
+    /// unpacks into its own temp dir; hardlinks into lower layers are resolved
+    /// and the snapshots committed bottom up, only once every blob digest and
+    /// diff id has been verified.
+    async fn materialise_layers(
         &self,
         layers: &[LayerRecord],
-        fetch: F,
-    ) -> Result<(), ImageError>
-    where
-        F: Fn(String, u64) -> Fut,
-        Fut: std::future::Future<Output = Result<PathBuf, ImageError>>,
-    {
+        remote: Option<Remote>,
+    ) -> Result<(), ImageError> {
         let snaps = &self.inner.snapshots;
         let mut missing: Vec<&str> = layers
             .iter()
@@ -559,26 +554,27 @@ impl ImageStore {
         let tasks = work
             .filter(|(_, l)| seen.insert(l.chain_id.clone()))
             .map(|(i, l)| {
-                let blob = fetch(l.digest.clone(), l.size);
                 let this = self.clone();
                 let l = l.clone();
+                let remote = remote.clone();
                 async move {
-                    let path = blob.await?;
                     let tmp = this.inner.snapshots.tmp()?;
-                    let digest = l.digest.clone();
-                    // The temp snapshot moves into the blocking task, so it is
-                    // removed only after the unpack stopped writing into it.
-                    let (tmp, unpacked) = tokio::task::spawn_blocking(move || {
-                        let f = fs::File::open(&path)
-                            .ctx(|| format!("open blob {}", path.display()))?;
-                        let u = unpack::unpack_layer(&digest, f, &tmp.path)?;
-                        Ok::<_, ImageError>((tmp, u))
-                    })
-                    .await
-                    .map_err(|e| ImageError::InvalidLayer {
-                        layer: l.digest.clone(),
-                        reason: format!("unpack task failed: {e}"),
-                    })??;
+                    let (tmp, unpacked) = match remote {
+                        Some(remote) => this.fetch_and_unpack(&remote, &l, tmp).await?,
+                        None => {
+                            if this.inner.content.size(&l.digest) != Some(l.size) {
+                                return Err(ImageError::InvalidLayer {
+                                    layer: l.digest.clone(),
+                                    reason: format!(
+                                        "blob of {} bytes not in the content store",
+                                        l.size
+                                    ),
+                                });
+                            }
+                            let path = this.inner.content.path(&l.digest)?;
+                            unpack_file(path, &l.digest, tmp).await?
+                        }
+                    };
                     if unpacked.diff_id != l.diff_id {
                         return Err(ImageError::InvalidLayer {
                             layer: l.digest.clone(),
@@ -628,44 +624,58 @@ impl ImageStore {
         Ok(())
     }
 
-    /// Downloads blob `digest` unless present (single flight per digest).
-    async fn ensure_blob(
+    /// Unpacks layer `l` into `tmp`, downloading its blob from `remote`
+    /// unless present. A download is single-flight per digest.
+    async fn fetch_and_unpack(
         &self,
-        ep: &Endpoint,
-        repository: &str,
-        digest: &str,
-        size: u64,
-        auth: Option<&RegistryAuth>,
-    ) -> Result<PathBuf, ImageError> {
+        remote: &Remote,
+        l: &LayerRecord,
+        tmp: snapshot::TmpSnapshot,
+    ) -> Result<(snapshot::TmpSnapshot, unpack::Unpacked), ImageError> {
         let content = &self.inner.content;
-        let path = content.path(digest)?;
-        if content.size(digest) == Some(size) {
-            return Ok(path);
+        if content.size(&l.digest) != Some(l.size) {
+            let _lock = content.lock(&l.digest).await;
+            if content.size(&l.digest) != Some(l.size) {
+                return self.download_and_unpack(remote, l, tmp).await;
+            }
         }
-        let _lock = content.lock(digest).await;
-        if content.size(digest) == Some(size) {
-            return Ok(path);
+        unpack_file(content.path(&l.digest)?, &l.digest, tmp).await
+    }
+
+    /// The download side of [`ImageStore::fetch_and_unpack`]; the caller
+    /// holds the digest's single-flight lock. The blob is written to the
+    /// content store and verified before the unpacker reads a byte of it
+    /// (streaming it into the unpacker during the download measured no faster
+    /// here, and would unpack unverified bytes).
+    async fn download_and_unpack(
+        &self,
+        remote: &Remote,
+        l: &LayerRecord,
+        tmp: snapshot::TmpSnapshot,
+    ) -> Result<(snapshot::TmpSnapshot, unpack::Unpacked), ImageError> {
+        let ep = &remote.ep;
+        {
+            let _permit = self
+                .inner
+                .downloads
+                .acquire()
+                .await
+                .expect("semaphore never closed");
+            let mut resp = self
+                .inner
+                .registry
+                .fetch_blob(ep, &remote.repository, &l.digest, remote.auth.as_ref())
+                .await?;
+            let mut ingest = self.inner.content.ingest(&l.digest, Some(l.size))?;
+            while let Some(chunk) = resp.chunk().await.map_err(|e| ImageError::Registry {
+                registry: ep.host.clone(),
+                reason: format!("blob {}@{}: {e}", remote.repository, l.digest),
+            })? {
+                ingest.write(&chunk)?;
+            }
+            ingest.commit()?;
         }
-        let _permit = self
-            .inner
-            .downloads
-            .acquire()
-            .await
-            .expect("semaphore never closed");
-        let mut resp = self
-            .inner
-            .registry
-            .fetch_blob(ep, repository, digest, auth)
-            .await?;
-        let mut ingest = content.ingest(digest, Some(size))?;
-        while let Some(chunk) = resp.chunk().await.map_err(|e| ImageError::Registry {
-            registry: ep.host.clone(),
-            reason: format!("blob {repository}@{digest}: {e}"),
-        })? {
-            ingest.write(&chunk)?;
-        }
-        ingest.commit()?;
-        Ok(path)
+        unpack_file(self.inner.content.path(&l.digest)?, &l.digest, tmp).await
     }
 
     /// Finds an image by id (`sha256:…` or bare hex), unique id prefix, tag
@@ -918,22 +928,7 @@ impl ImageStore {
                 })??;
         let mut out = Vec::new();
         for img in parsed {
-            let content = &self.inner.content;
-            let fetch = |digest: String, _size: u64| {
-                let p = content.path(&digest);
-                async move {
-                    let p = p?;
-                    if p.exists() {
-                        Ok(p)
-                    } else {
-                        Err(ImageError::InvalidArchive {
-                            path: path.to_owned(),
-                            reason: format!("layer blob {digest} missing from the archive"),
-                        })
-                    }
-                }
-            };
-            self.materialise_layers(&img.record.layers, fetch).await?;
+            self.materialise_layers(&img.record.layers, None).await?;
             self.inner
                 .db
                 .put_image(&img.record, &img.config, &img.names)?;
@@ -943,6 +938,33 @@ impl ImageStore {
         }
         Ok(out)
     }
+}
+
+/// Where missing layers of a pull come from.
+#[derive(Debug, Clone)]
+struct Remote {
+    ep: Endpoint,
+    repository: String,
+    auth: Option<RegistryAuth>,
+}
+
+/// Unpacks the stored blob at `path` into `tmp` on a blocking thread.
+async fn unpack_file(
+    path: PathBuf,
+    digest: &str,
+    tmp: snapshot::TmpSnapshot,
+) -> Result<(snapshot::TmpSnapshot, unpack::Unpacked), ImageError> {
+    let d = digest.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let f = fs::File::open(&path).ctx(|| format!("open blob {}", path.display()))?;
+        let u = unpack::unpack_layer(&d, f, &tmp.path)?;
+        Ok::<_, ImageError>((tmp, u))
+    })
+    .await
+    .map_err(|e| ImageError::InvalidLayer {
+        layer: digest.to_owned(),
+        reason: format!("unpack task failed: {e}"),
+    })?
 }
 
 fn validate_container_id(id: &str) -> Result<(), ImageError> {
