@@ -114,6 +114,31 @@ async fn connect(sock: PathBuf) -> ImageServiceClient<Channel> {
     }
 }
 
+/// CPU time (user + system) of this process, in ms.
+fn self_cpu_ms() -> f64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct we pass; RUSAGE_SELF is valid.
+    let ru = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr());
+        ru.assume_init()
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// CPU time (user + system) of process `pid`, in ms.
+fn pid_cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the comm.
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks * 1000.0 / hz
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -178,6 +203,7 @@ async fn main() {
 
     let (mut c_cold, mut c_tag, mut c_digest, mut d_cold, mut d_warm) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut c_cpu, mut d_cpu) = (Vec::new(), Vec::new());
     // Round 0 warms both up (page cache, registry) and is not counted.
     for round in 0..=rounds {
         // carrack
@@ -190,9 +216,11 @@ async fn main() {
         })
         .await
         .unwrap();
+        let cpu0 = self_cpu_ms();
         let t = Instant::now();
         store.pull(&reference, None).await.unwrap();
         let cold = t.elapsed();
+        let ccpu = self_cpu_ms() - cpu0;
         let t = Instant::now();
         store.pull(&reference, None).await.unwrap();
         let tag = t.elapsed();
@@ -203,9 +231,11 @@ async fn main() {
         std::fs::remove_dir_all(&dir).unwrap();
 
         // containerd
+        let cpu0 = pid_cpu_ms(ctrd.child.id());
         let t = Instant::now();
         cri.pull_image(pull_req()).await.unwrap();
         let dcold = t.elapsed();
+        let dcpu = pid_cpu_ms(ctrd.child.id()) - cpu0;
         let t = Instant::now();
         cri.pull_image(pull_req()).await.unwrap();
         let dwarm = t.elapsed();
@@ -218,7 +248,7 @@ async fn main() {
         .await
         .unwrap();
         eprintln!(
-            "round {round}: carrack cold {:.1} ms, by tag {:.2} ms, by digest {:.3} ms | containerd cold {:.1} ms, warm {:.2} ms",
+            "round {round}: carrack cold {:.1} ms (cpu {ccpu:.0} ms), by tag {:.2} ms, by digest {:.3} ms | containerd cold {:.1} ms (cpu {dcpu:.0} ms), warm {:.2} ms",
             ms(cold),
             ms(tag),
             ms(dig),
@@ -227,6 +257,8 @@ async fn main() {
         );
         if round > 0 {
             c_cold.push(ms(cold));
+            c_cpu.push(ccpu);
+            d_cpu.push(dcpu);
             c_tag.push(ms(tag));
             c_digest.push(ms(dig));
             d_cold.push(ms(dcold));
@@ -240,10 +272,14 @@ async fn main() {
         median(&mut d_cold),
         median(&mut d_warm),
     );
+    let (ccpu, dcpu) = (median(&mut c_cpu), median(&mut d_cpu));
     println!("medians over {rounds} rounds:");
     println!(
         "  cold pull:   carrack {cc:.1} ms, containerd {dc:.1} ms, containerd/carrack = {:.2}x",
         dc / cc
+    );
+    println!(
+        "  cold pull CPU time: carrack {ccpu:.0} ms (in this process), containerd {dcpu:.0} ms (its process)"
     );
     println!(
         "  repeat pull: carrack by tag {ct:.2} ms, by digest {cd:.3} ms, containerd {dw:.2} ms"

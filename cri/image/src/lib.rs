@@ -596,29 +596,38 @@ impl ImageStore {
             done.push(r?);
         }
         done.sort_by_key(|(i, _, _)| *i);
-        for (i, tmp, unpacked) in done {
-            let l = &layers[i];
-            if !unpacked.deferred_links.is_empty() {
-                let lowers: Vec<PathBuf> = layers[..i]
-                    .iter()
-                    .rev()
-                    .map(|l| snaps.path(&l.chain_id))
-                    .collect();
-                let dest = tmp.path.clone();
-                let digest = l.digest.clone();
-                let links = unpacked.deferred_links;
-                let t = tokio::task::spawn_blocking(move || {
-                    for (link, target) in links {
-                        unpack::resolve_deferred_link(&digest, &dest, &link, &target, &lowers)?;
-                    }
-                    Ok::<_, ImageError>(())
-                });
-                t.await.map_err(|e| ImageError::InvalidLayer {
-                    layer: l.digest.clone(),
-                    reason: format!("hardlink task failed: {e}"),
-                })??;
+        // Where each layer's files are now: this pull's temp dirs, or
+        // snapshots committed before.
+        let mut fs_of: Vec<PathBuf> = layers.iter().map(|l| snaps.path(&l.chain_id)).collect();
+        for (i, tmp, _) in &done {
+            fs_of[*i] = tmp.path.clone();
+        }
+        for (i, tmp, unpacked) in &mut done {
+            let l = &layers[*i];
+            if unpacked.deferred_links.is_empty() {
+                continue;
             }
-            snaps.commit(tmp, &l.chain_id)?;
+            let lowers: Vec<PathBuf> = fs_of[..*i].iter().rev().cloned().collect();
+            let dest = tmp.path.clone();
+            let digest = l.digest.clone();
+            let links = std::mem::take(&mut unpacked.deferred_links);
+            let t = tokio::task::spawn_blocking(move || {
+                for (link, target) in links {
+                    unpack::resolve_deferred_link(&digest, &dest, &link, &target, &lowers)?;
+                }
+                Ok::<_, ImageError>(())
+            });
+            t.await.map_err(|e| ImageError::InvalidLayer {
+                layer: l.digest.clone(),
+                reason: format!("hardlink task failed: {e}"),
+            })??;
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.inner.snapshots.sync())
+            .await
+            .map_err(|e| ImageError::io("syncfs task", std::io::Error::other(e.to_string())))??;
+        for (i, tmp, _) in done {
+            snaps.commit(tmp, &layers[i].chain_id)?;
         }
         drop(guards);
         Ok(())

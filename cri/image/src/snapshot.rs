@@ -105,16 +105,22 @@ impl Snapshots {
         })
     }
 
-    /// Syncs the unpacked files and renames `tmp` to `chain_id`.
-    pub fn commit(&self, mut tmp: TmpSnapshot, chain_id: &str) -> Result<(), ImageError> {
-        let dir = fs::File::open(&tmp.path).ctx(|| format!("open {}", tmp.path.display()))?;
+    /// Flushes everything unpacked so far to disk (one `syncfs` for all the
+    /// snapshots of a pull, before they are committed).
+    pub fn sync(&self) -> Result<(), ImageError> {
+        let dir = fs::File::open(&self.dir).ctx(|| format!("open {}", self.dir.display()))?;
         // SAFETY: syncfs(2) on a valid open directory fd.
         if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
             return Err(ImageError::io(
-                format!("syncfs {}", tmp.path.display()),
+                format!("syncfs {}", self.dir.display()),
                 io::Error::last_os_error(),
             ));
         }
+        Ok(())
+    }
+
+    /// Renames `tmp` to `chain_id`; the caller has [`Snapshots::sync`]ed.
+    pub fn commit(&self, mut tmp: TmpSnapshot, chain_id: &str) -> Result<(), ImageError> {
         let dest = self.path(chain_id);
         fs::rename(&tmp.path, &dest)
             .ctx(|| format!("rename {} to {}", tmp.path.display(), dest.display()))?;
