@@ -50,7 +50,7 @@ impl Fixture {
         let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         config["process"]["terminal"] = json!(false);
         config["process"]["args"] = json!(["/bin/sh", "-c", script]);
-        config["linux"]["cgroupsPath"] = json!(format!("/carrack-test-shim/{id}"));
+        config["linux"]["cgroupsPath"] = json!(format!("/{id}"));
         tweak(&mut config);
         std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         let state_dir = dir.join("shims");
