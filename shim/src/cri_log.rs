@@ -48,11 +48,23 @@ impl LineSplitter {
         let mut rest = chunk;
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
             self.pending.extend_from_slice(&rest[..nl]);
+            // A line that ends here may still be too long: its head goes out
+            // as partial chunks, the tail (at most MAX_LINE) as the full line.
+            self.emit_partials(now, out, |len| len > MAX_LINE);
             self.flush_pending(now, true, out);
             rest = &rest[nl + 1..];
         }
         self.pending.extend_from_slice(rest);
-        while self.pending.len() >= MAX_LINE {
+        self.emit_partials(now, out, |len| len >= MAX_LINE);
+    }
+
+    fn emit_partials(
+        &mut self,
+        now: DateTime<Utc>,
+        out: &mut Vec<u8>,
+        too_long: impl Fn(usize) -> bool,
+    ) {
+        while too_long(self.pending.len()) {
             let tail = self.pending.split_off(MAX_LINE);
             let head = std::mem::replace(&mut self.pending, tail);
             write_line(self.stream, now, false, &head, out);
@@ -117,6 +129,21 @@ mod tests {
         assert!(lines[0].contains(" stdout P ") && lines[0].ends_with(&"x".repeat(MAX_LINE)));
         assert!(lines[1].contains(" stdout P "));
         assert!(lines[2].ends_with(" stdout F xxxxx"));
+    }
+
+    #[test]
+    fn long_line_split_even_when_its_newline_comes_with_the_overflow() {
+        let mut s = LineSplitter::new(Stream::Stdout);
+        let mut out = Vec::new();
+        s.push(&vec![b'y'; 12_288], t(), &mut out);
+        let mut tail = vec![b'y'; 7_712];
+        tail.push(b'\n');
+        s.push(&tail, t(), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{}", lines.len());
+        assert!(lines[0].contains(" stdout P ") && lines[0].ends_with(&"y".repeat(MAX_LINE)));
+        assert!(lines[1].ends_with(&format!(" stdout F {}", "y".repeat(20_000 - MAX_LINE))));
     }
 
     #[test]
