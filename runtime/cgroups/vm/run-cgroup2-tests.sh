@@ -1,95 +1,217 @@
 #!/usr/bin/env bash
-# Runs carrack-cgroups' tests (unit and kernel tests) on a pure cgroup v2
-# host: Debian's kernel booted under qemu (software emulation, no KVM needed)
-# with an initramfs that holds the test executables, their shared libraries
-# and busybox. The init mounts cgroup2 at /sys/fs/cgroup with every
-# controller enabled, runs the tests as root with CI=true, prints a result
-# marker on the serial console and powers off.
+# Runs Carrack's cgroup integration tests on a pure cgroup v2 kernel.
 #
-# Development hosts and CI machines here have cgroup v1 (hybrid); real nodes
-# are mostly v2: this is how the v2 code paths are proven. Idempotent: the
-# kernel is fetched once into $CARRACK_VM_CACHE (default /var/cache/carrack-vm)
-# with `apt-get download` + `dpkg -x`, never installed into the host's /boot.
+# The development and CI hosts run cgroup v1 (hybrid), so this boots
+# Debian's linux-image-amd64 kernel under qemu (software emulation unless
+# CARRACK_VM_ACCEL=kvm) with a small busybox initramfs. The guest
+# mounts the host's root file system read-only over virtio-9p, switches
+# into it, mounts cgroup2 at /sys/fs/cgroup with every controller enabled,
+# runs the test executables that `cargo test --no-run` built on the host,
+# prints their output on the serial console and powers off. This script
+# exits with the tests' status (non-zero when any test failed or the VM did
+# not report a result).
 #
-# Usage: runtime/cgroups/vm/run-cgroup2-tests.sh [cargo test package…]
-# (default: -p carrack-cgroups)
+# Nothing is installed into the host's /boot: the kernel package is
+# downloaded with `apt-get download` and unpacked with `dpkg -x` into the
+# cache directory ($CARRACK_VM_CACHE, default /var/cache/carrack-vm).
+# Downloads are done once; qemu-system-x86 and busybox-static are installed
+# with apt-get when missing.
+#
+# Usage: run-cgroup2-tests.sh [--no-build] [TEST-EXECUTABLE...]
+#   Without executables, builds and runs the tests of carrack-cgroups and,
+#   when it exists, carrack-runtime's `cgroups` test (CARGO_TARGET_DIR is
+#   honoured). Extra arguments after `--` are passed to every test binary.
+# Environment: CARRACK_VM_CACHE, CARRACK_VM_TIMEOUT (seconds, default 1800),
+#   CARRACK_VM_MEM (MiB, default 2048), CARRACK_VM_CPUS (default 2),
+#   CARRACK_VM_ACCEL (tcg, the default, or kvm).
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../../.." && pwd)
 cache=${CARRACK_VM_CACHE:-/var/cache/carrack-vm}
-packages=("$@")
-[ ${#packages[@]} -gt 0 ] || packages=(-p carrack-cgroups)
+vm_timeout=${CARRACK_VM_TIMEOUT:-1800}
+vm_mem=${CARRACK_VM_MEM:-2048}
+vm_cpus=${CARRACK_VM_CPUS:-2}
 
-if ! command -v qemu-system-x86_64 >/dev/null; then
-    echo "== installing qemu-system-x86"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null
+log() { echo "== vm: $*" >&2; }
+die() { echo "run-cgroup2-tests: $*" >&2; exit 2; }
+
+[[ $(id -u) == 0 ]] || die "must run as root (the guest runs root-only tests)"
+
+build=1
+executables=()
+test_args=()
+while (($#)); do
+    case $1 in
+        --no-build) build=0 ;;
+        --) shift; test_args=("$@"); break ;;
+        *) executables+=("$(realpath "$1")") ;;
+    esac
+    shift
+done
+
+# --- host packages ---------------------------------------------------------
+missing=()
+for p in qemu-system-x86 busybox-static; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+busybox=/bin/busybox
+[[ -x $busybox ]] || busybox=/usr/bin/busybox
+[[ -x $busybox ]] || die "busybox-static installed but no busybox binary found"
 
+# --- kernel (downloaded once, unpacked into the cache) ---------------------
 mkdir -p "$cache"
-vmlinuz=$(ls "$cache"/kernel/boot/vmlinuz-* 2>/dev/null | head -n 1 || true)
-if [ -z "$vmlinuz" ]; then
-    pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
-    [ -n "$pkg" ] || { echo "cannot find the kernel package behind linux-image-amd64 (apt-get update?)" >&2; exit 1; }
-    echo "== fetching $pkg"
-    (cd "$cache" && apt-get download -q "$pkg" 2>/dev/null && dpkg -x "$pkg"_*.deb kernel && rm -f "$pkg"_*.deb)
-    vmlinuz=$(ls "$cache"/kernel/boot/vmlinuz-* | head -n 1)
+kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null \
+    | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+if [[ -z $kpkg ]]; then
+    apt-get update -qq
+    kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
 fi
+[[ -n $kpkg ]] || die "apt-cache knows no linux-image-amd64 dependency (is the Debian archive configured?)"
+kdir=$cache/$kpkg
+if ! compgen -G "$kdir/boot/vmlinuz-*" >/dev/null; then
+    deb=$(compgen -G "$cache/${kpkg}_*_amd64.deb" | head -n1 || true)
+    if [[ -z $deb ]]; then
+        log "downloading $kpkg"
+        (cd "$cache" && apt-get download -q "$kpkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true)
+        deb=$(compgen -G "$cache/${kpkg}_*_amd64.deb" | head -n1 || true)
+        [[ -n $deb ]] || die "apt-get download $kpkg produced no .deb in $cache"
+    fi
+    log "unpacking $(basename "$deb")"
+    rm -rf "$kdir.tmp"
+    dpkg -x "$deb" "$kdir.tmp"
+    mv "$kdir.tmp" "$kdir"
+fi
+vmlinuz=$(compgen -G "$kdir/boot/vmlinuz-*" | head -n1)
+kver=${vmlinuz##*/vmlinuz-}
+moddir=$(compgen -G "$kdir/lib/modules/$kver" || compgen -G "$kdir/usr/lib/modules/$kver") \
+    || die "no modules for $kver in $kdir"
 
-echo "== building the test executables (${packages[*]})"
-mapfile -t tests < <(cargo test "${packages[@]}" --no-run --message-format=json 2>/dev/null | python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        print(m["executable"])')
-[ ${#tests[@]} -gt 0 ] || { echo "no test executables built" >&2; exit 1; }
+# --- initramfs: busybox, the modules 9p needs, /init ----------------------
+# Module dependencies come from each module's .modinfo "depends=" (the
+# package ships no modules.dep; depmod is not needed on the host).
+declare -A modfile=() loaded=()
+while read -r rel; do
+    name=${rel##*/}; name=${name%%.ko*}; name=${name//-/_}
+    modfile[$name]=$rel
+done < <(cd "$moddir" && find kernel -name '*.ko*')
+builtin=$(sed 's#.*/##; s#\.ko.*##; s#-#_#g' "$moddir/modules.builtin")
 
-work=$(mktemp -d /tmp/carrack-vm.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-root=$work/root
-mkdir -p "$root"/{bin,proc,sys,dev,tmp,tests,etc,root}
-cp /bin/busybox "$root/bin/busybox"
-for applet in $(/bin/busybox --list); do
-    [ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"
-done
-for t in "${tests[@]}"; do
-    cp "$t" "$root/tests/"
-    for lib in $(ldd "$t" | grep -o '/[^ ]*' | sort -u); do
-        mkdir -p "$root$(dirname "$lib")"
-        cp -L "$lib" "$root$lib"
-    done
-done
-cat > "$root/init" <<'INIT'
-#!/bin/sh
-export PATH=/bin CI=true HOME=/root TMPDIR=/tmp RUST_BACKTRACE=1
+work=$(mktemp -d "$cache/run.XXXXXX")
+cleanup() { rm -rf "$work"; }
+trap cleanup EXIT
+initdir=$work/initramfs
+mkdir -p "$initdir"/{bin,dev,proc,sys,newroot,modules}
+cp "$busybox" "$initdir/bin/busybox"
+
+decompress() { # src dst
+    case $1 in
+        *.ko) cp "$1" "$2" ;;
+        *.ko.xz) xz -dc "$1" >"$2" ;;
+        *.ko.zst) zstd -qdc "$1" >"$2" ;;
+        *.ko.gz) gzip -dc "$1" >"$2" ;;
+        *) die "unknown module format $1" ;;
+    esac
+}
+order=()
+add_module() {
+    local name=${1//-/_} deps d
+    [[ -n ${loaded[$name]:-} ]] && return 0
+    loaded[$name]=1
+    if [[ -z ${modfile[$name]:-} ]]; then
+        grep -qx "$name" <<<"$builtin" && return 0
+        die "kernel module $name not found in $moddir"
+    fi
+    decompress "$moddir/${modfile[$name]}" "$initdir/modules/$name.ko"
+    deps=$(tr '\0' '\n' <"$initdir/modules/$name.ko" | sed -n 's/^depends=//p' | head -n1)
+    for d in ${deps//,/ }; do add_module "$d"; done
+    order+=("$name")
+}
+for m in virtio_pci 9pnet_virtio 9p overlay; do add_module "$m"; done
+printf '%s\n' "${order[@]}" >"$initdir/modules/order"
+
+cat >"$initdir/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
-for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
-    echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control
+fail() { echo "CARRACK-VM-RESULT 3 ($*)"; poweroff -f; }
+for m in $(cat /modules/order); do
+    insmod /modules/$m.ko || fail "insmod $m"
 done
-echo "cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
-rc=0
-for t in /tests/*; do
-    echo "== $t"
-    "$t" --test-threads=1 || rc=1
+for arg in $(cat /proc/cmdline); do
+    case $arg in carrack.stage2=*) stage2=${arg#carrack.stage2=} ;; carrack.plan=*) plan=${arg#carrack.plan=} ;; esac
 done
-echo "CARRACK-VM-RESULT=$rc"
-poweroff -f
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot /newroot \
+    || fail "mount 9p host root"
+mount --move /proc /newroot/proc
+mount --move /sys /newroot/sys
+mount --move /dev /newroot/dev
+exec switch_root /newroot /bin/busybox sh "$stage2" "$plan"
 INIT
-chmod +x "$root/init"
-(cd "$root" && find . | /bin/busybox cpio -o -H newc 2>/dev/null | gzip -1) > "$work/initrd.gz"
+chmod +x "$initdir/init"
+initrd=$work/initrd.gz
+(cd "$initdir" && find . | "$busybox" cpio -o -H newc 2>/dev/null) | gzip -1 >"$initrd"
 
-echo "== booting $(basename "$vmlinuz") with cgroup v2 (${#tests[@]} test executables)"
-start=$(date +%s)
-timeout 900 qemu-system-x86_64 -machine accel=tcg -cpu max -smp 2 -m 1024 \
-    -nographic -no-reboot -kernel "$vmlinuz" -initrd "$work/initrd.gz" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=3" </dev/null | tee "$work/console.log" || true
-code=$(grep -ao 'CARRACK-VM-RESULT=[0-9]*' "$work/console.log" | tail -n 1 | cut -d= -f2 || true)
-echo "== cgroup v2 VM finished in $(( $(date +%s) - start )) s"
-if [ -z "$code" ]; then
-    echo "the VM never reported a result" >&2
-    exit 1
+# --- test executables ------------------------------------------------------
+plan=$work/plan
+: >"$plan"
+add_tests() { # cargo test args...
+    local json
+    json=$(cd "$repo" && cargo test --no-run --message-format=json "$@") || die "cargo test --no-run $* failed"
+    jq -r 'select(.reason == "compiler-artifact" and .profile.test == true and .executable != null)
+           | "\(.manifest_path | sub("/Cargo.toml$"; ""))\t\(.executable)"' <<<"$json" >>"$plan"
+}
+if ((${#executables[@]})); then
+    for e in "${executables[@]}"; do printf '%s\t%s\n' "$repo" "$e" >>"$plan"; done
+elif ((build)); then
+    command -v jq >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null
+    log "building test executables"
+    add_tests -p carrack-cgroups
+    if [[ -f $repo/runtime/tests/cgroups.rs ]]; then
+        add_tests -p carrack-runtime --test cgroups
+    fi
+else
+    die "--no-build needs test executables as arguments"
 fi
-exit "$code"
+[[ -s $plan ]] || die "no test executables to run"
+printf 'ARGS\t%s\n' "${test_args[*]:-}" >>"$plan"
+log "tests: $(grep -vc '^ARGS' "$plan") executable(s)"
+
+# --- boot ------------------------------------------------------------------
+# Software emulation by default: the development VMs expose a /dev/kvm on
+# which qemu aborts (MSR 0x10a), so KVM is only used when asked for.
+case ${CARRACK_VM_ACCEL:-tcg} in
+    kvm) accel=(-accel kvm -cpu host) ;;
+    tcg) accel=(-accel tcg,thread=multi -cpu max) ;;
+    *) die "CARRACK_VM_ACCEL must be tcg or kvm, not ${CARRACK_VM_ACCEL}" ;;
+esac
+console=$work/console.log
+log "booting $kver ($(basename "$vmlinuz"))"
+start=$(date +%s)
+set +e
+timeout --foreground "$vm_timeout" qemu-system-x86_64 \
+    "${accel[@]}" -smp "$vm_cpus" -m "$vm_mem" \
+    -nographic -no-reboot -nic none \
+    -kernel "$vmlinuz" -initrd "$initrd" \
+    -append "console=ttyS0 quiet loglevel=3 panic=-1 carrack.stage2=$here/guest-stage2.sh carrack.plan=$plan" \
+    -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+    </dev/null 2>&1 | tee "$console"
+qemu_rc=${PIPESTATUS[0]}
+set -e
+log "VM ran $(($(date +%s) - start)) s (qemu exit $qemu_rc)"
+result=$(tr -d '\r' <"$console" | sed -n 's/^CARRACK-VM-RESULT \([0-9]*\).*/\1/p' | tail -n1)
+if [[ -z $result ]]; then
+    die "the VM reported no result (qemu exit $qemu_rc; timeout ${vm_timeout}s)"
+fi
+if [[ $result != 0 ]]; then
+    echo "run-cgroup2-tests: tests failed in the cgroup v2 VM (status $result)" >&2
+fi
+exit "$result"
