@@ -17,10 +17,13 @@
 # Downloads are done once; qemu-system-x86 and busybox-static are installed
 # with apt-get when missing.
 #
-# Usage: run-cgroup2-tests.sh [--no-build] [TEST-EXECUTABLE...]
-#   Without executables, builds and runs the tests of carrack-cgroups and,
-#   when it exists, carrack-runtime's `cgroups` test (CARGO_TARGET_DIR is
-#   honoured). Extra arguments after `--` are passed to every test binary.
+# Usage: run-cgroup2-tests.sh [-p PACKAGE [--test NAME]]... [--no-build]
+#                             [TEST-EXECUTABLE...] [-- TEST-ARGS...]
+#   Without executables or packages, builds and runs the tests of
+#   carrack-cgroups and, when it exists, carrack-runtime's `cgroups` test
+#   (CARGO_TARGET_DIR is honoured). `-p`/`--test` select what
+#   `cargo test --no-run` builds instead. Arguments after `--` are passed to
+#   every test binary (e.g. a test name filter).
 # Environment: CARRACK_VM_CACHE, CARRACK_VM_TIMEOUT (seconds, default 1800),
 #   CARRACK_VM_MEM (MiB, default 2048), CARRACK_VM_CPUS (default 2),
 #   CARRACK_VM_ACCEL (tcg, the default, or kvm).
@@ -41,10 +44,15 @@ die() { echo "run-cgroup2-tests: $*" >&2; exit 2; }
 build=1
 executables=()
 test_args=()
+cargo_args=()
 while (($#)); do
     case $1 in
         --no-build) build=0 ;;
+        -p | --package | --test)
+            (($# >= 2)) || die "$1 needs a value"
+            cargo_args+=("$1" "$2"); shift ;;
         --) shift; test_args=("$@"); break ;;
+        -*) die "unknown option $1" ;;
         *) executables+=("$(realpath "$1")") ;;
     esac
     shift
@@ -174,8 +182,12 @@ if ((${#executables[@]})); then
 elif ((build)); then
     command -v jq >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null
     log "building test executables"
-    add_tests -p carrack-cgroups
-    if [[ -f $repo/runtime/tests/cgroups.rs ]]; then
+    if ((${#cargo_args[@]})); then
+        add_tests "${cargo_args[@]}"
+    else
+        add_tests -p carrack-cgroups
+    fi
+    if ((${#cargo_args[@]} == 0)) && [[ -f $repo/runtime/tests/cgroups.rs ]]; then
         add_tests -p carrack-runtime --test cgroups
     fi
 else
