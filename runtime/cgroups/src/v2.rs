@@ -2,15 +2,17 @@
 //! a hybrid host only those no v1 hierarchy carries. OCI values are
 //! converted where v2 takes another unit (cpu.weight, io.weight, swap).
 
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use oci_spec::runtime::LinuxResources;
 
-use crate::error::{CgroupError, Result};
+use crate::error::{CgroupError, Result, io_err};
 use crate::hierarchy::Mode;
 use crate::stats::{BlkioEntry, HugetlbStats, Stats, parse_flat_keyed, parse_u64};
-use crate::{Cgroup, devices_bpf, read_file, read_optional, write_file};
+use crate::{Cgroup, devices_bpf, read_optional, write_file};
 
 /// Enables, in every ancestor from `root` down to `dir`'s parent, each
 /// controller the level offers, so that `dir` gets its interface files.
@@ -234,25 +236,48 @@ fn max_or(v: i64) -> String {
     if v < 0 { "max".into() } else { v.to_string() }
 }
 
-/// cgroup.freeze, then wait for `frozen` in cgroup.events.
+/// cgroup.freeze, then wait for `frozen` in cgroup.events. The kernel
+/// notifies a change of cgroup.events to poll(2) as POLLPRI (kernfs), so the
+/// wait sleeps until the state flips instead of polling on a timer.
 pub(crate) fn set_frozen(dir: &Path, frozen: bool) -> Result<()> {
-    let want = if frozen { "1" } else { "0" };
-    write_file(&dir.join("cgroup.freeze"), want)?;
+    let want = u64::from(frozen);
+    let state = if frozen { "frozen" } else { "thawed" };
+    let events_path = dir.join("cgroup.events");
+    // Opened before the write so that no notification can be missed.
+    let mut events = std::fs::File::open(&events_path).map_err(io_err("open", &events_path))?;
+    write_file(&dir.join("cgroup.freeze"), &want.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    // cgroup.events also signals via inotify; a short bounded poll keeps
-    // this synchronous call simple and is what runc does as well.
+    let mut text = String::new();
     loop {
-        let events = parse_flat_keyed(&read_file(&dir.join("cgroup.events"))?);
-        if events.get("frozen").map(u64::to_string).as_deref() == Some(want) {
+        text.clear();
+        events
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| events.read_to_string(&mut text))
+            .map_err(io_err("read", &events_path))?;
+        if parse_flat_keyed(&text).get("frozen") == Some(&want) {
             return Ok(());
         }
-        if Instant::now() > deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return Err(CgroupError::FreezeTimeout {
                 path: dir.to_path_buf(),
-                state: if frozen { "frozen" } else { "thawed" },
+                state,
             });
         }
-        std::thread::sleep(Duration::from_millis(1));
+        let mut pfd = libc::pollfd {
+            fd: events.as_raw_fd(),
+            events: libc::POLLPRI,
+            revents: 0,
+        };
+        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd for an fd this function owns, count 1.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(io_err("poll", &events_path)(err));
+            }
+        }
     }
 }
 
