@@ -326,3 +326,98 @@ fn v2_device_filter_denies_what_the_rules_deny() {
     );
     assert!(err.contains("Operation not permitted"), "{err}");
 }
+
+/// The first disk-like block device of the host (not loop, ram or zram), as
+/// "major:minor".
+fn a_block_device() -> Option<(i64, i64)> {
+    let mut names: Vec<_> = std::fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            !["loop", "ram", "zram", "nbd"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
+        .collect();
+    names.sort();
+    let dev = std::fs::read_to_string(format!("/sys/block/{}/dev", names.first()?)).ok()?;
+    let (major, minor) = dev.trim().split_once(':')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+#[test]
+fn io_throttle_hugetlb_and_unified_keys() {
+    use oci_spec::runtime::{
+        LinuxBlockIoBuilder, LinuxHugepageLimitBuilder, LinuxThrottleDeviceBuilder,
+    };
+    if !require_root() {
+        return;
+    }
+    let t = TestCgroup::new("io-hugetlb");
+    let huge_2m = std::path::Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB").exists();
+    let disk = a_block_device();
+    let r = resources(|mut b| {
+        if let Some((major, minor)) = disk {
+            let throttle = LinuxThrottleDeviceBuilder::default()
+                .major(major)
+                .minor(minor)
+                .rate(1u64 << 20)
+                .build()
+                .unwrap();
+            b = b.block_io(
+                LinuxBlockIoBuilder::default()
+                    .throttle_read_bps_device(vec![throttle])
+                    .build()
+                    .unwrap(),
+            );
+        }
+        if huge_2m {
+            b = b.hugepage_limits(vec![
+                LinuxHugepageLimitBuilder::default()
+                    .page_size("2MB")
+                    .limit(4i64 << 20)
+                    .build()
+                    .unwrap(),
+            ]);
+        }
+        b
+    });
+    t.cg.apply(&r).unwrap();
+    match disk {
+        Some((major, minor)) => {
+            let text = read(&t.cg, "blkio", "blkio.throttle.read_bps_device", "io.max");
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("{major}:{minor} "))
+                        && (l.ends_with(" 1048576") || l.contains("rbps=1048576"))),
+                "{text}"
+            );
+        }
+        None => assert!(carrack_e2e::prerequisite::check(false, "a block device")),
+    }
+    if huge_2m {
+        assert_eq!(
+            read(
+                &t.cg,
+                "hugetlb",
+                "hugetlb.2MB.limit_in_bytes",
+                "hugetlb.2MB.max"
+            ),
+            (4u64 << 20).to_string()
+        );
+        assert!(t.cg.stats().unwrap().hugetlb.contains_key("2MB"));
+    }
+    // `unified` keys go to the cgroup2 directory as they are; a key that is
+    // not a plain interface file name is refused with its name.
+    if t.cg.unified_dir().is_some() {
+        let mut unified = std::collections::HashMap::new();
+        unified.insert("cgroup.max.descendants".to_owned(), "5".to_owned());
+        t.cg.apply(&resources(|b| b.unified(unified))).unwrap();
+        assert_eq!(read(&t.cg, "", "", "cgroup.max.descendants"), "5");
+        let mut bad = std::collections::HashMap::new();
+        bad.insert("../cgroup.procs".to_owned(), "1".to_owned());
+        let err = t.cg.apply(&resources(|b| b.unified(bad))).unwrap_err();
+        assert!(err.to_string().contains("unified.../cgroup.procs"), "{err}");
+    }
+}

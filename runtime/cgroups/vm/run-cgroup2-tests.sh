@@ -140,7 +140,8 @@ add_module() {
     for d in ${deps//,/ }; do add_module "$d"; done
     order+=("$name")
 }
-for m in virtio_pci 9pnet_virtio 9p overlay; do add_module "$m"; done
+# virtio_blk: a scratch disk, so io.max has a device to throttle.
+for m in virtio_pci 9pnet_virtio 9p overlay virtio_blk; do add_module "$m"; done
 printf '%s\n' "${order[@]}" >"$initdir/modules/order"
 
 cat >"$initdir/init" <<'INIT'
@@ -205,6 +206,7 @@ case ${CARRACK_VM_ACCEL:-tcg} in
     tcg) accel=(-accel tcg,thread=multi -cpu max) ;;
     *) die "CARRACK_VM_ACCEL must be tcg or kvm, not ${CARRACK_VM_ACCEL}" ;;
 esac
+truncate -s 16M "$work/scratch.img"
 console=$work/console.log
 log "booting $kver ($(basename "$vmlinuz"))"
 start=$(date +%s)
@@ -215,6 +217,7 @@ timeout --foreground "$vm_timeout" qemu-system-x86_64 \
     -kernel "$vmlinuz" -initrd "$initrd" \
     -append "console=ttyS0 quiet loglevel=3 panic=-1 carrack.stage2=$here/guest-stage2.sh carrack.plan=$plan" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+    -drive "file=$work/scratch.img,if=virtio,format=raw" \
     </dev/null 2>&1 | tee "$console"
 qemu_rc=${PIPESTATUS[0]}
 set -e
