@@ -1,0 +1,290 @@
+//! The project's own streaming client (SPDY/3.1): exec and attach with
+//! stdin, stdout, stderr, resize and the exit code from the error stream,
+//! and port-forward. It speaks what `kubectl`/`crictl` speak, so tests and
+//! the e2e suite can drive the server as those clients do.
+
+use std::io;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::spdy::{Session, Stream, StreamReader};
+use crate::{CHANNEL_PROTOCOLS, PORT_FORWARD_PROTOCOL, TerminalSize};
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The URL is not `http://host:port/path`.
+    #[error("streaming URL {0:?} is not http://host:port/path")]
+    Url(String),
+    /// Connecting or talking to the server failed.
+    #[error("streaming connection to {url}: {source}")]
+    Io {
+        /// URL.
+        url: String,
+        /// Cause.
+        source: io::Error,
+    },
+    /// The HTTP upgrade failed.
+    #[error("streaming upgrade to {url}: {message}")]
+    Http {
+        /// URL.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The server refused the request (e.g. a used or expired token).
+    #[error("streaming server answered HTTP {status}: {body}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Response body.
+        body: String,
+    },
+    /// The error stream reported a failure other than an exit code.
+    #[error("remote error: {0}")]
+    Remote(String),
+}
+
+/// Streams for an exec or attach. `None` streams are not requested.
+#[derive(Default)]
+pub struct ExecIo {
+    /// Sent to the process; its end closes the process's stdin.
+    pub stdin: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    /// Receives the process's stdout.
+    pub stdout: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    /// Receives the process's stderr (not with `tty`).
+    pub stderr: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    /// The process has a terminal; `resize` feeds its size.
+    pub tty: bool,
+    /// Terminal sizes to send.
+    pub resize: Option<mpsc::UnboundedReceiver<TerminalSize>>,
+}
+
+/// Upgrades `url` to SPDY/3.1 offering `protocols`; returns the session and
+/// the protocol the server chose.
+pub async fn connect(url: &str, protocols: &[&str]) -> Result<(Session, String), ClientError> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| ClientError::Url(url.into()))?;
+    let (hostport, path) = rest
+        .split_once('/')
+        .ok_or_else(|| ClientError::Url(url.into()))?;
+    let io_err = |source| ClientError::Io {
+        url: url.into(),
+        source,
+    };
+    let http_err = |e: hyper::Error| ClientError::Http {
+        url: url.into(),
+        message: e.to_string(),
+    };
+    let tcp = tokio::net::TcpStream::connect(hostport)
+        .await
+        .map_err(io_err)?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(http_err)?;
+    tokio::spawn(conn.with_upgrades());
+    let mut req = Request::post(format!("/{path}"))
+        .header(hyper::header::HOST, hostport)
+        .header(hyper::header::CONNECTION, "Upgrade")
+        .header(hyper::header::UPGRADE, "SPDY/3.1");
+    for p in protocols {
+        req = req.header("X-Stream-Protocol-Version", *p);
+    }
+    let req = req
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| ClientError::Url(format!("{url}: {e}")))?;
+    let mut resp = send.send_request(req).await.map_err(http_err)?;
+    if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        return Err(ClientError::Refused { status, body });
+    }
+    let chosen = resp
+        .headers()
+        .get("x-stream-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let upgraded = hyper::upgrade::on(&mut resp).await.map_err(http_err)?;
+    let (session, _incoming) = Session::start(TokioIo::new(upgraded), true);
+    Ok((session, chosen))
+}
+
+async fn open(
+    session: &Session,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Stream, ClientError> {
+    session
+        .open(
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+        .await
+        .map_err(|source| ClientError::Io {
+            url: url.into(),
+            source,
+        })
+}
+
+/// Runs an exec (or attach) at `url` offering `protocols` (newest first;
+/// [`CHANNEL_PROTOCOLS`] when empty). Returns the exit code.
+pub async fn exec(url: &str, protocols: &[&str], io: ExecIo) -> Result<i32, ClientError> {
+    let protocols = if protocols.is_empty() {
+        CHANNEL_PROTOCOLS
+    } else {
+        protocols
+    };
+    let (session, chosen) = connect(url, protocols).await?;
+    let version = match chosen.as_str() {
+        "v4.channel.k8s.io" => 4,
+        "v3.channel.k8s.io" => 3,
+        "v2.channel.k8s.io" => 2,
+        _ => 1,
+    };
+    let mut error = open(&session, url, &[("streamtype", "error")]).await?;
+    let mut tasks = Vec::new();
+    let mut stdin_task = None;
+    if let Some(mut input) = io.stdin {
+        let mut s = open(&session, url, &[("streamtype", "stdin")]).await?;
+        stdin_task = Some(tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut input, &mut s).await;
+            s.finish();
+        }));
+    }
+    for (kind, out) in [
+        ("stdout", io.stdout),
+        ("stderr", io.stderr.filter(|_| !io.tty)),
+    ] {
+        if let Some(mut out) = out {
+            let s = open(&session, url, &[("streamtype", kind)]).await?;
+            let (mut r, _w) = s.split();
+            tasks.push(tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut r, &mut out).await;
+                let _ = out.flush().await;
+            }));
+        }
+    }
+    let mut resize_task = None;
+    if io.tty && version >= 3 {
+        let mut s = open(&session, url, &[("streamtype", "resize")]).await?;
+        if let Some(mut sizes) = io.resize {
+            resize_task = Some(tokio::spawn(async move {
+                while let Some(size) = sizes.recv().await {
+                    let Ok(j) = serde_json::to_vec(&size) else {
+                        break;
+                    };
+                    if s.write_all(&j).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+    }
+    let mut msg = Vec::new();
+    let _ = error.read_to_end(&mut msg).await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    for t in [stdin_task, resize_task].into_iter().flatten() {
+        t.abort();
+    }
+    session.close().await;
+    parse_status(version, &msg)
+}
+
+/// Turns the error stream's content into an exit code.
+pub fn parse_status(version: u8, msg: &[u8]) -> Result<i32, ClientError> {
+    if msg.is_empty() {
+        return Ok(0);
+    }
+    let text = String::from_utf8_lossy(msg).into_owned();
+    if version < 4 {
+        return Err(ClientError::Remote(text));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(msg).map_err(|_| ClientError::Remote(text.clone()))?;
+    match v["status"].as_str() {
+        Some("Success") => Ok(0),
+        Some("Failure") if v["reason"] == "NonZeroExitCode" => v["details"]["causes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["reason"] == "ExitCode")
+            .and_then(|c| c["message"].as_str())
+            .and_then(|m| m.parse().ok())
+            .ok_or(ClientError::Remote(text)),
+        _ => Err(ClientError::Remote(
+            v["message"].as_str().map(str::to_string).unwrap_or(text),
+        )),
+    }
+}
+
+/// A port-forward session: open any number of connections to any ports.
+pub struct PortForwarder {
+    session: Session,
+    url: String,
+    next_request: std::sync::atomic::AtomicU64,
+}
+
+/// One forwarded connection.
+pub struct ForwardedConn {
+    /// Bytes to and from the port.
+    pub data: Stream,
+    /// The server's error text for this connection (empty when fine).
+    pub error: StreamReader,
+}
+
+impl PortForwarder {
+    /// Connects to a port-forward URL.
+    pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        let (session, _) = connect(url, &[PORT_FORWARD_PROTOCOL]).await?;
+        Ok(Self {
+            session,
+            url: url.into(),
+            next_request: 0.into(),
+        })
+    }
+
+    /// Opens a connection to `port` in the pod.
+    pub async fn open(&self, port: u16) -> Result<ForwardedConn, ClientError> {
+        let id = self
+            .next_request
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .to_string();
+        let port = port.to_string();
+        let mut error = open(
+            &self.session,
+            &self.url,
+            &[("streamtype", "error"), ("port", &port), ("requestid", &id)],
+        )
+        .await?;
+        error.finish();
+        let data = open(
+            &self.session,
+            &self.url,
+            &[("streamtype", "data"), ("port", &port), ("requestid", &id)],
+        )
+        .await?;
+        let (error, _) = error.split();
+        Ok(ForwardedConn { data, error })
+    }
+
+    /// Closes the session.
+    pub async fn close(self) {
+        self.session.close().await;
+    }
+}

@@ -1,0 +1,517 @@
+//! The HTTP server: token lookup, protocol negotiation, SPDY upgrade and
+//! the exec/attach/port-forward stream handling.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::spdy::frame::header;
+use crate::spdy::{IncomingStream, Session, Stream};
+use crate::token::{Pending, Tokens};
+use crate::{
+    AttachSpec, BackendError, BoxReader, BoxWriter, CHANNEL_PROTOCOLS, ExecSpec,
+    PORT_FORWARD_PROTOCOL, PortForwardSpec, ProcessIo, StreamingBackend, StreamingConfig,
+    StreamingError, TerminalSize,
+};
+
+/// The running streaming server.
+pub struct StreamingServer {
+    addr: SocketAddr,
+    tokens: Arc<Tokens>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Ctx {
+    tokens: Arc<Tokens>,
+    backend: Arc<dyn StreamingBackend>,
+    cfg: StreamingConfig,
+}
+
+impl StreamingServer {
+    /// Binds `cfg.addr` and serves until [`StreamingServer::shutdown`].
+    pub async fn start(
+        cfg: StreamingConfig,
+        backend: Arc<dyn StreamingBackend>,
+    ) -> Result<Self, StreamingError> {
+        let listener =
+            TcpListener::bind(cfg.addr)
+                .await
+                .map_err(|source| StreamingError::Bind {
+                    addr: cfg.addr,
+                    source,
+                })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StreamingError::Bind {
+                addr: cfg.addr,
+                source,
+            })?;
+        let tokens = Arc::new(Tokens::new(cfg.token_ttl));
+        let ctx = Arc::new(Ctx {
+            tokens: tokens.clone(),
+            backend,
+            cfg,
+        });
+        let (stop_tx, mut stop_rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    _ = &mut stop_rx => return,
+                    r = listener.accept() => match r {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "streaming accept failed");
+                            continue;
+                        }
+                    },
+                };
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let ctx = ctx.clone();
+                        async move { Ok::<_, Infallible>(handle(ctx, req)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            tokens,
+            stop: Some(stop_tx),
+            task,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn url(&self, kind: &str, p: Pending) -> String {
+        format!("http://{}/{kind}/{}", self.addr, self.tokens.insert(p))
+    }
+
+    /// A single-use URL for an exec.
+    pub fn exec_url(&self, spec: &ExecSpec) -> Result<String, StreamingError> {
+        if spec.cmd.is_empty() {
+            return Err(StreamingError::InvalidRequest("exec cmd is empty".into()));
+        }
+        check_streams(spec.stdin, spec.stdout, spec.stderr, spec.tty)?;
+        Ok(self.url("exec", Pending::Exec(spec.clone())))
+    }
+
+    /// A single-use URL for an attach.
+    pub fn attach_url(&self, spec: &AttachSpec) -> Result<String, StreamingError> {
+        check_streams(spec.stdin, spec.stdout, spec.stderr, spec.tty)?;
+        Ok(self.url("attach", Pending::Attach(spec.clone())))
+    }
+
+    /// A single-use URL for a port-forward.
+    pub fn port_forward_url(&self, spec: &PortForwardSpec) -> Result<String, StreamingError> {
+        if spec.pod_sandbox_id.is_empty() {
+            return Err(StreamingError::InvalidRequest(
+                "port-forward pod_sandbox_id is empty".into(),
+            ));
+        }
+        Ok(self.url("portforward", Pending::PortForward(spec.clone())))
+    }
+
+    /// Stops accepting connections (sessions under way run to their end).
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+fn check_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<(), StreamingError> {
+    if !stdin && !stdout && !stderr {
+        return Err(StreamingError::InvalidRequest(
+            "one of stdin, stdout or stderr must be set".into(),
+        ));
+    }
+    if tty && stderr && !stdout {
+        return Err(StreamingError::InvalidRequest(
+            "with tty, stderr is merged into stdout: set stdout".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn text(code: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(msg.into())));
+    *r.status_mut() = code;
+    r
+}
+
+fn handle(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let (kind, token) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if !matches!(kind, "exec" | "attach" | "portforward") || token.is_empty() {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no such streaming path {path}"),
+        );
+    }
+    let upgrade = req
+        .headers()
+        .get(hyper::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if upgrade.contains("websocket") {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "WebSocket streaming is not supported by this server; use SPDY/3.1",
+        );
+    }
+    if upgrade != "spdy/3.1" {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("expected Upgrade: SPDY/3.1, got {upgrade:?}"),
+        );
+    }
+    let Some(pending) = ctx.tokens.take(token) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "streaming token unknown, already used or expired",
+        );
+    };
+    let kind_matches = matches!(
+        (&pending, kind),
+        (Pending::Exec(_), "exec")
+            | (Pending::Attach(_), "attach")
+            | (Pending::PortForward(_), "portforward")
+    );
+    if !kind_matches {
+        return text(StatusCode::NOT_FOUND, format!("token is not for {kind}"));
+    }
+    let offered: Vec<String> = req
+        .headers()
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+        .filter(|s| !s.is_empty())
+        .collect();
+    let supported: &[&str] = if kind == "portforward" {
+        &[PORT_FORWARD_PROTOCOL]
+    } else {
+        CHANNEL_PROTOCOLS
+    };
+    // The client lists its protocols newest first: take the first we speak.
+    let protocol = if offered.is_empty() {
+        // Legacy clients that send no header speak the oldest protocol.
+        supported[supported.len() - 1].to_string()
+    } else {
+        match offered.iter().find(|o| supported.contains(&o.as_str())) {
+            Some(p) => p.clone(),
+            None => {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "none of the offered protocols {offered:?} is supported; this server speaks {supported:?}"
+                    ),
+                );
+            }
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let proto = protocol.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "streaming upgrade failed");
+                return;
+            }
+        };
+        let (session, incoming) = Session::start(TokioIo::new(upgraded), false);
+        match pending {
+            Pending::Exec(spec) => serve_exec(ctx, session, incoming, &proto, spec).await,
+            Pending::Attach(spec) => serve_attach(ctx, session, incoming, &proto, spec).await,
+            Pending::PortForward(spec) => serve_port_forward(ctx, session, incoming, spec).await,
+        }
+    });
+    let mut r = text(StatusCode::SWITCHING_PROTOCOLS, "");
+    let h = r.headers_mut();
+    h.insert(hyper::header::CONNECTION, "Upgrade".parse().unwrap());
+    h.insert(hyper::header::UPGRADE, "SPDY/3.1".parse().unwrap());
+    if let Ok(v) = protocol.parse() {
+        h.insert("X-Stream-Protocol-Version", v);
+    }
+    r
+}
+
+fn protocol_version(p: &str) -> u8 {
+    match p {
+        "v4.channel.k8s.io" => 4,
+        "v3.channel.k8s.io" => 3,
+        "v2.channel.k8s.io" => 2,
+        _ => 1,
+    }
+}
+
+/// The client's streams for one exec or attach.
+#[derive(Default)]
+struct Streams {
+    error: Option<Stream>,
+    stdin: Option<Stream>,
+    stdout: Option<Stream>,
+    stderr: Option<Stream>,
+    resize: Option<Stream>,
+}
+
+async fn collect_streams(
+    ctx: &Ctx,
+    session: &Session,
+    incoming: &mut mpsc::UnboundedReceiver<IncomingStream>,
+    expected: usize,
+) -> Option<Streams> {
+    let mut s = Streams::default();
+    let mut got = 0;
+    let deadline = tokio::time::Instant::now() + ctx.cfg.stream_creation_timeout;
+    while got < expected {
+        let next = tokio::time::timeout_at(deadline, incoming.recv()).await;
+        let Ok(Some(IncomingStream {
+            headers,
+            mut stream,
+        })) = next
+        else {
+            tracing::warn!(got, expected, "client did not open its streams");
+            session.close().await;
+            return None;
+        };
+        let slot = match header(&headers, "streamtype") {
+            Some("error") => &mut s.error,
+            Some("stdin") => &mut s.stdin,
+            Some("stdout") => &mut s.stdout,
+            Some("stderr") => &mut s.stderr,
+            Some("resize") => &mut s.resize,
+            other => {
+                tracing::warn!(stream_type = ?other, "unexpected stream type");
+                stream.reset(crate::spdy::frame::rst::REFUSED_STREAM);
+                continue;
+            }
+        };
+        stream.reply();
+        if slot.replace(stream).is_none() {
+            got += 1;
+        }
+    }
+    Some(s)
+}
+
+fn process_io(s: &mut Streams) -> ProcessIo {
+    let resize = s.resize.take().map(|r| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(read_resizes(r, tx));
+        rx
+    });
+    ProcessIo {
+        stdin: s.stdin.take().map(|x| Box::new(x) as BoxReader),
+        stdout: s.stdout.take().map(|x| Box::new(x) as BoxWriter),
+        stderr: s.stderr.take().map(|x| Box::new(x) as BoxWriter),
+        resize,
+    }
+}
+
+/// Parses the resize stream: concatenated `{"Width":..,"Height":..}` objects.
+async fn read_resizes(mut r: Stream, tx: mpsc::UnboundedSender<TerminalSize>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut it = serde_json::Deserializer::from_slice(&buf).into_iter::<TerminalSize>();
+        let mut consumed = 0;
+        loop {
+            match it.next() {
+                Some(Ok(size)) => {
+                    consumed = it.byte_offset();
+                    if tx.send(size).is_err() {
+                        return;
+                    }
+                }
+                Some(Err(e)) if e.is_eof() => break,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "bad resize message");
+                    return;
+                }
+                None => break,
+            }
+        }
+        buf.drain(..consumed);
+        if buf.len() > 64 * 1024 {
+            return;
+        }
+    }
+}
+
+fn expected_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool, version: u8) -> usize {
+    1 + stdin as usize
+        + stdout as usize
+        + (stderr && !tty) as usize
+        + (tty && version >= 3) as usize
+}
+
+/// The error stream's message for an exec outcome.
+pub(crate) fn status_message(version: u8, result: &Result<i32, BackendError>) -> Option<Vec<u8>> {
+    let v = match (version, result) {
+        (4, Ok(0)) => serde_json::json!({"metadata": {}, "status": "Success"}),
+        (4, Ok(code)) => serde_json::json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: error executing command, exit code {code}"),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+        }),
+        (4, Err(e)) => serde_json::json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": e.to_string(),
+            "reason": "InternalError",
+            "code": 500,
+        }),
+        (_, Ok(0)) => return None,
+        (_, Ok(code)) => {
+            return Some(
+                format!("command terminated with non-zero exit code: exit code {code}")
+                    .into_bytes(),
+            );
+        }
+        (_, Err(e)) => return Some(e.to_string().into_bytes()),
+    };
+    Some(v.to_string().into_bytes())
+}
+
+async fn finish(session: Session, mut error: Option<Stream>, msg: Option<Vec<u8>>) {
+    if let Some(e) = error.as_mut() {
+        if let Some(m) = msg {
+            e.send(&m);
+        }
+        e.finish();
+    }
+    session.close().await;
+}
+
+async fn serve_exec(
+    ctx: Arc<Ctx>,
+    session: Session,
+    mut incoming: mpsc::UnboundedReceiver<IncomingStream>,
+    protocol: &str,
+    spec: ExecSpec,
+) {
+    let version = protocol_version(protocol);
+    let n = expected_streams(spec.stdin, spec.stdout, spec.stderr, spec.tty, version);
+    let Some(mut s) = collect_streams(&ctx, &session, &mut incoming, n).await else {
+        return;
+    };
+    let io = process_io(&mut s);
+    let result = ctx.backend.exec(spec, io).await;
+    finish(session, s.error, status_message(version, &result)).await;
+}
+
+async fn serve_attach(
+    ctx: Arc<Ctx>,
+    session: Session,
+    mut incoming: mpsc::UnboundedReceiver<IncomingStream>,
+    protocol: &str,
+    spec: AttachSpec,
+) {
+    let version = protocol_version(protocol);
+    let n = expected_streams(spec.stdin, spec.stdout, spec.stderr, spec.tty, version);
+    let Some(mut s) = collect_streams(&ctx, &session, &mut incoming, n).await else {
+        return;
+    };
+    let io = process_io(&mut s);
+    let result = ctx.backend.attach(spec, io).await.map(|()| 0);
+    finish(session, s.error, status_message(version, &result)).await;
+}
+
+async fn serve_port_forward(
+    ctx: Arc<Ctx>,
+    session: Session,
+    mut incoming: mpsc::UnboundedReceiver<IncomingStream>,
+    spec: PortForwardSpec,
+) {
+    // requestID -> the half (error or data) that arrived first.
+    let mut halves: HashMap<String, (Option<Stream>, Option<Stream>)> = HashMap::new();
+    while let Some(IncomingStream {
+        headers,
+        mut stream,
+    }) = incoming.recv().await
+    {
+        let port = header(&headers, "port").and_then(|p| p.parse::<u16>().ok());
+        let request_id = header(&headers, "requestid").unwrap_or("").to_string();
+        let kind = header(&headers, "streamtype").unwrap_or("");
+        let Some(port) = port.filter(|p| *p != 0) else {
+            tracing::warn!(?headers, "port-forward stream without a valid port header");
+            stream.reset(crate::spdy::frame::rst::REFUSED_STREAM);
+            continue;
+        };
+        if !matches!(kind, "error" | "data") {
+            stream.reset(crate::spdy::frame::rst::REFUSED_STREAM);
+            continue;
+        }
+        stream.reply();
+        let entry = halves.entry(format!("{request_id}/{port}")).or_default();
+        if kind == "error" {
+            entry.0 = Some(stream);
+        } else {
+            entry.1 = Some(stream);
+        }
+        if entry.0.is_none() || entry.1.is_none() {
+            continue;
+        }
+        let (Some(mut err), Some(data)) = halves.remove(&format!("{request_id}/{port}")).unwrap()
+        else {
+            continue;
+        };
+        if !spec.ports.is_empty() && !spec.ports.contains(&port) {
+            err.send(
+                format!(
+                    "port {port} is not among the forwarded ports {:?}",
+                    spec.ports
+                )
+                .as_bytes(),
+            );
+            err.finish();
+            continue;
+        }
+        let fut = ctx
+            .backend
+            .port_forward(spec.pod_sandbox_id.clone(), port, Box::new(data));
+        let sandbox = spec.pod_sandbox_id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = fut.await {
+                let msg = format!("error forwarding port {port} to pod {sandbox}: {e}");
+                err.send(msg.as_bytes());
+            }
+            err.finish();
+        });
+    }
+    // The client closed the connection.
+    let _ = tokio::time::timeout(Duration::from_secs(1), session.close()).await;
+}
