@@ -280,12 +280,37 @@ struct Streams {
     resize: Option<Stream>,
 }
 
+/// Which streams the request asked for.
+struct Wanted {
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    resize: bool,
+}
+
+impl Wanted {
+    fn new(stdin: bool, stdout: bool, stderr: bool, tty: bool, version: u8) -> Self {
+        Self {
+            stdin,
+            stdout,
+            stderr: stderr && !tty,
+            resize: tty && version >= 3,
+        }
+    }
+    fn count(&self) -> usize {
+        1 + self.stdin as usize + self.stdout as usize + self.stderr as usize + self.resize as usize
+    }
+}
+
+/// Accepts the client's streams until every wanted one is open; refuses
+/// streams the request did not ask for.
 async fn collect_streams(
     ctx: &Ctx,
     session: &Session,
     incoming: &mut mpsc::UnboundedReceiver<IncomingStream>,
-    expected: usize,
+    wanted: Wanted,
 ) -> Option<Streams> {
+    let expected = wanted.count();
     let mut s = Streams::default();
     let mut got = 0;
     let deadline = tokio::time::Instant::now() + ctx.cfg.stream_creation_timeout;
@@ -302,10 +327,10 @@ async fn collect_streams(
         };
         let slot = match header(&headers, "streamtype") {
             Some("error") => &mut s.error,
-            Some("stdin") => &mut s.stdin,
-            Some("stdout") => &mut s.stdout,
-            Some("stderr") => &mut s.stderr,
-            Some("resize") => &mut s.resize,
+            Some("stdin") if wanted.stdin => &mut s.stdin,
+            Some("stdout") if wanted.stdout => &mut s.stdout,
+            Some("stderr") if wanted.stderr => &mut s.stderr,
+            Some("resize") if wanted.resize => &mut s.resize,
             other => {
                 tracing::warn!(stream_type = ?other, "unexpected stream type");
                 stream.reset(crate::spdy::frame::rst::REFUSED_STREAM);
@@ -318,6 +343,16 @@ async fn collect_streams(
         }
     }
     Some(s)
+}
+
+/// Streams opened after the session's set is complete are refused.
+fn refuse_late_streams(mut incoming: mpsc::UnboundedReceiver<IncomingStream>) {
+    tokio::spawn(async move {
+        while let Some(mut i) = incoming.recv().await {
+            tracing::warn!(headers = ?i.headers, "stream opened after the session started");
+            i.stream.reset(crate::spdy::frame::rst::REFUSED_STREAM);
+        }
+    });
 }
 
 fn process_io(s: &mut Streams) -> ProcessIo {
@@ -369,13 +404,6 @@ async fn read_resizes(mut r: Stream, tx: mpsc::UnboundedSender<TerminalSize>) {
     }
 }
 
-fn expected_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool, version: u8) -> usize {
-    1 + stdin as usize
-        + stdout as usize
-        + (stderr && !tty) as usize
-        + (tty && version >= 3) as usize
-}
-
 /// The error stream's message for an exec outcome.
 pub(crate) fn status_message(version: u8, result: &Result<i32, BackendError>) -> Option<Vec<u8>> {
     let v = match (version, result) {
@@ -424,11 +452,12 @@ async fn serve_exec(
     spec: ExecSpec,
 ) {
     let version = protocol_version(protocol);
-    let n = expected_streams(spec.stdin, spec.stdout, spec.stderr, spec.tty, version);
-    let Some(mut s) = collect_streams(&ctx, &session, &mut incoming, n).await else {
+    let wanted = Wanted::new(spec.stdin, spec.stdout, spec.stderr, spec.tty, version);
+    let Some(mut s) = collect_streams(&ctx, &session, &mut incoming, wanted).await else {
         return;
     };
     let io = process_io(&mut s);
+    refuse_late_streams(incoming);
     let result = ctx.backend.exec(spec, io).await;
     finish(session, s.error, status_message(version, &result)).await;
 }
@@ -441,11 +470,12 @@ async fn serve_attach(
     spec: AttachSpec,
 ) {
     let version = protocol_version(protocol);
-    let n = expected_streams(spec.stdin, spec.stdout, spec.stderr, spec.tty, version);
-    let Some(mut s) = collect_streams(&ctx, &session, &mut incoming, n).await else {
+    let wanted = Wanted::new(spec.stdin, spec.stdout, spec.stderr, spec.tty, version);
+    let Some(mut s) = collect_streams(&ctx, &session, &mut incoming, wanted).await else {
         return;
     };
     let io = process_io(&mut s);
+    refuse_late_streams(incoming);
     let result = ctx.backend.attach(spec, io).await.map(|()| 0);
     finish(session, s.error, status_message(version, &result)).await;
 }
