@@ -69,10 +69,10 @@ async fn run(spec: ExecSpec, io: ProcessIo) -> Result<i32, BackendError> {
                 if n == 0 {
                     break;
                 }
-                if let Some(o) = out.as_mut() {
-                    if o.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
+                if let Some(o) = out.as_mut()
+                    && o.write_all(&buf[..n]).await.is_err()
+                {
+                    break;
                 }
             }
         });
