@@ -1,1 +1,59 @@
-//! carrackd: the CRI daemon.
+//! carrackd: the CRI v1 daemon of Carrack.
+//!
+//! - [`config`]: the TOML configuration (every key has a default);
+//! - [`store`]: sandboxes and containers in SQLite (WAL), intent first;
+//! - [`sandbox`]: pinned namespaces, pod files, the pod network seam;
+//! - [`spec`]: the OCI spec of a container (pure logic);
+//! - [`service`]: the RuntimeService and ImageService;
+//! - [`serve`]: the gRPC server on the unix socket.
+
+pub mod config;
+pub mod sandbox;
+pub mod service;
+pub mod spec;
+pub mod store;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use carrack_proto::cri::image_service_server::ImageServiceServer;
+use carrack_proto::cri::runtime_service_server::RuntimeServiceServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+/// Binds `socket` (parent created, stale socket removed, mode 0660).
+pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::remove_file(socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            anyhow::bail!("removing stale socket {}: {e}", socket.display())
+        }
+        _ => {}
+    }
+    let l = UnixListener::bind(socket)
+        .map_err(|e| anyhow::anyhow!("binding {}: {e}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
+    Ok(l)
+}
+
+/// Opens the daemon, recovers, and serves CRI on the socket until `shutdown`.
+pub async fn serve(
+    cfg: config::Config,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let socket = cfg.socket.clone();
+    let daemon = service::Daemon::open(cfg, Arc::new(sandbox::LoopbackOnly::default())).await?;
+    daemon.recover().await?;
+    let listener = bind(&socket)?;
+    tracing::info!(socket = %socket.display(), "serving CRI");
+    tonic::transport::Server::builder()
+        .add_service(RuntimeServiceServer::new(service::Runtime(daemon.clone())))
+        .add_service(ImageServiceServer::new(service::Images(daemon)))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await?;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}

@@ -1,5 +1,110 @@
-//! The `carrackd` binary.
-fn main() {
-    eprintln!("carrackd: not built yet");
-    std::process::exit(1);
+//! The `carrackd` binary: flags, config, logging, then [`carrackd::serve`].
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use carrack_image::RegistryHostConfig;
+use carrackd::config::Config;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "carrackd", about = "Carrack's CRI daemon")]
+struct Args {
+    /// The TOML config file (default: none, built-in defaults).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Persistent state directory (config key `root`).
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
+    /// Volatile state directory (config key `state`).
+    #[arg(long, global = true)]
+    state: Option<PathBuf>,
+    /// The CRI socket (config key `socket`).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// A registry host[:port] spoken to over plain HTTP (repeatable).
+    #[arg(long = "registry-insecure", global = true)]
+    registry_insecure: Vec<String>,
+    /// The default runtime handler (config key `default_runtime`).
+    #[arg(long, global = true)]
+    default_runtime: Option<String>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Prints the effective configuration as TOML.
+    Default,
+}
+
+fn effective(args: &Args) -> anyhow::Result<Config> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(s) = &args.state {
+        cfg.set_state(s.clone());
+    }
+    if let Some(r) = &args.root {
+        cfg.root = r.clone();
+    }
+    if let Some(s) = &args.socket {
+        cfg.socket = s.clone();
+    }
+    if let Some(d) = &args.default_runtime {
+        cfg.default_runtime = d.clone();
+    }
+    for host in &args.registry_insecure {
+        let h = cfg
+            .registries
+            .hosts
+            .entry(host.clone())
+            .or_insert_with(RegistryHostConfig::default);
+        h.insecure = true;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cfg = effective(&args)?;
+    if let Some(Cmd::Config {
+        what: ConfigCmd::Default,
+    }) = args.command
+    {
+        print!("{}", cfg.to_toml());
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Runtime::new().context("starting tokio")?;
+    rt.block_on(async {
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("shutting down (containers keep running)");
+        };
+        carrackd::serve(cfg, shutdown).await
+    })
 }

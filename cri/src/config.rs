@@ -1,0 +1,256 @@
+//! carrackd's configuration: a TOML file whose every key has a built-in
+//! default, so that carrackd runs with no file at all.
+//!
+//! ```toml
+//! root = "/var/lib/carrack"
+//! state = "/run/carrack"
+//! socket = "/run/carrack/carrack.sock"
+//! default_runtime = "runc"
+//! cgroup_parent = "/carrack"
+//! [runtimes.runc]
+//! binary = "/usr/sbin/runc"
+//! root = "/run/carrack/runc"
+//! [registries."registry.k8s.io"]
+//! mirrors = ["http://127.0.0.1:5000"]
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use carrack_image::RegistryConfig;
+use serde::{Deserialize, Serialize};
+
+/// Errors reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("parsing config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("config key {key}: {message}")]
+    Invalid {
+        /// The key.
+        key: String,
+        /// What was expected.
+        message: String,
+    },
+}
+
+/// One OCI runtime a pod can ask for by `runtime_handler`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeHandler {
+    /// The runtime binary (runc's CLI contract).
+    pub binary: PathBuf,
+    /// The runtime's `--root` (its state directory).
+    pub root: PathBuf,
+}
+
+/// The daemon configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Persistent state: the database, images, bundles, sandbox files.
+    pub root: PathBuf,
+    /// Volatile state: shims, pinned namespaces.
+    pub state: PathBuf,
+    /// The CRI socket.
+    pub socket: PathBuf,
+    /// The runtime handler used when a pod names none (`""`).
+    pub default_runtime: String,
+    /// Runtime handlers by name.
+    pub runtimes: BTreeMap<String, RuntimeHandler>,
+    /// The carrack-shim binary (empty: beside carrackd, or on PATH).
+    pub shim_binary: PathBuf,
+    /// Cgroup parent of pods that do not name one (cgroupfs driver).
+    pub cgroup_parent: String,
+    /// Layer downloads at once.
+    pub max_concurrent_downloads: usize,
+    /// Per-registry settings (mirrors, insecure, ca_files, auth).
+    pub registries: RegistryConfig,
+}
+
+/// Finds `name` beside the running carrackd, else returns it bare (PATH).
+pub fn beside_self(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(name)))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let state = PathBuf::from("/run/carrack");
+        let mut runtimes = BTreeMap::new();
+        runtimes.insert(
+            "carrack".to_owned(),
+            RuntimeHandler {
+                binary: beside_self("carrack-runtime"),
+                root: state.join("runtime"),
+            },
+        );
+        runtimes.insert(
+            "runc".to_owned(),
+            RuntimeHandler {
+                binary: PathBuf::from("/usr/sbin/runc"),
+                root: state.join("runc"),
+            },
+        );
+        runtimes.insert(
+            "crun".to_owned(),
+            RuntimeHandler {
+                binary: PathBuf::from("/usr/bin/crun"),
+                root: state.join("crun"),
+            },
+        );
+        Config {
+            root: PathBuf::from("/var/lib/carrack"),
+            socket: state.join("carrack.sock"),
+            state,
+            default_runtime: "carrack".to_owned(),
+            runtimes,
+            shim_binary: beside_self("carrack-shim"),
+            cgroup_parent: "/carrack".to_owned(),
+            max_concurrent_downloads: 4,
+            registries: RegistryConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, every missing key taking its default.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses TOML text (`path` only names it in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the relations between keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.runtimes.contains_key(&self.default_runtime) {
+            return Err(ConfigError::Invalid {
+                key: "default_runtime".into(),
+                message: format!(
+                    "{:?} is not one of the runtimes {:?}",
+                    self.default_runtime,
+                    self.runtimes.keys().collect::<Vec<_>>()
+                ),
+            });
+        }
+        for (key, p) in [
+            ("root", &self.root),
+            ("state", &self.state),
+            ("socket", &self.socket),
+        ] {
+            if !p.is_absolute() {
+                return Err(ConfigError::Invalid {
+                    key: key.into(),
+                    message: format!("expected an absolute path, got {}", p.display()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the runtime roots that sit under the default state dir under
+    /// `state` (after `--state` changed it).
+    pub fn set_state(&mut self, state: PathBuf) {
+        let old = self.state.clone();
+        for h in self.runtimes.values_mut() {
+            if let Ok(rest) = h.root.strip_prefix(&old) {
+                h.root = state.join(rest);
+            }
+        }
+        if let Ok(rest) = self.socket.strip_prefix(&old) {
+            self.socket = state.join(rest);
+        }
+        self.state = state;
+    }
+
+    /// The handler for a pod's `runtime_handler` (empty: the default).
+    pub fn handler(&self, name: &str) -> Option<(&str, &RuntimeHandler)> {
+        let name = if name.is_empty() {
+            self.default_runtime.as_str()
+        } else {
+            name
+        };
+        self.runtimes
+            .get_key_value(name)
+            .map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = Config::parse("", Path::new("x")).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.socket, PathBuf::from("/run/carrack/carrack.sock"));
+    }
+
+    #[test]
+    fn default_config_round_trips_through_toml() {
+        let c = Config::default();
+        let back = Config::parse(&c.to_toml(), Path::new("x")).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn keys_override_and_unknown_keys_fail() {
+        let c = Config::parse(
+            "root = \"/tmp/r\"\ndefault_runtime = \"runc\"\n[registries.\"registry.k8s.io\"]\nmirrors = [\"http://127.0.0.1:5000\"]\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.root, PathBuf::from("/tmp/r"));
+        assert_eq!(c.handler("").unwrap().0, "runc");
+        let e = Config::parse("rooot = \"/x\"", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("rooot"), "{e}");
+        let e = Config::parse("default_runtime = \"nope\"", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("default_runtime"), "{e}");
+    }
+
+    #[test]
+    fn set_state_moves_runtime_roots_and_socket() {
+        let mut c = Config::default();
+        c.set_state("/tmp/s".into());
+        assert_eq!(c.runtimes["runc"].root, PathBuf::from("/tmp/s/runc"));
+        assert_eq!(c.socket, PathBuf::from("/tmp/s/carrack.sock"));
+    }
+}
