@@ -288,3 +288,154 @@ impl PortForwarder {
         self.session.close().await;
     }
 }
+
+/// Runs an exec (or attach) at `url` over WebSocket, offering `protocols`
+/// (newest first; `v5.channel.k8s.io` and `v4.channel.k8s.io` when empty).
+/// Returns the exit code from the error channel.
+pub async fn exec_ws(url: &str, protocols: &[&str], io: ExecIo) -> Result<i32, ClientError> {
+    use crate::ws::{self, Message, Out, channel};
+    use base64::Engine;
+    let protocols = if protocols.is_empty() {
+        ws::WS_PROTOCOLS
+    } else {
+        protocols
+    };
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| ClientError::Url(url.into()))?;
+    let (hostport, path) = rest
+        .split_once('/')
+        .ok_or_else(|| ClientError::Url(url.into()))?;
+    let io_err = |source| ClientError::Io {
+        url: url.into(),
+        source,
+    };
+    let mut tcp = tokio::net::TcpStream::connect(hostport)
+        .await
+        .map_err(io_err)?;
+    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+    let req = format!(
+        "GET /{path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Protocol: {}\r\n\r\n",
+        protocols.join(", ")
+    );
+    tcp.write_all(req.as_bytes()).await.map_err(io_err)?;
+    // Read the response head byte by byte so no frame bytes are consumed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let b = tcp.read_u8().await.map_err(io_err)?;
+        head.push(b);
+        if head.len() > 64 * 1024 {
+            return Err(ClientError::Http {
+                url: url.into(),
+                message: "response head over 64 KiB".into(),
+            });
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+    };
+    if status != 101 {
+        let len: usize = get("content-length")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len.min(64 * 1024)];
+        let _ = tcp.read_exact(&mut body).await;
+        return Err(ClientError::Refused {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+    }
+    if get("sec-websocket-accept") != Some(ws::accept_key(&key).as_str()) {
+        return Err(ClientError::Http {
+            url: url.into(),
+            message: "wrong Sec-WebSocket-Accept".into(),
+        });
+    }
+    let v5 = get("sec-websocket-protocol") == Some("v5.channel.k8s.io");
+    let (mut rd, wr) = tcp.into_split();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(ws::writer(wr, out_rx, true));
+    let mut side_tasks = Vec::new();
+    if let Some(mut input) = io.stdin {
+        let tx = out_tx.clone();
+        side_tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                let n = match input.read(&mut buf[1..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                buf[0] = channel::STDIN;
+                if tx.send(Out::Binary(buf[..n + 1].to_vec())).is_err() {
+                    return;
+                }
+            }
+            if v5 {
+                let _ = tx.send(Out::Binary(vec![channel::CLOSE, channel::STDIN]));
+            }
+        }));
+    }
+    if let (true, Some(mut sizes)) = (io.tty, io.resize) {
+        let tx = out_tx.clone();
+        side_tasks.push(tokio::spawn(async move {
+            while let Some(size) = sizes.recv().await {
+                let mut m = vec![channel::RESIZE];
+                if serde_json::to_writer(&mut m, &size).is_err() || tx.send(Out::Binary(m)).is_err()
+                {
+                    return;
+                }
+            }
+        }));
+    }
+    let (mut stdout, mut stderr) = (io.stdout, io.stderr);
+    let mut error = Vec::new();
+    while let Ok(Some(m)) = ws::read_message(&mut rd).await {
+        match m {
+            Message::Ping(p) => {
+                let _ = out_tx.send(Out::Pong(p));
+            }
+            Message::Close => break,
+            Message::Data(d) if d.is_empty() => {}
+            Message::Data(d) => {
+                let target = match d[0] {
+                    channel::STDOUT => stdout.as_mut(),
+                    channel::STDERR => stderr.as_mut(),
+                    channel::ERROR => {
+                        error.extend_from_slice(&d[1..]);
+                        None
+                    }
+                    _ => None,
+                };
+                if let Some(t) = target {
+                    let _ = t.write_all(&d[1..]).await;
+                }
+            }
+        }
+    }
+    for t in side_tasks {
+        t.abort();
+    }
+    for w in [stdout.as_mut(), stderr.as_mut()].into_iter().flatten() {
+        let _ = w.flush().await;
+    }
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let _ = out_tx.send(Out::Close(done_tx));
+    let _ = done_rx.await;
+    let _ = writer.await;
+    parse_status(4, &error)
+}

@@ -1,5 +1,6 @@
 //! Carrack's streaming server: exec, attach and port-forward for `kubectl`
-//! and `crictl`, over SPDY/3.1 (the upgrade the Kubernetes clients speak).
+//! and `crictl`, over SPDY/3.1 (the upgrade the Kubernetes clients speak)
+//! and WebSocket ([`ws`], `v5.channel.k8s.io`/`v4.channel.k8s.io`).
 //!
 //! carrackd's Exec, Attach and PortForward RPCs call
 //! [`StreamingServer::exec_url`], [`StreamingServer::attach_url`] or
@@ -25,13 +26,20 @@
 //! [`client`] is the project's own client for the same protocol (used by
 //! the tests and the e2e suite).
 //!
-//! Not done yet: WebSocket (`v5.channel.k8s.io`) and TLS; a WebSocket
-//! upgrade is answered `400 Bad Request`.
+//! A WebSocket upgrade (`Upgrade: websocket`) negotiates
+//! `Sec-WebSocket-Protocol` to the newest of `v5.channel.k8s.io` and
+//! `v4.channel.k8s.io` the client offers; see [`ws`] for the channel
+//! framing.
+//!
+//! Not done yet: TLS, port-forward over WebSocket (answered
+//! `400 Bad Request`; SPDY port-forward works), and the base64 WebSocket
+//! variants.
 
 pub mod client;
 mod server;
 pub mod spdy;
 mod token;
+pub mod ws;
 
 use std::future::Future;
 use std::pin::Pin;

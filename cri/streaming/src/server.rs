@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::spdy::frame::header;
 use crate::spdy::{IncomingStream, Session, Stream};
 use crate::token::{Pending, Tokens};
+use crate::ws;
 use crate::{
     AttachSpec, BackendError, BoxReader, BoxWriter, CHANNEL_PROTOCOLS, ExecSpec,
     PORT_FORWARD_PROTOCOL, PortForwardSpec, ProcessIo, StreamingBackend, StreamingConfig,
@@ -177,16 +178,11 @@ fn handle(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    if upgrade.contains("websocket") {
+    let websocket = upgrade == "websocket";
+    if !websocket && upgrade != "spdy/3.1" {
         return text(
             StatusCode::BAD_REQUEST,
-            "WebSocket streaming is not supported by this server; use SPDY/3.1",
-        );
-    }
-    if upgrade != "spdy/3.1" {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!("expected Upgrade: SPDY/3.1, got {upgrade:?}"),
+            format!("expected Upgrade: SPDY/3.1 or websocket, got {upgrade:?}"),
         );
     }
     let Some(pending) = ctx.tokens.take(token) else {
@@ -203,6 +199,9 @@ fn handle(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
     );
     if !kind_matches {
         return text(StatusCode::NOT_FOUND, format!("token is not for {kind}"));
+    }
+    if websocket {
+        return websocket_upgrade(ctx, req, pending);
     }
     let offered: Vec<String> = req
         .headers()
@@ -259,6 +258,149 @@ fn handle(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
         h.insert("X-Stream-Protocol-Version", v);
     }
     r
+}
+
+fn websocket_upgrade(
+    ctx: Arc<Ctx>,
+    mut req: Request<Incoming>,
+    pending: Pending,
+) -> Response<Full<Bytes>> {
+    let Some(key) = req
+        .headers()
+        .get("sec-websocket-key")
+        .and_then(|v| v.to_str().ok())
+        .map(ws::accept_key)
+    else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "WebSocket upgrade without Sec-WebSocket-Key",
+        );
+    };
+    if matches!(pending, Pending::PortForward(_)) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "port-forward over WebSocket is not supported by this server; use SPDY/3.1",
+        );
+    }
+    let offered: Vec<String> = req
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+        .collect();
+    let Some(protocol) = offered
+        .iter()
+        .find(|o| ws::WS_PROTOCOLS.contains(&o.as_str()))
+        .cloned()
+    else {
+        return text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "none of the offered WebSocket protocols {offered:?} is supported; this server speaks {:?}",
+                ws::WS_PROTOCOLS
+            ),
+        );
+    };
+    let v5 = protocol == "v5.channel.k8s.io";
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(u) => serve_ws(ctx, TokioIo::new(u), v5, pending).await,
+            Err(e) => tracing::warn!(error = %e, "streaming WebSocket upgrade failed"),
+        }
+    });
+    let mut r = text(StatusCode::SWITCHING_PROTOCOLS, "");
+    let h = r.headers_mut();
+    h.insert(hyper::header::CONNECTION, "Upgrade".parse().unwrap());
+    h.insert(hyper::header::UPGRADE, "websocket".parse().unwrap());
+    if let Ok(v) = key.parse() {
+        h.insert("Sec-WebSocket-Accept", v);
+    }
+    if let Ok(v) = protocol.parse() {
+        h.insert("Sec-WebSocket-Protocol", v);
+    }
+    r
+}
+
+/// Exec or attach over a WebSocket.
+async fn serve_ws<T>(ctx: Arc<Ctx>, io: T, v5: bool, pending: Pending)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(io);
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(ws::writer(wr, out_rx, false));
+    let (stdin_flag, stdout_flag, stderr_flag, tty) = match &pending {
+        Pending::Exec(s) => (s.stdin, s.stdout, s.stderr, s.tty),
+        Pending::Attach(s) => (s.stdin, s.stdout, s.stderr, s.tty),
+        Pending::PortForward(_) => return,
+    };
+    let (stdin_tx, stdin_rx) = mpsc::unbounded_channel::<Bytes>();
+    let (resize_tx, resize_rx) = mpsc::unbounded_channel::<TerminalSize>();
+    let out = |channel| {
+        Box::new(ws::ChannelWriter {
+            tx: out_tx.clone(),
+            channel,
+            v5,
+            closed: false,
+        }) as BoxWriter
+    };
+    let io = ProcessIo {
+        stdin: stdin_flag.then(|| {
+            Box::new(ws::ChannelReader {
+                rx: stdin_rx,
+                pending: Bytes::new(),
+            }) as BoxReader
+        }),
+        stdout: stdout_flag.then(|| out(ws::channel::STDOUT)),
+        stderr: (stderr_flag && !tty).then(|| out(ws::channel::STDERR)),
+        resize: tty.then_some(resize_rx),
+    };
+    let pong_tx = out_tx.clone();
+    let reader = tokio::spawn(async move {
+        let mut stdin_tx = Some(stdin_tx);
+        while let Ok(Some(m)) = ws::read_message(&mut rd).await {
+            match m {
+                ws::Message::Ping(p) => {
+                    let _ = pong_tx.send(ws::Out::Pong(p));
+                }
+                ws::Message::Close => break,
+                ws::Message::Data(d) if d.is_empty() => {}
+                ws::Message::Data(d) => match d[0] {
+                    ws::channel::STDIN => {
+                        if let Some(t) = &stdin_tx {
+                            let _ = t.send(Bytes::copy_from_slice(&d[1..]));
+                        }
+                    }
+                    ws::channel::RESIZE => {
+                        if let Ok(size) = serde_json::from_slice::<TerminalSize>(&d[1..]) {
+                            let _ = resize_tx.send(size);
+                        }
+                    }
+                    ws::channel::CLOSE if v5 && d.get(1) == Some(&ws::channel::STDIN) => {
+                        stdin_tx = None;
+                    }
+                    other => tracing::warn!(channel = other, "unexpected WebSocket channel"),
+                },
+            }
+        }
+    });
+    let result = match pending {
+        Pending::Exec(spec) => ctx.backend.exec(spec, io).await,
+        Pending::Attach(spec) => ctx.backend.attach(spec, io).await.map(|()| 0),
+        Pending::PortForward(_) => return,
+    };
+    if let Some(msg) = status_message(4, &result) {
+        let mut m = vec![ws::channel::ERROR];
+        m.extend(msg);
+        let _ = out_tx.send(ws::Out::Binary(m));
+    }
+    let (done_tx, done_rx) = oneshot::channel();
+    let _ = out_tx.send(ws::Out::Close(done_tx));
+    let _ = done_rx.await;
+    reader.abort();
+    let _ = writer.await;
 }
 
 fn protocol_version(p: &str) -> u8 {

@@ -275,8 +275,10 @@ async fn older_protocols_report_failure_as_text_and_newest_offered_is_chosen() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn tty_resize_is_seen_by_stty_size() {
+/// Runs `while read l; do stty size; done` in a real pty, sends a resize,
+/// then newlines until `stty size` reports it (bounded: the resize and
+/// stdin are separate streams, so the first line may race the resize).
+async fn tty_resize_roundtrip(websocket: bool) {
     let s = server(StreamingConfig::default()).await;
     let url = s
         .exec_url(&spec(
@@ -285,24 +287,23 @@ async fn tty_resize_is_seen_by_stty_size() {
             true,
         ))
         .unwrap();
-    let (stdin_w, stdin_r) = tokio::io::duplex(1024);
+    let (mut stdin_w, stdin_r) = tokio::io::duplex(1024);
     let (out_w, out_r) = tokio::io::duplex(64 * 1024);
     let (rtx, rrx) = mpsc::unbounded_channel();
+    let io = ExecIo {
+        stdin: Some(Box::new(stdin_r)),
+        stdout: Some(Box::new(out_w)),
+        stderr: None,
+        tty: true,
+        resize: Some(rrx),
+    };
     let task = tokio::spawn(async move {
-        client::exec(
-            &url,
-            &[],
-            ExecIo {
-                stdin: Some(Box::new(stdin_r)),
-                stdout: Some(Box::new(out_w)),
-                stderr: None,
-                tty: true,
-                resize: Some(rrx),
-            },
-        )
-        .await
+        if websocket {
+            client::exec_ws(&url, &[], io).await
+        } else {
+            client::exec(&url, &[], io).await
+        }
     });
-    let mut stdin_w = stdin_w;
     let mut lines = tokio::io::BufReader::new(out_r).lines();
     rtx.send(TerminalSize {
         width: 123,
@@ -340,6 +341,16 @@ async fn tty_resize_is_seen_by_stty_size() {
         .unwrap();
     assert_eq!(code.unwrap(), 0);
     s.shutdown().await;
+}
+
+#[tokio::test]
+async fn tty_resize_is_seen_by_stty_size() {
+    tty_resize_roundtrip(false).await;
+}
+
+#[tokio::test]
+async fn websocket_tty_resize_is_seen_by_stty_size() {
+    tty_resize_roundtrip(true).await;
 }
 
 #[tokio::test]
@@ -535,5 +546,63 @@ async fn port_forward_dial_failure_is_reported() {
         msg.contains(&format!("error forwarding port {closed} to pod pod")),
         "{msg}"
     );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn websocket_v5_exec_stdin_echo_exit_code_and_close_signal() {
+    let s = server(StreamingConfig::default()).await;
+    // `cat` only ends when the v5 close signal closes its stdin.
+    let url = s
+        .exec_url(&spec(
+            &["sh", "-c", "cat; echo bye >&2; exit 5"],
+            true,
+            false,
+        ))
+        .unwrap();
+    let (out, err) = (Sink::default(), Sink::default());
+    let code = client::exec_ws(
+        &url,
+        &["v5.channel.k8s.io", "v4.channel.k8s.io"],
+        ExecIo {
+            stdin: Some(Box::new(&b"over websocket\n"[..])),
+            stdout: Some(Box::new(out.clone())),
+            stderr: Some(Box::new(err.clone())),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(code.unwrap(), 5);
+    assert_eq!(out.text(), "over websocket\n");
+    assert_eq!(err.text(), "bye\n");
+    // Replayed over WebSocket too.
+    let code = client::exec_ws(&url, &[], ExecIo::default()).await;
+    assert!(
+        matches!(code, Err(ClientError::Refused { status: 404, .. })),
+        "{code:?}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn websocket_v4_exec_success() {
+    let s = server(StreamingConfig::default()).await;
+    let url = s
+        .exec_url(&spec(&["sh", "-c", "echo v4 ok"], false, false))
+        .unwrap();
+    let out = Sink::default();
+    let code = client::exec_ws(
+        &url,
+        &["v4.channel.k8s.io"],
+        ExecIo {
+            stdout: Some(Box::new(out.clone())),
+            stderr: Some(Box::new(Sink::default())),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(code.unwrap(), 0);
+    assert_eq!(out.text(), "v4 ok\n");
+
     s.shutdown().await;
 }
