@@ -1,1 +1,422 @@
-//! Pod networking for Carrack: CNI plugins and the built-in bridge network.
+//! Pod networking for Carrack: CNI plugins, and a default network when no CNI
+//! configuration exists.
+//!
+//! # Public API (used by carrackd)
+//!
+//! ```ignore
+//! // Namespaces: carrackd creates the pinned netns before setup and removes it
+//! // after teardown (and after a failed setup).
+//! netns::create(path: &Path) -> Result<(), NetNsError>;   // new netns, lo up
+//! netns::remove(path: &Path) -> Result<(), NetNsError>;   // idempotent
+//! netns::run_in(path, || ...) -> Result<T, NetNsError>;    // closure in the netns
+//!
+//! let net = NetworkManager::new(NetworkConfig::default()).await?;
+//! net.status().await -> NetworkStatus { ready, reason, message };
+//! net.setup_pod(&PodNetworkRequest) -> Result<PodNetworkStatus, NetworkError>;
+//! net.teardown_pod(&PodNetworkRequest) -> Result<(), NetworkError>; // idempotent
+//! net.check_pod(&PodNetworkRequest) -> Result<(), NetworkError>;
+//! net.update_pod_cidr("10.244.1.0/24");  // UpdateRuntimeConfig -> ipRanges
+//! ```
+//!
+//! The configuration is re-read from the CNI conf dirs on every call (a
+//! directory listing and one small file), so a config that appears is used
+//! without a restart and `status()` turns ready as soon as it exists.
+//!
+//! The default network ([`BuiltinNetworkConfig`]), used when no CNI config
+//! exists and `builtin.enabled`, is an embedded conflist run through the same
+//! CNI path: the `bridge` plugin (bridge, veth pair per pod, gateway,
+//! masquerade), `host-local` IPAM with leases in `builtin.state_dir`, and
+//! `portmap` for hostPorts. It therefore needs the standard CNI plugins in one
+//! of the bin dirs (Debian: `containernetworking-plugins`).
+
+pub mod cni;
+pub mod netns;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, json};
+
+pub use cni::{CniError, ConfList, Interface};
+pub use netns::NetNsError;
+
+/// Errors from the network manager.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// A CNI error (plugin message included).
+    #[error(transparent)]
+    Cni(#[from] CniError),
+    /// The pod's namespace path is missing for a non-hostNetwork pod.
+    #[error("pod {0}: netns path is empty")]
+    NoNetns(String),
+    /// Setup failed and the cleanup DEL failed as well.
+    #[error("{setup}; cleanup also failed: {cleanup}")]
+    SetupAndCleanup {
+        /// The setup error.
+        setup: Box<NetworkError>,
+        /// The cleanup error.
+        cleanup: CniError,
+    },
+}
+
+/// The default network used when no CNI config exists.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuiltinNetworkConfig {
+    /// Use it at all (false: NetworkReady stays false until a CNI config appears).
+    pub enabled: bool,
+    /// Network name (also the cache key).
+    pub name: String,
+    /// Bridge name.
+    pub bridge: String,
+    /// IPv4 subnet.
+    pub subnet: String,
+    /// Optional IPv6 subnet for dual stack.
+    pub subnet_v6: Option<String>,
+    /// Lease directory (host-local dataDir).
+    pub state_dir: PathBuf,
+}
+
+impl Default for BuiltinNetworkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            name: "carrack".into(),
+            bridge: "carrack0".into(),
+            subnet: "10.88.0.0/16".into(),
+            subnet_v6: None,
+            state_dir: "/var/lib/carrack/network/leases".into(),
+        }
+    }
+}
+
+impl BuiltinNetworkConfig {
+    /// The embedded conflist.
+    pub fn conflist(&self) -> ConfList {
+        let mut ranges = vec![json!([{ "subnet": self.subnet }])];
+        let mut routes = vec![json!({"dst": "0.0.0.0/0"})];
+        if let Some(v6) = &self.subnet_v6 {
+            ranges.push(json!([{ "subnet": v6 }]));
+            routes.push(json!({"dst": "::/0"}));
+        }
+        ConfList {
+            name: self.name.clone(),
+            cni_version: "1.0.0".into(),
+            source: PathBuf::new(),
+            plugins: vec![
+                json!({
+                    "type": "bridge", "bridge": self.bridge, "isGateway": true,
+                    "ipMasq": true, "hairpinMode": true,
+                    "ipam": {"type": "host-local", "ranges": ranges, "routes": routes,
+                             "dataDir": self.state_dir}
+                }),
+                json!({"type": "portmap", "capabilities": {"portMappings": true}}),
+            ],
+        }
+    }
+}
+
+/// Daemon configuration for pod networking.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Where CNI configs are looked for, in order.
+    pub cni_conf_dirs: Vec<PathBuf>,
+    /// Where CNI plugins are looked for, in order.
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// Result cache (survives restarts; DEL uses it).
+    pub cni_cache_dir: PathBuf,
+    /// Interface name inside the pod.
+    pub ifname: String,
+    /// The default network.
+    pub builtin: BuiltinNetworkConfig,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            cni_conf_dirs: vec!["/etc/cni/net.d".into()],
+            cni_bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            cni_cache_dir: "/var/lib/carrack/network/cni-cache".into(),
+            ifname: "eth0".into(),
+            builtin: BuiltinNetworkConfig::default(),
+        }
+    }
+}
+
+/// NetworkReady condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkStatus {
+    /// True when pods can be networked.
+    pub ready: bool,
+    /// CamelCase reason when not ready.
+    pub reason: String,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// A hostPort mapping (CNI portMappings capability).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    /// Port on the node.
+    pub host_port: u16,
+    /// Port in the pod.
+    pub container_port: u16,
+    /// "tcp", "udp" or "sctp".
+    pub protocol: String,
+    /// Host address to bind ("" for all).
+    #[serde(rename = "hostIP", skip_serializing_if = "String::is_empty", default)]
+    pub host_ip: String,
+}
+
+/// Traffic shaping (CNI bandwidth capability), bits per second and bits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bandwidth {
+    /// Ingress rate.
+    pub ingress_rate: u64,
+    /// Ingress burst.
+    pub ingress_burst: u64,
+    /// Egress rate.
+    pub egress_rate: u64,
+    /// Egress burst.
+    pub egress_burst: u64,
+}
+
+/// What carrackd passes per pod.
+#[derive(Debug, Clone, Default)]
+pub struct PodNetworkRequest {
+    /// Sandbox id (CNI_CONTAINERID).
+    pub pod_id: String,
+    /// Pod name.
+    pub name: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod UID.
+    pub uid: String,
+    /// Pinned netns path (ignored for hostNetwork pods).
+    pub netns: PathBuf,
+    /// hostNetwork pods skip all of this.
+    pub host_network: bool,
+    /// hostPort mappings.
+    pub port_mappings: Vec<PortMapping>,
+    /// Bandwidth limits (from kubernetes.io/ingress-bandwidth annotations).
+    pub bandwidth: Option<Bandwidth>,
+}
+
+/// The outcome of a pod setup.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodNetworkStatus {
+    /// Pod IPs, IPv4 first (primary), then IPv6.
+    pub ips: Vec<IpAddr>,
+    /// Interfaces from the result.
+    pub interfaces: Vec<Interface>,
+    /// Network name used.
+    pub network: String,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: NetworkConfig,
+    runner: cni::CniRunner,
+    pod_cidr: Mutex<Option<String>>,
+}
+
+/// Pod network manager; cheap to clone, Send + Sync.
+#[derive(Debug, Clone)]
+pub struct NetworkManager {
+    inner: Arc<Inner>,
+}
+
+impl NetworkManager {
+    /// Creates a manager (creates the cache dir).
+    pub async fn new(cfg: NetworkConfig) -> Result<Self, NetworkError> {
+        std::fs::create_dir_all(&cfg.cni_cache_dir).map_err(|source| CniError::Cache {
+            path: cfg.cni_cache_dir.clone(),
+            source,
+        })?;
+        let runner = cni::CniRunner {
+            bin_dirs: cfg.cni_bin_dirs.clone(),
+            cache_dir: cfg.cni_cache_dir.clone(),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cfg,
+                runner,
+                pod_cidr: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The network config in force now: the first CNI config, else the
+    /// built-in one when enabled.
+    pub fn current_config(&self) -> Result<ConfList, CniError> {
+        match ConfList::load_first(&self.inner.cfg.cni_conf_dirs) {
+            Err(CniError::NoConfig(_)) if self.inner.cfg.builtin.enabled => {
+                Ok(self.inner.cfg.builtin.conflist())
+            }
+            r => r,
+        }
+    }
+
+    /// NetworkReady: a config exists, its plugins are installed, and (CNI
+    /// 1.1) every plugin answers STATUS successfully.
+    pub async fn status(&self) -> NetworkStatus {
+        let not_ready = |message: String| NetworkStatus {
+            ready: false,
+            reason: "NetworkPluginNotReady".into(),
+            message,
+        };
+        let conf = match self.current_config() {
+            Ok(c) => c,
+            Err(e) => return not_ready(format!("Network plugin returns error: cni config uninitialized: {e}")),
+        };
+        match self.inner.runner.status(&conf).await {
+            Ok(()) => NetworkStatus {
+                ready: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            Err(e) => not_ready(format!("Network plugin returns error: {e}")),
+        }
+    }
+
+    /// Records the node's pod CIDR (UpdateRuntimeConfig) for the ipRanges capability.
+    pub fn update_pod_cidr(&self, cidr: &str) {
+        let v = (!cidr.is_empty()).then(|| cidr.to_string());
+        *self.inner.pod_cidr.lock().expect("pod_cidr lock") = v;
+    }
+
+    fn invocation(&self, req: &PodNetworkRequest) -> cni::Invocation {
+        let mut rc = Map::new();
+        if !req.port_mappings.is_empty() {
+            rc.insert("portMappings".into(), json!(req.port_mappings));
+        }
+        if let Some(b) = &req.bandwidth {
+            rc.insert("bandwidth".into(), json!(b));
+        }
+        if let Some(c) = self.inner.pod_cidr.lock().expect("pod_cidr lock").clone() {
+            rc.insert("ipRanges".into(), json!([[{"subnet": c}]]));
+        }
+        cni::Invocation {
+            container_id: req.pod_id.clone(),
+            netns: req.netns.clone(),
+            ifname: self.inner.cfg.ifname.clone(),
+            args: vec![
+                ("IgnoreUnknown".into(), "1".into()),
+                ("K8S_POD_NAMESPACE".into(), req.namespace.clone()),
+                ("K8S_POD_NAME".into(), req.name.clone()),
+                ("K8S_POD_INFRA_CONTAINER_ID".into(), req.pod_id.clone()),
+                ("K8S_POD_UID".into(), req.uid.clone()),
+            ],
+            runtime_config: rc,
+        }
+    }
+
+    /// Networks a pod (CNI ADD). On failure everything ADD did is undone
+    /// with DEL before the error (with the plugin's message) is returned.
+    pub async fn setup_pod(&self, req: &PodNetworkRequest) -> Result<PodNetworkStatus, NetworkError> {
+        if req.host_network {
+            return Ok(PodNetworkStatus::default());
+        }
+        if req.netns.as_os_str().is_empty() {
+            return Err(NetworkError::NoNetns(req.pod_id.clone()));
+        }
+        let conf = self.current_config()?;
+        let inv = self.invocation(req);
+        match self.inner.runner.add(&conf, &inv).await {
+            Ok(result) => {
+                let (ips, interfaces) = cni::result_ips(&result);
+                Ok(PodNetworkStatus {
+                    ips,
+                    interfaces,
+                    network: conf.name,
+                })
+            }
+            Err(e) => match self.inner.runner.del(&conf, &inv, None).await {
+                Ok(()) => Err(e.into()),
+                Err(cleanup) => Err(NetworkError::SetupAndCleanup {
+                    setup: Box::new(e.into()),
+                    cleanup,
+                }),
+            },
+        }
+    }
+
+    /// Removes a pod's network (CNI DEL) with the config and result cached
+    /// at ADD time; idempotent (a pod never set up, or already torn down,
+    /// gets a DEL without prevResult, which plugins accept).
+    pub async fn teardown_pod(&self, req: &PodNetworkRequest) -> Result<(), NetworkError> {
+        if req.host_network {
+            return Ok(());
+        }
+        let ifname = &self.inner.cfg.ifname;
+        if let Some(mut c) = self.inner.runner.cached_any(&req.pod_id, ifname) {
+            if !req.netns.as_os_str().is_empty() {
+                c.invocation.netns = req.netns.clone();
+            }
+            if !netns::exists(&c.invocation.netns) {
+                c.invocation.netns = PathBuf::new();
+            }
+            self.inner.runner.del(&c.conf, &c.invocation, Some(&c.result)).await?;
+            return Ok(());
+        }
+        let conf = match self.current_config() {
+            Ok(c) => c,
+            Err(CniError::NoConfig(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut inv = self.invocation(req);
+        if !netns::exists(&inv.netns) {
+            inv.netns = PathBuf::new();
+        }
+        self.inner.runner.del(&conf, &inv, None).await?;
+        Ok(())
+    }
+
+    /// Verifies a pod's network (CNI CHECK, 0.4.0+) against the cached result.
+    pub async fn check_pod(&self, req: &PodNetworkRequest) -> Result<(), NetworkError> {
+        if req.host_network {
+            return Ok(());
+        }
+        match self.inner.runner.cached_any(&req.pod_id, &self.inner.cfg.ifname) {
+            Some(c) => Ok(self.inner.runner.check(&c).await?),
+            None => Ok(()),
+        }
+    }
+
+    /// The IPs recorded for a pod (from the cache; survives restarts).
+    pub fn pod_ips(&self, pod_id: &str) -> Vec<IpAddr> {
+        self.inner
+            .runner
+            .cached_any(pod_id, &self.inner.cfg.ifname)
+            .map(|c| cni::result_ips(&c.result).0)
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_toml_names() {
+        let c: NetworkConfig = serde_json::from_value(json!({"builtin": {"subnet": "10.1.0.0/16"}})).unwrap();
+        assert_eq!(c.builtin.subnet, "10.1.0.0/16");
+        assert_eq!(c.builtin.bridge, "carrack0");
+        assert_eq!(c.cni_conf_dirs, vec![PathBuf::from("/etc/cni/net.d")]);
+        assert!(serde_json::from_value::<NetworkConfig>(json!({"bogus": 1})).is_err());
+    }
+
+    #[test]
+    fn builtin_conflist_dual_stack() {
+        let mut b = BuiltinNetworkConfig::default();
+        b.subnet_v6 = Some("fd00:88::/64".into());
+        let c = b.conflist();
+        assert_eq!(c.plugins[0]["ipam"]["ranges"].as_array().unwrap().len(), 2);
+        assert_eq!(c.plugins[0]["bridge"], "carrack0");
+    }
+}
