@@ -294,79 +294,13 @@ impl PortForwarder {
 /// Returns the exit code from the error channel.
 pub async fn exec_ws(url: &str, protocols: &[&str], io: ExecIo) -> Result<i32, ClientError> {
     use crate::ws::{self, Message, Out, channel};
-    use base64::Engine;
     let protocols = if protocols.is_empty() {
         ws::WS_PROTOCOLS
     } else {
         protocols
     };
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| ClientError::Url(url.into()))?;
-    let (hostport, path) = rest
-        .split_once('/')
-        .ok_or_else(|| ClientError::Url(url.into()))?;
-    let io_err = |source| ClientError::Io {
-        url: url.into(),
-        source,
-    };
-    let mut tcp = tokio::net::TcpStream::connect(hostport)
-        .await
-        .map_err(io_err)?;
-    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
-    let req = format!(
-        "GET /{path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Protocol: {}\r\n\r\n",
-        protocols.join(", ")
-    );
-    tcp.write_all(req.as_bytes()).await.map_err(io_err)?;
-    // Read the response head byte by byte so no frame bytes are consumed.
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let b = tcp.read_u8().await.map_err(io_err)?;
-        head.push(b);
-        if head.len() > 64 * 1024 {
-            return Err(ClientError::Http {
-                url: url.into(),
-                message: "response head over 64 KiB".into(),
-            });
-        }
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let get = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| v.as_str())
-    };
-    if status != 101 {
-        let len: usize = get("content-length")
-            .and_then(|l| l.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0u8; len.min(64 * 1024)];
-        let _ = tcp.read_exact(&mut body).await;
-        return Err(ClientError::Refused {
-            status,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        });
-    }
-    if get("sec-websocket-accept") != Some(ws::accept_key(&key).as_str()) {
-        return Err(ClientError::Http {
-            url: url.into(),
-            message: "wrong Sec-WebSocket-Accept".into(),
-        });
-    }
-    let v5 = get("sec-websocket-protocol") == Some("v5.channel.k8s.io");
+    let (tcp, chosen) = ws_connect(url, protocols).await?;
+    let v5 = chosen == "v5.channel.k8s.io";
     let (mut rd, wr) = tcp.into_split();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(ws::writer(wr, out_rx, true));
@@ -438,4 +372,161 @@ pub async fn exec_ws(url: &str, protocols: &[&str], io: ExecIo) -> Result<i32, C
     let _ = done_rx.await;
     let _ = writer.await;
     parse_status(4, &error)
+}
+
+/// WebSocket handshake; returns the connection and the chosen subprotocol.
+async fn ws_connect(
+    url: &str,
+    protocols: &[&str],
+) -> Result<(tokio::net::TcpStream, String), ClientError> {
+    use crate::ws;
+    use base64::Engine;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| ClientError::Url(url.into()))?;
+    let (hostport, path) = rest
+        .split_once('/')
+        .ok_or_else(|| ClientError::Url(url.into()))?;
+    let io_err = |source| ClientError::Io {
+        url: url.into(),
+        source,
+    };
+    let mut tcp = tokio::net::TcpStream::connect(hostport)
+        .await
+        .map_err(io_err)?;
+    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+    let req = format!(
+        "GET /{path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Protocol: {}\r\n\r\n",
+        protocols.join(", ")
+    );
+    tcp.write_all(req.as_bytes()).await.map_err(io_err)?;
+    // Read the response head byte by byte so no frame bytes are consumed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let b = tcp.read_u8().await.map_err(io_err)?;
+        head.push(b);
+        if head.len() > 64 * 1024 {
+            return Err(ClientError::Http {
+                url: url.into(),
+                message: "response head over 64 KiB".into(),
+            });
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+    };
+    if status != 101 {
+        let len: usize = get("content-length")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len.min(64 * 1024)];
+        let _ = tcp.read_exact(&mut body).await;
+        return Err(ClientError::Refused {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+    }
+    if get("sec-websocket-accept") != Some(ws::accept_key(&key).as_str()) {
+        return Err(ClientError::Http {
+            url: url.into(),
+            message: "wrong Sec-WebSocket-Accept".into(),
+        });
+    }
+    Ok((tcp, get("sec-websocket-protocol").unwrap_or("").to_string()))
+}
+
+/// Connections of a WebSocket port-forward, in the order of the ports asked.
+pub struct WsForward {
+    /// One byte stream per port.
+    pub conns: Vec<tokio::io::DuplexStream>,
+    /// Errors the server reported, as (port, message).
+    pub errors: mpsc::UnboundedReceiver<(u16, String)>,
+}
+
+/// Port-forward over WebSocket (`portforward.k8s.io`): one connection to
+/// each of `ports`; channel 2i carries port i's data, 2i+1 its errors, and
+/// the first message on each channel is the port (little-endian u16).
+pub async fn port_forward_ws(url: &str, ports: &[u16]) -> Result<WsForward, ClientError> {
+    use crate::ws::{self, Message, Out};
+    let query: Vec<String> = ports.iter().map(|p| format!("port={p}")).collect();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let full = format!("{url}{sep}{}", query.join("&"));
+    let (tcp, _) = ws_connect(&full, &[crate::PORT_FORWARD_PROTOCOL]).await?;
+    let (mut rd, wr) = tcp.into_split();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    tokio::spawn(ws::writer(wr, out_rx, true));
+    let (err_tx, errors) = mpsc::unbounded_channel();
+    let mut conns = Vec::new();
+    let mut to_local = Vec::new();
+    for (i, _) in ports.iter().enumerate() {
+        let (mine, theirs) = tokio::io::duplex(64 * 1024);
+        let (mut r, w) = tokio::io::split(mine);
+        to_local.push(w);
+        conns.push(theirs);
+        let tx = out_tx.clone();
+        let ch = (2 * i) as u8;
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                let n = match r.read(&mut buf[1..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                buf[0] = ch;
+                if tx.send(Out::Binary(buf[..n + 1].to_vec())).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let ports = ports.to_vec();
+    tokio::spawn(async move {
+        let mut seen_port = vec![false; ports.len() * 2];
+        while let Ok(Some(m)) = ws::read_message(&mut rd).await {
+            match m {
+                Message::Ping(p) => {
+                    let _ = out_tx.send(Out::Pong(p));
+                }
+                Message::Close => break,
+                Message::Data(d) if d.is_empty() => {}
+                Message::Data(d) => {
+                    let ch = d[0] as usize;
+                    if ch >= seen_port.len() {
+                        continue;
+                    }
+                    let mut payload = &d[1..];
+                    if !seen_port[ch] {
+                        // The first message on a channel is its port.
+                        seen_port[ch] = true;
+                        payload = payload.get(2..).unwrap_or(&[]);
+                    }
+                    if payload.is_empty() {
+                        continue;
+                    }
+                    if ch % 2 == 0 {
+                        let _ = to_local[ch / 2].write_all(payload).await;
+                    } else {
+                        let msg = String::from_utf8_lossy(payload).into_owned();
+                        let _ = err_tx.send((ports[ch / 2], msg));
+                    }
+                }
+            }
+        }
+    });
+    Ok(WsForward { conns, errors })
 }

@@ -31,9 +31,10 @@
 //! `v4.channel.k8s.io` the client offers; see [`ws`] for the channel
 //! framing.
 //!
-//! Not done yet: TLS, port-forward over WebSocket (answered
-//! `400 Bad Request`; SPDY port-forward works), and the base64 WebSocket
-//! variants.
+//! Port-forward over WebSocket (`portforward.k8s.io`) takes its ports from
+//! the URL's `port` query parameters.
+//!
+//! Not done yet: TLS and the base64 WebSocket variants.
 
 pub mod client;
 mod server;

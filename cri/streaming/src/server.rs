@@ -276,11 +276,44 @@ fn websocket_upgrade(
             "WebSocket upgrade without Sec-WebSocket-Key",
         );
     };
-    if matches!(pending, Pending::PortForward(_)) {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "port-forward over WebSocket is not supported by this server; use SPDY/3.1",
-        );
+    let supported: &[&str] = if matches!(pending, Pending::PortForward(_)) {
+        ws::WS_PORT_FORWARD_PROTOCOLS
+    } else {
+        ws::WS_PROTOCOLS
+    };
+    let mut pf_ports = Vec::new();
+    if let Pending::PortForward(spec) = &pending {
+        for (k, v) in req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+        {
+            if k != "port" {
+                continue;
+            }
+            match v.parse::<u16>() {
+                Ok(p) if p != 0 && (spec.ports.is_empty() || spec.ports.contains(&p)) => {
+                    pf_ports.push(p)
+                }
+                _ => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "port {v:?} is not a forwardable port (allowed: {:?})",
+                            spec.ports
+                        ),
+                    );
+                }
+            }
+        }
+        if pf_ports.is_empty() || pf_ports.len() > 127 {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "WebSocket port-forward needs 1 to 127 port query parameters",
+            );
+        }
     }
     let offered: Vec<String> = req
         .headers()
@@ -291,14 +324,13 @@ fn websocket_upgrade(
         .collect();
     let Some(protocol) = offered
         .iter()
-        .find(|o| ws::WS_PROTOCOLS.contains(&o.as_str()))
+        .find(|o| supported.contains(&o.as_str()))
         .cloned()
     else {
         return text(
             StatusCode::FORBIDDEN,
             format!(
-                "none of the offered WebSocket protocols {offered:?} is supported; this server speaks {:?}",
-                ws::WS_PROTOCOLS
+                "none of the offered WebSocket protocols {offered:?} is supported; this server speaks {supported:?}"
             ),
         );
     };
@@ -306,7 +338,12 @@ fn websocket_upgrade(
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(u) => serve_ws(ctx, TokioIo::new(u), v5, pending).await,
+            Ok(u) => match pending {
+                Pending::PortForward(spec) => {
+                    serve_ws_port_forward(ctx, TokioIo::new(u), spec, pf_ports).await
+                }
+                other => serve_ws(ctx, TokioIo::new(u), v5, other).await,
+            },
             Err(e) => tracing::warn!(error = %e, "streaming WebSocket upgrade failed"),
         }
     });
@@ -321,6 +358,82 @@ fn websocket_upgrade(
         h.insert("Sec-WebSocket-Protocol", v);
     }
     r
+}
+
+/// Port-forward over a WebSocket: port i's data on channel 2i, its errors
+/// on 2i+1; each channel's first server message is the port (LE u16).
+async fn serve_ws_port_forward<T>(ctx: Arc<Ctx>, io: T, spec: PortForwardSpec, ports: Vec<u16>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    use tokio::io::AsyncWriteExt;
+    let (mut rd, wr) = tokio::io::split(io);
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(ws::writer(wr, out_rx, false));
+    let mut to_backend = Vec::new();
+    let mut pumps = Vec::new();
+    for (i, port) in ports.iter().copied().enumerate() {
+        let (data_ch, err_ch) = ((2 * i) as u8, (2 * i + 1) as u8);
+        for ch in [data_ch, err_ch] {
+            let mut m = vec![ch];
+            m.extend_from_slice(&port.to_le_bytes());
+            let _ = out_tx.send(ws::Out::Binary(m));
+        }
+        let (mine, theirs) = tokio::io::duplex(64 * 1024);
+        let (mut r, w) = tokio::io::split(mine);
+        to_backend.push(w);
+        let tx = out_tx.clone();
+        pumps.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                let n = match r.read(&mut buf[1..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                buf[0] = data_ch;
+                if tx.send(ws::Out::Binary(buf[..n + 1].to_vec())).is_err() {
+                    break;
+                }
+            }
+        }));
+        let fut = ctx
+            .backend
+            .port_forward(spec.pod_sandbox_id.clone(), port, Box::new(theirs));
+        let tx = out_tx.clone();
+        let sandbox = spec.pod_sandbox_id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = fut.await {
+                let mut m = vec![err_ch];
+                m.extend(
+                    format!("error forwarding port {port} to pod {sandbox}: {e}").into_bytes(),
+                );
+                let _ = tx.send(ws::Out::Binary(m));
+            }
+        });
+    }
+    while let Ok(Some(m)) = ws::read_message(&mut rd).await {
+        match m {
+            ws::Message::Ping(p) => {
+                let _ = out_tx.send(ws::Out::Pong(p));
+            }
+            ws::Message::Close => break,
+            ws::Message::Data(d) if d.len() < 2 => {}
+            ws::Message::Data(d) => {
+                let ch = d[0] as usize;
+                if ch % 2 == 0 && ch / 2 < to_backend.len() {
+                    let _ = to_backend[ch / 2].write_all(&d[1..]).await;
+                }
+            }
+        }
+    }
+    drop(to_backend);
+    for p in pumps {
+        p.abort();
+    }
+    let (done_tx, done_rx) = oneshot::channel();
+    let _ = out_tx.send(ws::Out::Close(done_tx));
+    let _ = tokio::time::timeout(Duration::from_secs(1), done_rx).await;
+    writer.abort();
 }
 
 /// Exec or attach over a WebSocket.

@@ -25,6 +25,9 @@ use tokio::sync::mpsc;
 /// WebSocket subprotocols for exec and attach, newest first.
 pub const WS_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
 
+/// WebSocket subprotocols for port-forward.
+pub const WS_PORT_FORWARD_PROTOCOLS: &[&str] = &["portforward.k8s.io", "v4.channel.k8s.io"];
+
 /// Channel numbers.
 pub mod channel {
     /// stdin (client to server).

@@ -606,3 +606,56 @@ async fn websocket_v4_exec_success() {
 
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn websocket_port_forward_two_ports_and_dial_error() {
+    let (a, b) = (echo_server("A:").await, echo_server("B:").await);
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let s = server(StreamingConfig::default()).await;
+    let url = s
+        .port_forward_url(&PortForwardSpec {
+            pod_sandbox_id: "pod".into(),
+            ports: vec![],
+        })
+        .unwrap();
+    let mut fwd = client::port_forward_ws(&url, &[a, b, closed])
+        .await
+        .unwrap();
+    for (i, (conn, tag)) in fwd.conns.iter_mut().zip(["A:", "B:"]).enumerate() {
+        let msg = format!("ws payload {i} ").repeat(3000);
+        conn.write_all(msg.as_bytes()).await.unwrap();
+        let want = msg.len() + tag.len();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        while got.len() < want {
+            let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "forwarded connection ended early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        // The echo server tags every chunk it reads.
+        let got = String::from_utf8(got).unwrap();
+        assert!(got.starts_with(tag));
+        assert!(got.replace(tag, "") == msg, "port {i} echoed wrong bytes");
+    }
+    let (port, msg) = tokio::time::timeout(Duration::from_secs(10), fwd.errors.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(port, closed);
+    assert!(
+        msg.contains(&format!("error forwarding port {closed}")),
+        "{msg}"
+    );
+    // The token was single-use for WebSocket port-forward too.
+    assert!(matches!(
+        client::port_forward_ws(&url, &[a]).await,
+        Err(ClientError::Refused { status: 404, .. })
+    ));
+    s.shutdown().await;
+}
