@@ -518,7 +518,7 @@ pub async fn port_forward_ws(url: &str, ports: &[u16]) -> Result<WsForward, Clie
                     if payload.is_empty() {
                         continue;
                     }
-                    if ch % 2 == 0 {
+                    if ch.is_multiple_of(2) {
                         let _ = to_local[ch / 2].write_all(payload).await;
                     } else {
                         let msg = String::from_utf8_lossy(payload).into_owned();

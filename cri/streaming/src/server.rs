@@ -420,7 +420,7 @@ where
             ws::Message::Data(d) if d.len() < 2 => {}
             ws::Message::Data(d) => {
                 let ch = d[0] as usize;
-                if ch % 2 == 0 && ch / 2 < to_backend.len() {
+                if ch.is_multiple_of(2) && ch / 2 < to_backend.len() {
                     let _ = to_backend[ch / 2].write_all(&d[1..]).await;
                 }
             }
