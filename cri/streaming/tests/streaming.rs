@@ -659,3 +659,40 @@ async fn websocket_port_forward_two_ports_and_dial_error() {
     ));
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn large_output_arrives_whole_over_both_transports() {
+    let s = server(StreamingConfig::default()).await;
+    let cmd = ["sh", "-c", "yes carrack-streaming | head -n 50000"];
+    let want = "carrack-streaming\n".repeat(50000);
+    let url = s.exec_url(&spec(&cmd, false, false)).unwrap();
+    let (code, out, _) = exec_capture(&url, &[], None).await;
+    assert_eq!(code.unwrap(), 0);
+    assert!(
+        out == want,
+        "SPDY stdout has {} bytes, want {}",
+        out.len(),
+        want.len()
+    );
+    let url = s.exec_url(&spec(&cmd, false, false)).unwrap();
+    let out = Sink::default();
+    let code = client::exec_ws(
+        &url,
+        &[],
+        ExecIo {
+            stdout: Some(Box::new(out.clone())),
+            stderr: Some(Box::new(Sink::default())),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(code.unwrap(), 0);
+    let out = out.text();
+    assert!(
+        out == want,
+        "WebSocket stdout has {} bytes, want {}",
+        out.len(),
+        want.len()
+    );
+    s.shutdown().await;
+}
