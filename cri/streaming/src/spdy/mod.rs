@@ -56,6 +56,7 @@ pub struct Session {
     tx: mpsc::UnboundedSender<Cmd>,
     shared: Arc<Shared>,
     next_id: Arc<Mutex<u32>>,
+    reader: Arc<Mutex<Option<tokio::task::AbortHandle>>>,
 }
 
 impl Session {
@@ -101,13 +102,15 @@ impl Session {
             tx: tx.clone(),
             shared: shared.clone(),
             next_id: Arc::new(Mutex::new(if client { 1 } else { 2 })),
+            reader: Arc::new(Mutex::new(None)),
         };
         let reader_session = session.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let _ = reader_session.read_loop(rd, in_tx).await;
             // Connection gone: end every stream's read side.
             reader_session.shared.streams.lock().unwrap().clear();
         });
+        *session.reader.lock().unwrap() = Some(reader.abort_handle());
         (session, in_rx)
     }
 
@@ -254,12 +257,17 @@ impl Session {
         Ok(Stream::new(self.clone(), stream_id, drx))
     }
 
-    /// Flushes everything queued and closes the connection's write side.
+    /// Flushes everything queued, closes the connection's write side and
+    /// stops reading, which releases the connection.
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Cmd::Close(tx)).is_ok() {
             let _ = rx.await;
         }
+        if let Some(r) = self.reader.lock().unwrap().take() {
+            r.abort();
+        }
+        self.shared.streams.lock().unwrap().clear();
     }
 }
 
