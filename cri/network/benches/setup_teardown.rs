@@ -7,12 +7,17 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use carrack_network::{BuiltinNetworkConfig, NetworkConfig, NetworkManager, PodNetworkRequest, netns};
+use carrack_network::{
+    BuiltinNetworkConfig, NetworkConfig, NetworkManager, PodNetworkRequest, netns,
+};
 
 const ITERS: usize = 30;
 
 fn bench(name: &str, cfg: NetworkConfig, dir: &std::path::Path) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mgr = rt.block_on(NetworkManager::new(cfg)).unwrap();
     let mut times = Vec::with_capacity(ITERS);
     for i in 0..ITERS {
@@ -73,9 +78,17 @@ fn main() {
             {"type": "portmap", "capabilities": {"portMappings": true}}
         ]
     });
-    std::fs::write(cni.cni_conf_dirs[0].join("10-bench.conflist"), conf.to_string()).unwrap();
+    std::fs::write(
+        cni.cni_conf_dirs[0].join("10-bench.conflist"),
+        conf.to_string(),
+    )
+    .unwrap();
     bench("cni-bridge", cni, dir.path());
     for b in ["carrack-b7", "carrack-b9"] {
-        let _ = std::process::Command::new("ip").arg("link").arg("del").arg(b).status();
+        let _ = std::process::Command::new("ip")
+            .arg("link")
+            .arg("del")
+            .arg(b)
+            .status();
     }
 }

@@ -49,20 +49,16 @@ pub enum CniError {
         dirs: Vec<PathBuf>,
     },
     /// The plugin reported an error (non-zero exit); msg is the plugin's own.
-    #[error("plugin type={plugin:?} name={network:?} {command} failed (code {code}): {msg}{details}")]
+    #[error("plugin {plugin} {command} failed (code {code}): {msg}")]
     Plugin {
-        /// Plugin type.
+        /// Plugin type and network name, as `type=T network=N`.
         plugin: String,
-        /// Network name.
-        network: String,
         /// CNI_COMMAND.
         command: String,
         /// CNI error code.
         code: i64,
-        /// Plugin's message.
+        /// Plugin's message, then its details after "; " when present.
         msg: String,
-        /// Plugin's details, prefixed with "; " when present.
-        details: String,
     },
     /// Executing the plugin or reading its output failed.
     #[error("plugin {plugin:?}: {source}")]
@@ -258,7 +254,13 @@ impl CniRunner {
         // Ids and names are checked by the caller; keep only safe characters.
         let clean = |s: &str| -> String {
             s.chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect()
         };
         self.cache_dir.join("results").join(format!(
@@ -279,8 +281,12 @@ impl CniRunner {
     pub fn cached_any(&self, container_id: &str, ifname: &str) -> Option<CachedResult> {
         let rd = std::fs::read_dir(self.cache_dir.join("results")).ok()?;
         for e in rd.flatten() {
-            let Ok(text) = std::fs::read(e.path()) else { continue };
-            let Ok(c) = serde_json::from_slice::<CachedResult>(&text) else { continue };
+            let Ok(text) = std::fs::read(e.path()) else {
+                continue;
+            };
+            let Ok(c) = serde_json::from_slice::<CachedResult>(&text) else {
+                continue;
+            };
             if c.invocation.container_id == container_id && c.invocation.ifname == ifname {
                 return Some(c);
             }
@@ -332,7 +338,10 @@ impl CniRunner {
         };
         let mut child = tokio::process::Command::new(&bin)
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", &inv.container_id)
             .env("CNI_NETNS", &inv.netns)
@@ -354,7 +363,10 @@ impl CniRunner {
             let (code, msg, details) = match parsed {
                 Some(v) => (
                     v.get("code").and_then(Value::as_i64).unwrap_or(999),
-                    v.get("msg").and_then(Value::as_str).unwrap_or("").to_string(),
+                    v.get("msg")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
                     v.get("details")
                         .and_then(Value::as_str)
                         .filter(|d| !d.is_empty())
@@ -372,12 +384,10 @@ impl CniRunner {
                 ),
             };
             return Err(CniError::Plugin {
-                plugin: ty,
-                network: conf.name.clone(),
+                plugin: format!("type={ty:?} network={:?}", conf.name),
                 command: command.to_string(),
                 code,
-                msg,
-                details,
+                msg: msg + &details,
             });
         }
         if command != "ADD" {
@@ -414,7 +424,8 @@ impl CniRunner {
             std::fs::create_dir_all(d).map_err(cache_err)?;
         }
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&cached).expect("serialises")).map_err(cache_err)?;
+        std::fs::write(&tmp, serde_json::to_vec(&cached).expect("serialises"))
+            .map_err(cache_err)?;
         std::fs::rename(&tmp, &path).map_err(cache_err)?;
         Ok(result)
     }
@@ -447,8 +458,14 @@ impl CniRunner {
             return Ok(());
         }
         for p in &cached.conf.plugins {
-            self.exec("CHECK", &cached.conf, p, &cached.invocation, Some(&cached.result))
-                .await?;
+            self.exec(
+                "CHECK",
+                &cached.conf,
+                p,
+                &cached.invocation,
+                Some(&cached.result),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -492,7 +509,11 @@ pub fn result_ips(result: &Value) -> (Vec<IpAddr>, Vec<Interface>) {
                 .map(|i| Interface {
                     name: i.get("name").and_then(Value::as_str).unwrap_or("").into(),
                     mac: i.get("mac").and_then(Value::as_str).unwrap_or("").into(),
-                    sandbox: i.get("sandbox").and_then(Value::as_str).unwrap_or("").into(),
+                    sandbox: i
+                        .get("sandbox")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .into(),
                 })
                 .collect()
         })
@@ -501,7 +522,9 @@ pub fn result_ips(result: &Value) -> (Vec<IpAddr>, Vec<Interface>) {
         for ip in arr {
             // Skip addresses on host-side interfaces.
             if let Some(idx) = ip.get("interface").and_then(Value::as_u64)
-                && ifaces.get(idx as usize).is_some_and(|i| i.sandbox.is_empty())
+                && ifaces
+                    .get(idx as usize)
+                    .is_some_and(|i| i.sandbox.is_empty())
             {
                 continue;
             }
@@ -530,7 +553,11 @@ mod tests {
 
     #[test]
     fn parses_conf_and_conflist() {
-        let c = ConfList::parse(Path::new("a.conf"), r#"{"cniVersion":"0.4.0","name":"n","type":"bridge"}"#).unwrap();
+        let c = ConfList::parse(
+            Path::new("a.conf"),
+            r#"{"cniVersion":"0.4.0","name":"n","type":"bridge"}"#,
+        )
+        .unwrap();
         assert_eq!(c.plugins.len(), 1);
         assert_eq!(c.cni_version, "0.4.0");
         let l = ConfList::parse(
@@ -539,17 +566,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(l.plugins.len(), 2);
-        let e = ConfList::parse(Path::new("b.conflist"), r#"{"name":"n","plugins":[{}]}"#).unwrap_err();
+        let e =
+            ConfList::parse(Path::new("b.conflist"), r#"{"name":"n","plugins":[{}]}"#).unwrap_err();
         assert!(e.to_string().contains("plugins[0].type"), "{e}");
     }
 
     #[test]
     fn first_config_by_name_wins() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("20-b.conflist"), r#"{"name":"b","plugins":[{"type":"x"}]}"#).unwrap();
+        std::fs::write(
+            d.path().join("20-b.conflist"),
+            r#"{"name":"b","plugins":[{"type":"x"}]}"#,
+        )
+        .unwrap();
         std::fs::write(d.path().join("10-a.conf"), r#"{"name":"a","type":"x"}"#).unwrap();
         std::fs::write(d.path().join("05-bad.conf"), "not json").unwrap();
-        std::fs::write(d.path().join("01-ignored.txt"), r#"{"name":"z","type":"x"}"#).unwrap();
+        std::fs::write(
+            d.path().join("01-ignored.txt"),
+            r#"{"name":"z","type":"x"}"#,
+        )
+        .unwrap();
         let c = ConfList::load_first(&[d.path().to_path_buf()]).unwrap();
         assert_eq!(c.name, "a");
     }
@@ -559,7 +595,13 @@ mod tests {
         let r = json!({"interfaces":[{"name":"br","mac":"m"},{"name":"eth0","mac":"m2","sandbox":"/x"}],
             "ips":[{"address":"fd00::2/64","interface":1},{"address":"10.0.0.1/24","interface":0},{"address":"10.0.0.2/24","interface":1}]});
         let (ips, ifs) = result_ips(&r);
-        assert_eq!(ips, vec!["10.0.0.2".parse::<IpAddr>().unwrap(), "fd00::2".parse().unwrap()]);
+        assert_eq!(
+            ips,
+            vec![
+                "10.0.0.2".parse::<IpAddr>().unwrap(),
+                "fd00::2".parse().unwrap()
+            ]
+        );
         assert_eq!(ifs.len(), 2);
     }
 

@@ -272,7 +272,11 @@ impl NetworkManager {
         };
         let conf = match self.current_config() {
             Ok(c) => c,
-            Err(e) => return not_ready(format!("Network plugin returns error: cni config uninitialized: {e}")),
+            Err(e) => {
+                return not_ready(format!(
+                    "Network plugin returns error: cni config uninitialized: {e}"
+                ));
+            }
         };
         match self.inner.runner.status(&conf).await {
             Ok(()) => NetworkStatus {
@@ -318,7 +322,10 @@ impl NetworkManager {
 
     /// Networks a pod (CNI ADD). On failure everything ADD did is undone
     /// with DEL before the error (with the plugin's message) is returned.
-    pub async fn setup_pod(&self, req: &PodNetworkRequest) -> Result<PodNetworkStatus, NetworkError> {
+    pub async fn setup_pod(
+        &self,
+        req: &PodNetworkRequest,
+    ) -> Result<PodNetworkStatus, NetworkError> {
         if req.host_network {
             return Ok(PodNetworkStatus::default());
         }
@@ -361,7 +368,10 @@ impl NetworkManager {
             if !netns::exists(&c.invocation.netns) {
                 c.invocation.netns = PathBuf::new();
             }
-            self.inner.runner.del(&c.conf, &c.invocation, Some(&c.result)).await?;
+            self.inner
+                .runner
+                .del(&c.conf, &c.invocation, Some(&c.result))
+                .await?;
             return Ok(());
         }
         let conf = match self.current_config() {
@@ -382,7 +392,11 @@ impl NetworkManager {
         if req.host_network {
             return Ok(());
         }
-        match self.inner.runner.cached_any(&req.pod_id, &self.inner.cfg.ifname) {
+        match self
+            .inner
+            .runner
+            .cached_any(&req.pod_id, &self.inner.cfg.ifname)
+        {
             Some(c) => Ok(self.inner.runner.check(&c).await?),
             None => Ok(()),
         }
@@ -404,7 +418,8 @@ mod tests {
 
     #[test]
     fn config_defaults_and_toml_names() {
-        let c: NetworkConfig = serde_json::from_value(json!({"builtin": {"subnet": "10.1.0.0/16"}})).unwrap();
+        let c: NetworkConfig =
+            serde_json::from_value(json!({"builtin": {"subnet": "10.1.0.0/16"}})).unwrap();
         assert_eq!(c.builtin.subnet, "10.1.0.0/16");
         assert_eq!(c.builtin.bridge, "carrack0");
         assert_eq!(c.cni_conf_dirs, vec![PathBuf::from("/etc/cni/net.d")]);
@@ -413,8 +428,10 @@ mod tests {
 
     #[test]
     fn builtin_conflist_dual_stack() {
-        let mut b = BuiltinNetworkConfig::default();
-        b.subnet_v6 = Some("fd00:88::/64".into());
+        let b = BuiltinNetworkConfig {
+            subnet_v6: Some("fd00:88::/64".into()),
+            ..Default::default()
+        };
         let c = b.conflist();
         assert_eq!(c.plugins[0]["ipam"]["ranges"].as_array().unwrap().len(), 2);
         assert_eq!(c.plugins[0]["bridge"], "carrack0");

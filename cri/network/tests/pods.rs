@@ -14,7 +14,10 @@ use carrack_network::{
 
 fn prerequisites() -> bool {
     carrack_e2e::prerequisite::require_root()
-        && carrack_e2e::prerequisite::require_file("/usr/lib/cni/bridge", "containernetworking-plugins")
+        && carrack_e2e::prerequisite::require_file(
+            "/usr/lib/cni/bridge",
+            "containernetworking-plugins",
+        )
         && carrack_e2e::prerequisite::require_file("/usr/sbin/iptables-save", "iptables")
 }
 
@@ -37,7 +40,10 @@ impl Fixture {
         let bridge = format!("carrack-t{n}");
         let cfg = NetworkConfig {
             cni_conf_dirs: vec![dir.path().join("net.d")],
-            cni_bin_dirs: vec![dir.path().join("no-such-bin"), PathBuf::from("/usr/lib/cni")],
+            cni_bin_dirs: vec![
+                dir.path().join("no-such-bin"),
+                PathBuf::from("/usr/lib/cni"),
+            ],
             cni_cache_dir: dir.path().join("cache"),
             ifname: "eth0".into(),
             builtin: BuiltinNetworkConfig {
@@ -53,9 +59,19 @@ impl Fixture {
         if let Some(c) = conflist {
             std::fs::write(cfg.cni_conf_dirs[0].join("10-test.conflist"), c.to_string()).unwrap();
         }
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let mgr = rt.block_on(NetworkManager::new(cfg.clone())).unwrap();
-        Self { rt, dir, cfg, mgr, bridge, pods: Vec::new() }
+        Self {
+            rt,
+            dir,
+            cfg,
+            mgr,
+            bridge,
+            pods: Vec::new(),
+        }
     }
 
     fn bridge_conflist(n: u8, dir_hint: &str) -> serde_json::Value {
@@ -100,7 +116,9 @@ impl Fixture {
     }
 
     fn bridge_ports(&self) -> usize {
-        std::fs::read_dir(format!("/sys/class/net/{}/brif", self.bridge)).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(format!("/sys/class/net/{}/brif", self.bridge))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 }
 
@@ -110,17 +128,26 @@ impl Drop for Fixture {
             let _ = self.rt.block_on(self.mgr.teardown_pod(&p));
             let _ = netns::remove(&p.netns);
         }
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
     }
 }
 
 fn port(host: u16, container: u16) -> PortMapping {
-    PortMapping { host_port: host, container_port: container, protocol: "tcp".into(), host_ip: String::new() }
+    PortMapping {
+        host_port: host,
+        container_port: container,
+        protocol: "tcp".into(),
+        host_ip: String::new(),
+    }
 }
 
 /// Listens on `addr` inside the pod and serves one "hello <n>" per connection.
 fn serve(ns: &Path, addr: SocketAddr, greeting: &'static str) -> std::thread::JoinHandle<()> {
-    let l: TcpListener = netns::run_in(ns, move || TcpListener::bind(addr)).unwrap().unwrap();
+    let l: TcpListener = netns::run_in(ns, move || TcpListener::bind(addr))
+        .unwrap()
+        .unwrap();
     std::thread::spawn(move || {
         if let Ok((mut s, _)) = l.accept() {
             let _ = s.write_all(greeting.as_bytes());
@@ -148,12 +175,17 @@ fn two_pods_and_host_port(fx: &mut Fixture, n: u8, host_port: u16) {
     assert_eq!(fx.bridge_ports(), 2);
     // Pod b reaches pod a.
     let srv = serve(&a.netns, SocketAddr::new(ip_a, 8080), "hello from a");
-    let got = netns::run_in(&b.netns, move || fetch(SocketAddr::new(ip_a, 8080))).unwrap().unwrap();
+    let got = netns::run_in(&b.netns, move || fetch(SocketAddr::new(ip_a, 8080)))
+        .unwrap()
+        .unwrap();
     assert_eq!(got, "hello from a");
     srv.join().unwrap();
     // The node reaches pod a's hostPort on 127.0.0.1.
     let srv = serve(&a.netns, SocketAddr::new(ip_a, 8080), "hello via hostPort");
-    assert_eq!(fetch(([127, 0, 0, 1], host_port).into()).unwrap(), "hello via hostPort");
+    assert_eq!(
+        fetch(([127, 0, 0, 1], host_port).into()).unwrap(),
+        "hello via hostPort"
+    );
     srv.join().unwrap();
     // CHECK on the pod without hostPorts: Debian's portmap CHECK looks for
     // an IPv6 DNAT chain it never made on IPv4-only pods.
@@ -177,7 +209,13 @@ fn builtin_two_pods_reach_each_other_and_host_port_on_localhost() {
     // Leases are freed on teardown.
     let leases = std::fs::read_dir(fx.cfg.builtin.state_dir.join("carrack-test-network-11"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("10.199."))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("10.199.")
+        })
         .count();
     assert_eq!(leases, 0);
 }
@@ -263,10 +301,18 @@ fn plugin_error_reaches_the_caller_and_failed_setup_leaves_nothing() {
     let mut fx = Fixture::new(17, Some(conf));
     let a = fx.request("e17", vec![]);
     let err = fx.setup(a.clone()).unwrap_err().to_string();
-    assert!(err.contains("10.199.17.0/33"), "plugin message missing: {err}");
+    assert!(
+        err.contains("10.199.17.0/33"),
+        "plugin message missing: {err}"
+    );
     assert!(err.contains("ADD"), "{err}");
     assert_eq!(fx.bridge_ports(), 0);
-    assert_eq!(std::fs::read_dir(fx.cfg.cni_cache_dir.join("results")).map(|d| d.count()).unwrap_or(0), 0);
+    assert_eq!(
+        std::fs::read_dir(fx.cfg.cni_cache_dir.join("results"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
     // DEL fails the same way with this config, so only the netns goes.
     netns::remove(&a.netns).unwrap();
     assert!(!a.netns.exists());
@@ -291,7 +337,10 @@ fn host_network_pods_skip_everything() {
 /// Lines of `iptables-save` (nat and filter) that mention `needle`.
 fn rules_matching(needle: &str) -> usize {
     let out = Command::new("iptables-save").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(needle)).count()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
 }
 
 #[test]
@@ -303,7 +352,10 @@ fn hundred_cycles_leak_no_veth_lease_netns_or_rule() {
     // One warm-up cycle creates the bridge and the shared top-level chains.
     let w = fx.request("w19", vec![port(18919, 80)]);
     fx.setup(w.clone()).unwrap();
-    assert!(rules_matching("10.199.19.") > 0, "no rules for the pod subnet at all");
+    assert!(
+        rules_matching("10.199.19.") > 0,
+        "no rules for the pod subnet at all"
+    );
     fx.teardown(&w);
     let leases_dir = fx.cfg.builtin.state_dir.join("carrack-test-network-19");
     let leases = |d: &Path| std::fs::read_dir(d).map(|d| d.count()).unwrap_or(0);
@@ -324,5 +376,9 @@ fn hundred_cycles_leak_no_veth_lease_netns_or_rule() {
     assert_eq!(leases(&leases_dir), ls0, "leases");
     assert_eq!(leases(&netns_dir), n0, "netns files");
     assert_eq!(rules_matching("10.199.19."), r0, "iptables rules");
-    assert_eq!(leases(&fx.cfg.cni_cache_dir.join("results")), c0, "cache entries");
+    assert_eq!(
+        leases(&fx.cfg.cni_cache_dir.join("results")),
+        c0,
+        "cache entries"
+    );
 }
