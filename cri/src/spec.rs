@@ -757,7 +757,6 @@ pub fn generate(input: &SpecInput<'_>, files: &dyn RootfsFiles) -> Result<Value,
             "inheritable": ambient, "ambient": ambient,
         },
         "noNewPrivileges": sc.map(|s| s.no_new_privs).unwrap_or(false),
-        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576u64, "soft": 1048576u64}],
     });
     if let Some(r) = &linux.resources
         && r.oom_score_adj != 0
