@@ -289,7 +289,7 @@ pub fn resolve_user(
     files: &dyn RootfsFiles,
 ) -> Result<User, SpecError> {
     let field = "config.linux.security_context";
-    let (mut uid, mut gid, name): (u32, u32, Option<String>);
+    let (uid, mut gid, name): (u32, u32, Option<String>);
     let username = sc.map(|s| s.run_as_username.as_str()).unwrap_or("");
     let run_as_user = sc.and_then(|s| s.run_as_user.as_ref()).map(|v| v.value);
     if !username.is_empty() {
@@ -370,7 +370,6 @@ pub fn resolve_user(
     }
     additional.sort_unstable();
     additional.dedup();
-    uid = uid.max(0);
     Ok(User {
         uid,
         gid,

@@ -37,7 +37,10 @@ fn prerequisites() -> bool {
         && require_file("/usr/bin/skopeo", "skopeo")
         && check(
             dir.join("carrackd").exists() && dir.join("carrack-shim").exists(),
-            &format!("carrackd and carrack-shim in {} (cargo build --workspace --bins)", dir.display()),
+            &format!(
+                "carrackd and carrack-shim in {} (cargo build --workspace --bins)",
+                dir.display()
+            ),
         )
 }
 
@@ -113,7 +116,10 @@ impl Daemon {
         let config = self.dir.join("carrackd.toml");
         std::fs::write(
             &config,
-            format!("default_runtime = \"runc\"\ncgroup_parent = \"{}\"\n", self.cgroup_parent),
+            format!(
+                "default_runtime = \"runc\"\ncgroup_parent = \"{}\"\n",
+                self.cgroup_parent
+            ),
         )
         .unwrap();
         let log = std::fs::OpenOptions::new()
@@ -143,7 +149,11 @@ impl Daemon {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("carrackd exited {st}: {}", self.log());
             }
-            assert!(Instant::now() < deadline, "no socket after 20 s: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "no socket after 20 s: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -166,11 +176,18 @@ impl Daemon {
             .unwrap()
             .connect_with_connector(tower::service_fn(move |_| {
                 let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
             }))
             .await
             .expect("connect to carrackd");
-        (RuntimeServiceClient::new(ch.clone()), ImageServiceClient::new(ch))
+        (
+            RuntimeServiceClient::new(ch.clone()),
+            ImageServiceClient::new(ch),
+        )
     }
 
     /// Mount points under our directory, deepest first.
@@ -195,14 +212,27 @@ impl Drop for Daemon {
         if let Ok(rd) = std::fs::read_dir(&runc_root) {
             for e in rd.flatten() {
                 let id = e.file_name();
-                let _ = Command::new("runc").arg("--root").arg(&runc_root).args(["kill", "-a"]).arg(&id).arg("KILL").status();
-                let _ = Command::new("runc").arg("--root").arg(&runc_root).args(["delete", "-f"]).arg(&id).status();
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(["kill", "-a"])
+                    .arg(&id)
+                    .arg("KILL")
+                    .status();
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(["delete", "-f"])
+                    .arg(&id)
+                    .status();
             }
         }
         let marker = self.dir.to_string_lossy().into_owned();
         if let Ok(rd) = std::fs::read_dir("/proc") {
             for e in rd.flatten() {
-                let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
                 let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
                 if String::from_utf8_lossy(&cmd).contains(&marker) {
                     // SAFETY: kill(2) on a pid we just read; a recycled pid would
@@ -216,7 +246,11 @@ impl Drop for Daemon {
             // SAFETY: umount2 with a valid NUL-terminated path.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
-        for ctrl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for ctrl in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             remove_cgroup_tree(&ctrl.path().join(self.cgroup_parent.trim_start_matches('/')));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -263,13 +297,22 @@ fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
 
 fn container_config(name: &str, image: &str, args: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
-        image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
         command: args.iter().map(|s| s.to_string()).collect(),
         log_path: format!("{name}/0.log"),
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(cri::NamespaceOption { pid: cri::NamespaceMode::Container as i32, ..Default::default() }),
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             resources: None,
@@ -278,7 +321,11 @@ fn container_config(name: &str, image: &str, args: &[&str]) -> cri::ContainerCon
     }
 }
 
-async fn exec(rt: &mut RuntimeServiceClient<Channel>, id: &str, cmd: &[&str]) -> (i32, String, String) {
+async fn exec(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    cmd: &[&str],
+) -> (i32, String, String) {
     let r = rt
         .exec_sync(cri::ExecSyncRequest {
             container_id: id.into(),
@@ -296,17 +343,23 @@ async fn exec(rt: &mut RuntimeServiceClient<Channel>, id: &str, cmd: &[&str]) ->
 }
 
 async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
-    rt.container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap()
+    rt.container_status(cri::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
 }
 
 async fn pull(img: &mut ImageServiceClient<Channel>, name: &str) -> String {
     img.pull_image(cri::PullImageRequest {
-        image: Some(cri::ImageSpec { image: name.into(), ..Default::default() }),
+        image: Some(cri::ImageSpec {
+            image: name.into(),
+            ..Default::default()
+        }),
         auth: None,
         sandbox_config: None,
     })
@@ -318,14 +371,22 @@ async fn pull(img: &mut ImageServiceClient<Channel>, name: &str) -> String {
 
 /// Waits for the container to be exited, polling its status (carrackd has
 /// no event stream yet), up to `secs`.
-async fn wait_exited(rt: &mut RuntimeServiceClient<Channel>, id: &str, secs: u64) -> cri::ContainerStatus {
+async fn wait_exited(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    secs: u64,
+) -> cri::ContainerStatus {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let s = status(rt, id).await;
         if s.state == cri::ContainerState::ContainerExited as i32 {
             return s;
         }
-        assert!(Instant::now() < deadline, "container {id} still {:?}", s.state);
+        assert!(
+            Instant::now() < deadline,
+            "container {id} still {:?}",
+            s.state
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -339,24 +400,42 @@ async fn cri_pod_lifecycle() {
     let daemon = Daemon::start(&image.host);
     let (mut rt, mut img) = daemon.clients().await;
 
-    let v = rt.version(cri::VersionRequest::default()).await.unwrap().into_inner();
+    let v = rt
+        .version(cri::VersionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(v.runtime_name, "carrack");
     assert_eq!(v.runtime_api_version, "v1");
-    let st = rt.status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
+    let st = rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
     let conds = st.status.unwrap().conditions;
     let net = conds.iter().find(|c| c.r#type == "NetworkReady").unwrap();
     assert!(!net.status);
     assert_eq!(net.reason, "NetworkPluginNotReady");
     assert!(conds.iter().any(|c| c.r#type == "RuntimeReady" && c.status));
-    let rc = rt.runtime_config(cri::RuntimeConfigRequest {}).await.unwrap().into_inner();
-    assert_eq!(rc.linux.unwrap().cgroup_driver, cri::CgroupDriver::Cgroupfs as i32);
+    let rc = rt
+        .runtime_config(cri::RuntimeConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        rc.linux.unwrap().cgroup_driver,
+        cri::CgroupDriver::Cgroupfs as i32
+    );
 
     // Images.
     let image_id = pull(&mut img, &image.name).await;
     assert!(image_id.starts_with("sha256:"), "{image_id}");
     let is = img
         .image_status(cri::ImageStatusRequest {
-            image: Some(cri::ImageSpec { image: image.name.clone(), ..Default::default() }),
+            image: Some(cri::ImageSpec {
+                image: image.name.clone(),
+                ..Default::default()
+            }),
             verbose: true,
         })
         .await
@@ -364,30 +443,54 @@ async fn cri_pod_lifecycle() {
         .into_inner();
     assert_eq!(is.image.as_ref().unwrap().id, image_id);
     assert!(is.info.contains_key("info"));
-    let list = img.list_images(cri::ListImagesRequest { filter: None }).await.unwrap().into_inner();
-    assert!(list.images.iter().any(|i| i.repo_tags.contains(&image.name)));
-    let fs = img.image_fs_info(cri::ImageFsInfoRequest {}).await.unwrap().into_inner();
+    let list = img
+        .list_images(cri::ListImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        list.images
+            .iter()
+            .any(|i| i.repo_tags.contains(&image.name))
+    );
+    let fs = img
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert!(fs.image_filesystems[0].used_bytes.as_ref().unwrap().value > 0);
 
     // Pod.
     let logs = daemon.dir.join("logs");
     let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_config("web", &logs)), runtime_handler: String::new() })
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config("web", &logs)),
+            runtime_handler: String::new(),
+        })
         .await
         .unwrap()
         .into_inner()
         .pod_sandbox_id;
     let ps = rt
-        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true })
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: true,
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(ps.status.as_ref().unwrap().state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(
+        ps.status.as_ref().unwrap().state,
+        cri::PodSandboxState::SandboxReady as i32
+    );
     assert_eq!(ps.status.as_ref().unwrap().runtime_handler, "runc");
     assert!(ps.info["info"].contains("netns"));
     let listed = rt
         .list_pod_sandbox(cri::ListPodSandboxRequest {
-            filter: Some(cri::PodSandboxFilter { label_selector: HashMap::from([("app".into(), "web".into())]), ..Default::default() }),
+            filter: Some(cri::PodSandboxFilter {
+                label_selector: HashMap::from([("app".into(), "web".into())]),
+                ..Default::default()
+            }),
         })
         .await
         .unwrap()
@@ -396,7 +499,10 @@ async fn cri_pod_lifecycle() {
     assert_eq!(listed.len(), 1);
     let none = rt
         .list_pod_sandbox(cri::ListPodSandboxRequest {
-            filter: Some(cri::PodSandboxFilter { label_selector: HashMap::from([("app".into(), "db".into())]), ..Default::default() }),
+            filter: Some(cri::PodSandboxFilter {
+                label_selector: HashMap::from([("app".into(), "db".into())]),
+                ..Default::default()
+            }),
         })
         .await
         .unwrap()
@@ -409,8 +515,19 @@ async fn cri_pod_lifecycle() {
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("hello"), "from host\n").unwrap();
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cc = container_config("app", &image.name, &["sh", "-c", "echo hello-out; echo hello-err >&2; exec sleep 1000"]);
-    cc.envs = vec![cri::KeyValue { key: "GREETING".into(), value: "hi there".into() }];
+    let mut cc = container_config(
+        "app",
+        &image.name,
+        &[
+            "sh",
+            "-c",
+            "echo hello-out; echo hello-err >&2; exec sleep 1000",
+        ],
+    );
+    cc.envs = vec![cri::KeyValue {
+        key: "GREETING".into(),
+        value: "hi there".into(),
+    }];
     cc.working_dir = "/tmp".into();
     cc.labels = HashMap::from([("tier".into(), "front".into())]);
     cc.annotations = HashMap::from([("note".into(), "x".into())]);
@@ -420,9 +537,18 @@ async fn cri_pod_lifecycle() {
         readonly: true,
         ..Default::default()
     }];
-    let sc = cc.linux.as_mut().unwrap().security_context.as_mut().unwrap();
+    let sc = cc
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap();
     sc.run_as_user = Some(cri::Int64Value { value: 1000 });
-    sc.capabilities = Some(cri::Capability { drop_capabilities: vec!["ALL".into()], ..Default::default() });
+    sc.capabilities = Some(cri::Capability {
+        drop_capabilities: vec!["ALL".into()],
+        ..Default::default()
+    });
     cc.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources {
         memory_limit_in_bytes: 64 << 20,
         cpu_shares: 256,
@@ -440,7 +566,11 @@ async fn cri_pod_lifecycle() {
         .container_id;
     let s = status(&mut rt, &ctr).await;
     assert_eq!(s.state, cri::ContainerState::ContainerCreated as i32);
-    rt.start_container(cri::StartContainerRequest { container_id: ctr.clone() }).await.unwrap();
+    rt.start_container(cri::StartContainerRequest {
+        container_id: ctr.clone(),
+    })
+    .await
+    .unwrap();
     let s = status(&mut rt, &ctr).await;
     assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
     assert!(s.started_at >= s.created_at && s.created_at > 0);
@@ -452,26 +582,46 @@ async fn cri_pod_lifecycle() {
 
     // Inside the container.
     assert_eq!(exec(&mut rt, &ctr, &["id", "-u"]).await.1.trim(), "1000");
-    assert_eq!(exec(&mut rt, &ctr, &["hostname"]).await.1.trim(), "web-host");
+    assert_eq!(
+        exec(&mut rt, &ctr, &["hostname"]).await.1.trim(),
+        "web-host"
+    );
     assert_eq!(exec(&mut rt, &ctr, &["pwd"]).await.1.trim(), "/tmp");
     let env = exec(&mut rt, &ctr, &["env"]).await.1;
     assert!(env.contains("GREETING=hi there"), "{env}");
     assert!(env.contains("FROM_IMAGE=yes"), "{env}");
     let resolv = exec(&mut rt, &ctr, &["cat", "/etc/resolv.conf"]).await.1;
-    assert!(resolv.contains("nameserver 10.96.0.10") && resolv.contains("ndots:5"), "{resolv}");
-    assert_eq!(exec(&mut rt, &ctr, &["cat", "/data/hello"]).await.1, "from host\n");
+    assert!(
+        resolv.contains("nameserver 10.96.0.10") && resolv.contains("ndots:5"),
+        "{resolv}"
+    );
+    assert_eq!(
+        exec(&mut rt, &ctr, &["cat", "/data/hello"]).await.1,
+        "from host\n"
+    );
     let (code, _, err) = exec(&mut rt, &ctr, &["touch", "/data/new"]).await;
     assert_ne!(code, 0, "read-only mount was writable");
     assert!(err.contains("Read-only"), "{err}");
-    let caps = exec(&mut rt, &ctr, &["grep", "CapBnd", "/proc/self/status"]).await.1;
+    let caps = exec(&mut rt, &ctr, &["grep", "CapBnd", "/proc/self/status"])
+        .await
+        .1;
     assert!(caps.contains("0000000000000000"), "{caps}");
     let links = exec(&mut rt, &ctr, &["cat", "/proc/net/dev"]).await.1;
     assert!(links.contains("lo:") && !links.contains("eth0"), "{links}");
-    let (code, out, err) = exec(&mut rt, &ctr, &["sh", "-c", "echo out; echo err >&2; exit 3"]).await;
+    let (code, out, err) = exec(
+        &mut rt,
+        &ctr,
+        &["sh", "-c", "echo out; echo err >&2; exit 3"],
+    )
+    .await;
     assert_eq!((code, out.as_str(), err.as_str()), (3, "out\n", "err\n"));
     let t = Instant::now();
     let e = rt
-        .exec_sync(cri::ExecSyncRequest { container_id: ctr.clone(), cmd: vec!["sleep".into(), "30".into()], timeout: 1 })
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: ctr.clone(),
+            cmd: vec!["sleep".into(), "30".into()],
+            timeout: 1,
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e}");
@@ -479,12 +629,23 @@ async fn cri_pod_lifecycle() {
 
     // Logs on disk, CRI format.
     let log = std::fs::read_to_string(logs.join("app/0.log")).unwrap();
-    assert!(log.lines().any(|l| l.contains(" stdout F hello-out")), "{log}");
-    assert!(log.lines().any(|l| l.contains(" stderr F hello-err")), "{log}");
+    assert!(
+        log.lines().any(|l| l.contains(" stdout F hello-out")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains(" stderr F hello-err")),
+        "{log}"
+    );
 
     // Stop: sleep as PID 1 ignores SIGTERM, so SIGKILL follows after the timeout.
     let t = Instant::now();
-    rt.stop_container(cri::StopContainerRequest { container_id: ctr.clone(), timeout: 1 }).await.unwrap();
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: ctr.clone(),
+        timeout: 1,
+    })
+    .await
+    .unwrap();
     assert!(t.elapsed() >= Duration::from_millis(900));
     let s = status(&mut rt, &ctr).await;
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
@@ -494,7 +655,9 @@ async fn cri_pod_lifecycle() {
     let exited = rt
         .list_containers(cri::ListContainersRequest {
             filter: Some(cri::ContainerFilter {
-                state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerExited as i32 }),
+                state: Some(cri::ContainerStateValue {
+                    state: cri::ContainerState::ContainerExited as i32,
+                }),
                 ..Default::default()
             }),
         })
@@ -515,37 +678,82 @@ async fn cri_pod_lifecycle() {
         .unwrap()
         .into_inner()
         .container_id;
-    rt.start_container(cri::StartContainerRequest { container_id: done.clone() }).await.unwrap();
+    rt.start_container(cri::StartContainerRequest {
+        container_id: done.clone(),
+    })
+    .await
+    .unwrap();
     let s = wait_exited(&mut rt, &done, 20).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
 
     // Remove everything; repeated calls succeed.
     for _ in 0..2 {
-        rt.remove_container(cri::RemoveContainerRequest { container_id: ctr.clone() }).await.unwrap();
+        rt.remove_container(cri::RemoveContainerRequest {
+            container_id: ctr.clone(),
+        })
+        .await
+        .unwrap();
     }
-    let e = rt.container_status(cri::ContainerStatusRequest { container_id: ctr.clone(), verbose: false }).await.unwrap_err();
+    let e = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: ctr.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
     for _ in 0..2 {
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
     }
     let ps = rt
-        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(ps.status.unwrap().state, cri::PodSandboxState::SandboxNotready as i32);
+    assert_eq!(
+        ps.status.unwrap().state,
+        cri::PodSandboxState::SandboxNotready as i32
+    );
     for _ in 0..2 {
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
     }
-    assert!(rt.list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner().containers.is_empty());
-    assert!(rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner().items.is_empty());
+    assert!(
+        rt.list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+            .is_empty()
+    );
+    assert!(
+        rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .is_empty()
+    );
     assert_eq!(daemon.mounts(), Vec::<String>::new(), "mounts left");
     assert!(!daemon.root().join("sandboxes").join(&pod).exists());
     assert!(!daemon.root().join("containers").join(&ctr).exists());
     assert!(!daemon.state().join("shims").join(&ctr).exists());
     for _ in 0..2 {
         img.remove_image(cri::RemoveImageRequest {
-            image: Some(cri::ImageSpec { image: image_id.clone(), ..Default::default() }),
+            image: Some(cri::ImageSpec {
+                image: image_id.clone(),
+                ..Default::default()
+            }),
         })
         .await
         .unwrap();
@@ -563,7 +771,10 @@ async fn cri_sigkill_and_restart_keeps_containers() {
     pull(&mut img, &image.name).await;
     let logs = daemon.dir.join("logs");
     let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_config("restart", &logs)), runtime_handler: String::new() })
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config("restart", &logs)),
+            runtime_handler: String::new(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -573,8 +784,14 @@ async fn cri_sigkill_and_restart_keeps_containers() {
     let mut ids = Vec::new();
     for (name, cmd) in [
         ("long", "exec sleep 1000"),
-        ("exits-later", "while [ ! -e /signal/go ]; do sleep 0.05; done; exit 7"),
-        ("after-restart", "while [ ! -e /signal/go2 ]; do sleep 0.05; done; exit 9"),
+        (
+            "exits-later",
+            "while [ ! -e /signal/go ]; do sleep 0.05; done; exit 7",
+        ),
+        (
+            "after-restart",
+            "while [ ! -e /signal/go2 ]; do sleep 0.05; done; exit 9",
+        ),
     ] {
         let mut cc = container_config(name, &image.name, &["sh", "-c", cmd]);
         cc.mounts = vec![cri::Mount {
@@ -583,12 +800,20 @@ async fn cri_sigkill_and_restart_keeps_containers() {
             ..Default::default()
         }];
         let id = rt
-            .create_container(cri::CreateContainerRequest { pod_sandbox_id: pod.clone(), config: Some(cc), sandbox_config: None })
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(cc),
+                sandbox_config: None,
+            })
             .await
             .unwrap()
             .into_inner()
             .container_id;
-        rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.unwrap();
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
         ids.push(id);
     }
     let before: Vec<_> = {
@@ -602,18 +827,28 @@ async fn cri_sigkill_and_restart_keeps_containers() {
     daemon.kill();
     drop(rt);
     // While carrackd is away, one container exits.
-    let t_go = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64;
+    let t_go = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
     std::fs::write(signal_dir.join("go"), "").unwrap();
     // Wait for the exit through the kernel: the container's process leaves.
     let pid_file = daemon.state().join("runc").join(&ids[1]).join("state.json");
     let pid: i32 = {
         let st: String = std::fs::read_to_string(&pid_file).unwrap();
         let i = st.find("\"init_process_pid\":").unwrap() + "\"init_process_pid\":".len();
-        st[i..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+        st[i..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     while Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z")
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
     {
         assert!(Instant::now() < deadline, "container did not exit");
         std::thread::sleep(Duration::from_millis(20));
@@ -621,27 +856,56 @@ async fn cri_sigkill_and_restart_keeps_containers() {
 
     daemon.spawn();
     let (mut rt, _img) = daemon.clients().await;
-    let listed = rt.list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner().containers;
+    let listed = rt
+        .list_containers(cri::ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
     assert_eq!(listed.len(), 3);
     let s0 = status(&mut rt, &ids[0]).await;
     assert_eq!(s0.state, cri::ContainerState::ContainerRunning as i32);
     assert_eq!(s0.started_at, before[0].started_at);
-    assert_eq!(exec(&mut rt, &ids[0], &["echo", "alive"]).await.1, "alive\n");
+    assert_eq!(
+        exec(&mut rt, &ids[0], &["echo", "alive"]).await.1,
+        "alive\n"
+    );
     let s1 = wait_exited(&mut rt, &ids[1], 20).await;
     assert_eq!(s1.exit_code, 7);
     assert_eq!(s1.reason, "Error");
-    assert!(s1.finished_at >= t_go, "finish time {} before the signal {t_go}", s1.finished_at);
+    assert!(
+        s1.finished_at >= t_go,
+        "finish time {} before the signal {t_go}",
+        s1.finished_at
+    );
     // A later exit is seen by the restarted daemon.
     std::fs::write(signal_dir.join("go2"), "").unwrap();
     let s2 = wait_exited(&mut rt, &ids[2], 20).await;
     assert_eq!(s2.exit_code, 9);
-    let sb = rt.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }).await.unwrap();
-    assert_eq!(sb.into_inner().status.unwrap().state, cri::PodSandboxState::SandboxReady as i32);
+    let sb = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        sb.into_inner().status.unwrap().state,
+        cri::PodSandboxState::SandboxReady as i32
+    );
 
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
     let s0 = status(&mut rt, &ids[0]).await;
     assert_eq!(s0.state, cri::ContainerState::ContainerExited as i32);
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
     assert_eq!(daemon.mounts(), Vec::<String>::new(), "mounts left");
 }
 
@@ -658,24 +922,39 @@ async fn cri_bad_requests() {
 
     let mut nameless = pod_config("x", &logs);
     nameless.metadata.as_mut().unwrap().name.clear();
-    let e = rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(nameless), runtime_handler: String::new() }).await.unwrap_err();
+    let e = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(nameless),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("config.metadata.name"), "{e}");
     let e = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_config("x", &logs)), runtime_handler: "nope".into() })
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config("x", &logs)),
+            runtime_handler: "nope".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("runtime_handler"), "{e}");
 
     let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_config("x", &logs)), runtime_handler: String::new() })
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config("x", &logs)),
+            runtime_handler: String::new(),
+        })
         .await
         .unwrap()
         .into_inner()
         .pod_sandbox_id;
     let e = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_config("x", &logs)), runtime_handler: String::new() })
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config("x", &logs)),
+            runtime_handler: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists);
@@ -701,20 +980,37 @@ async fn cri_bad_requests() {
     assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
     // A bad mount fails after the rootfs was prepared: nothing may be left.
     let mut bad = container_config("c", &image.name, &["true"]);
-    bad.mounts = vec![cri::Mount { container_path: "/x".into(), host_path: "/nonexistent-carrack".into(), ..Default::default() }];
+    bad.mounts = vec![cri::Mount {
+        container_path: "/x".into(),
+        host_path: "/nonexistent-carrack".into(),
+        ..Default::default()
+    }];
     let e = rt
-        .create_container(cri::CreateContainerRequest { pod_sandbox_id: pod.clone(), config: Some(bad), sandbox_config: None })
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(bad),
+            sandbox_config: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("config.mounts[0].host_path"), "{e}");
-    assert!(rt.list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner().containers.is_empty());
+    assert!(
+        rt.list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+            .is_empty()
+    );
     assert!(
         daemon.mounts().iter().all(|m| !m.contains("/containers/")),
         "rootfs left mounted: {:?}",
         daemon.mounts()
     );
-    let leftovers: Vec<_> = std::fs::read_dir(daemon.root().join("containers")).map(|r| r.flatten().collect()).unwrap_or_default();
+    let leftovers: Vec<_> = std::fs::read_dir(daemon.root().join("containers"))
+        .map(|r| r.flatten().collect())
+        .unwrap_or_default();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // The name is free again.
     let ok = rt
@@ -738,19 +1034,56 @@ async fn cri_bad_requests() {
     assert_eq!(e.code(), tonic::Code::AlreadyExists);
     assert!(e.message().contains(&ok), "{e}");
 
-    let e = rt.start_container(cri::StartContainerRequest { container_id: "nosuch".into() }).await.unwrap_err();
+    let e = rt
+        .start_container(cri::StartContainerRequest {
+            container_id: "nosuch".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
-    rt.stop_container(cri::StopContainerRequest { container_id: "nosuch".into(), timeout: 0 }).await.unwrap();
-    rt.remove_container(cri::RemoveContainerRequest { container_id: "nosuch".into() }).await.unwrap();
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: "nosuch".into() }).await.unwrap();
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: "nosuch".into() }).await.unwrap();
-    let e = rt.exec_sync(cri::ExecSyncRequest { container_id: ok.clone(), cmd: vec!["true".into()], timeout: 1 }).await.unwrap_err();
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: "nosuch".into(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: "nosuch".into(),
+    })
+    .await
+    .unwrap();
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: "nosuch".into(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: "nosuch".into(),
+    })
+    .await
+    .unwrap();
+    let e = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: ok.clone(),
+            cmd: vec!["true".into()],
+            timeout: 1,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
     let e = rt
-        .exec(cri::ExecRequest { container_id: ok.clone(), cmd: vec!["sh".into()], ..Default::default() })
+        .exec(cri::ExecRequest {
+            container_id: ok.clone(),
+            cmd: vec!["sh".into()],
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented);
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
     assert_eq!(daemon.mounts(), Vec::<String>::new(), "mounts left");
 }
