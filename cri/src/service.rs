@@ -241,6 +241,9 @@ impl Daemon {
         if c.state == ContainerState::Exited {
             return;
         }
+        // Without its shim nobody reaps or watches the container: end it,
+        // so that the state reported (exited) is true.
+        self.runtime_force_delete(&c).await;
         c.state = ContainerState::Exited;
         c.exit_code = 255;
         c.finished_at = now_nanos();
@@ -349,6 +352,28 @@ impl Daemon {
         }
     }
 
+    /// `<runtime> --root R delete --force <id>`: kills and deletes the
+    /// container when its shim is gone.
+    async fn runtime_force_delete(&self, c: &ContainerRecord) {
+        let Some((_, h)) = self.cfg.handler(&c.runtime_handler) else {
+            return;
+        };
+        let out = tokio::process::Command::new(&h.binary)
+            .arg("--root")
+            .arg(&h.root)
+            .args(["delete", "--force", &c.id])
+            .output()
+            .await;
+        if let Ok(o) = out
+            && !o.status.success()
+        {
+            let err = String::from_utf8_lossy(&o.stderr);
+            if !err.contains("not exist") {
+                warn!(container = c.id, "runtime delete --force: {}", err.trim());
+            }
+        }
+    }
+
     /// Removes a container's shim, rootfs, bundle and row (idempotent).
     async fn destroy_container(&self, c: &ContainerRecord) {
         let socket = carrack_shim::socket_path(&self.shim_dir(), &c.id);
@@ -394,6 +419,8 @@ impl Daemon {
                     now: true,
                 })
                 .await;
+        } else {
+            self.runtime_force_delete(c).await;
         }
         let rootfs = c.bundle.join("rootfs");
         if let Err(e) = self.images.remove_rootfs(&c.id, &rootfs) {

@@ -1087,3 +1087,68 @@ async fn cri_bad_requests() {
     .unwrap();
     assert_eq!(daemon.mounts(), Vec::<String>::new(), "mounts left");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_dead_shim_reported_exited() {
+    if !prerequisites() {
+        return;
+    }
+    let image = test_image();
+    let daemon = Daemon::start(&image.host);
+    let (mut rt, mut img) = daemon.clients().await;
+    pull(&mut img, &image.name).await;
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config("shimless", &daemon.dir.join("logs"))),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config("c", &image.name, &["sleep", "1000"])),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    // SIGKILL the container's shim.
+    let mut killed = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd =
+            String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default())
+                .replace('\0', " ");
+        if cmd.contains("carrack-shim") && cmd.contains(" serve ") && cmd.contains(&id) {
+            // SAFETY: kill(2) on the shim's pid just read from /proc.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            killed += 1;
+        }
+    }
+    assert_eq!(killed, 1, "shim process not found");
+    let s = wait_exited(&mut rt, &id, 20).await;
+    assert_eq!(s.reason, "Error");
+    assert!(s.message.contains("shim"), "{}", s.message);
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_eq!(daemon.mounts(), Vec::<String>::new(), "mounts left");
+}
