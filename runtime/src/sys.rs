@@ -1,0 +1,133 @@
+//! The raw kernel calls nix does not wrap: `openat2` with
+//! `RESOLVE_IN_ROOT` (so a mount target is looked up inside the rootfs and
+//! a symlink in an image cannot point it at the host), `close_range` and
+//! `setdomainname`. Everything else goes through nix.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path};
+
+use nix::errno::Errno;
+
+/// Opens `path` (relative to `root`, absolute paths allowed) with every
+/// component resolved as if `root` were `/`: `..` and symlinks cannot
+/// leave it.
+pub fn open_in_root(root: RawFd, path: &Path, flags: i32) -> nix::Result<OwnedFd> {
+    let rel = strip_root(path);
+    let c = CString::new(if rel.as_os_str().is_empty() { b".".to_vec() } else { rel.as_os_str().as_bytes().to_vec() })
+        .map_err(|_| Errno::EINVAL)?;
+    // SAFETY: open_how is plain data; all-zero is its valid "no options" value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `c` is a valid C string and `how` a valid open_how whose size we pass.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_openat2, root, c.as_ptr(), &how as *const libc::open_how, size_of::<libc::open_how>())
+    };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the kernel returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn strip_root(path: &Path) -> &Path {
+    path.strip_prefix("/").unwrap_or(path)
+}
+
+/// Creates every missing directory of `path` inside `root` (each step
+/// resolved in the root) and returns an `O_PATH` fd of the last one; when
+/// `file` is true the last component is created as an empty file instead.
+pub fn mkdir_all_in_root(root: RawFd, path: &Path, file: bool) -> nix::Result<OwnedFd> {
+    let comps: Vec<_> = strip_root(path)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_owned()),
+            _ => None,
+        })
+        .collect();
+    let mut dir = open_in_root(root, Path::new("."), libc::O_PATH | libc::O_DIRECTORY)?;
+    let mut sofar = std::path::PathBuf::new();
+    for (i, name) in comps.iter().enumerate() {
+        sofar.push(name);
+        let last = i + 1 == comps.len();
+        let want_file = last && file;
+        let flags = libc::O_PATH | if want_file { 0 } else { libc::O_DIRECTORY };
+        match open_in_root(root, &sofar, flags) {
+            Ok(fd) => dir = fd,
+            Err(Errno::ENOENT) => {
+                let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+                if want_file {
+                    // SAFETY: valid dirfd and C string.
+                    let fd = unsafe {
+                        libc::openat(dir.as_raw_fd(), cname.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW, 0o644)
+                    };
+                    if fd < 0 && Errno::last() != Errno::EEXIST {
+                        return Err(Errno::last());
+                    }
+                    if fd >= 0 {
+                        // SAFETY: fd was just returned by openat and is ours.
+                        unsafe { libc::close(fd) };
+                    }
+                } else {
+                    // SAFETY: valid dirfd and C string.
+                    let r = unsafe { libc::mkdirat(dir.as_raw_fd(), cname.as_ptr(), 0o755) };
+                    if r < 0 && Errno::last() != Errno::EEXIST {
+                        return Err(Errno::last());
+                    }
+                }
+                dir = open_in_root(root, &sofar, flags)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(dir)
+}
+
+/// The `/proc/self/fd/N` path of an fd, to mount onto what it names.
+pub fn fd_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// Marks every fd from `first` up close-on-exec (`close_range` with
+/// `CLOSE_RANGE_CLOEXEC`), falling back to walking /proc/self/fd.
+pub fn cloexec_from(first: RawFd) {
+    // SAFETY: close_range only changes fd flags.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    if r == 0 {
+        return;
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        let fds: Vec<RawFd> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+        for fd in fds.into_iter().filter(|fd| *fd >= first) {
+            // SAFETY: setting FD_CLOEXEC on an fd number is harmless even if it closed meanwhile.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+}
+
+/// setdomainname(2).
+pub fn set_domainname(name: &str) -> nix::Result<()> {
+    // SAFETY: pointer and length describe `name`.
+    let r = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
+    Errno::result(r).map(drop)
+}
+
+/// Makes the calling process undumpable: its /proc/<pid> files (exe
+/// included) become inaccessible to processes without CAP_SYS_PTRACE in
+/// the initial user namespace. This is how the runtime binary is kept out
+/// of reach of the container while a runtime process sits in its
+/// namespaces (the CVE-2019-5736 class), without copying the binary into
+/// a sealed memfd on every start.
+pub fn set_undumpable() -> nix::Result<()> {
+    // SAFETY: plain prctl with integer arguments.
+    Errno::result(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }).map(drop)
+}
+
+/// Becomes a child subreaper, so orphaned descendants (the container init
+/// once the intermediate child exits) are reparented to us.
+pub fn set_child_subreaper() -> nix::Result<()> {
+    // SAFETY: plain prctl with integer arguments.
+    Errno::result(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }).map(drop)
+}
