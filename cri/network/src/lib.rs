@@ -26,7 +26,7 @@
 //! exists and `builtin.enabled`, is an embedded conflist run through the same
 //! CNI path: the `bridge` plugin (bridge, veth pair per pod, gateway,
 //! masquerade), `host-local` IPAM with leases in `builtin.state_dir`, and
-//! `portmap` for hostPorts. It therefore needs the standard CNI plugins in one
+//! `portmap` for hostPorts, `bandwidth` for the bandwidth annotations. It therefore needs the standard CNI plugins in one
 //! of the bin dirs (Debian: `containernetworking-plugins`).
 
 pub mod cni;
@@ -113,6 +113,7 @@ impl BuiltinNetworkConfig {
                              "dataDir": self.state_dir}
                 }),
                 json!({"type": "portmap", "capabilities": {"portMappings": true}}),
+                json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}),
             ],
         }
     }
@@ -332,7 +333,12 @@ impl NetworkManager {
         if req.netns.as_os_str().is_empty() {
             return Err(NetworkError::NoNetns(req.pod_id.clone()));
         }
-        let conf = self.current_config()?;
+        let mut conf = self.current_config()?;
+        if conf.source.as_os_str().is_empty() && req.bandwidth.is_none() {
+            // The built-in list only chains `bandwidth` for pods that have
+            // limits (Debian's plugin crashes on CHECK without any).
+            conf.plugins.retain(|p| p["type"] != "bandwidth");
+        }
         let inv = self.invocation(req);
         match self.inner.runner.add(&conf, &inv).await {
             Ok(result) => {

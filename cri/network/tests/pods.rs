@@ -382,3 +382,43 @@ fn hundred_cycles_leak_no_veth_lease_netns_or_rule() {
         "cache entries"
     );
 }
+
+#[test]
+fn builtin_dual_stack_and_bandwidth() {
+    if !prerequisites() {
+        return;
+    }
+    let mut fx = Fixture::new(20, None);
+    fx.cfg.builtin.subnet_v6 = Some("fd00:199:20::/64".into());
+    fx.mgr = fx.rt.block_on(NetworkManager::new(fx.cfg.clone())).unwrap();
+    let mut a = fx.request("d20", vec![]);
+    a.bandwidth = Some(carrack_network::Bandwidth {
+        ingress_rate: 1_000_000,
+        ingress_burst: 1_000_000,
+        egress_rate: 2_000_000,
+        egress_burst: 2_000_000,
+    });
+    netns::create(&a.netns).unwrap();
+    fx.pods.push(a.clone());
+    let st = fx.rt.block_on(fx.mgr.setup_pod(&a)).unwrap();
+    assert_eq!(st.ips.len(), 2, "{:?}", st.ips);
+    assert!(st.ips[0].is_ipv4() && st.ips[0].to_string().starts_with("10.199.20."));
+    assert!(st.ips[1].is_ipv6() && st.ips[1].to_string().starts_with("fd00:199:20:"));
+    // The bandwidth plugin put a token bucket filter on the host-side veth.
+    let host_veth = st
+        .interfaces
+        .iter()
+        .find(|i| i.sandbox.is_empty() && i.name != fx.bridge)
+        .expect("host veth");
+    let tc = Command::new("tc")
+        .args(["qdisc", "show", "dev", &host_veth.name])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&tc.stdout).contains("tbf"),
+        "{}",
+        String::from_utf8_lossy(&tc.stdout)
+    );
+    fx.teardown(&a);
+    assert_eq!(fx.bridge_ports(), 0);
+}
