@@ -816,6 +816,26 @@ async fn cri_sigkill_and_restart_keeps_containers() {
         .unwrap();
         ids.push(id);
     }
+    // 17 more, so that 20 containers run when carrackd is killed.
+    for i in 0..17 {
+        let cc = container_config(&format!("extra-{i}"), &image.name, &["sleep", "1000"]);
+        let id = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(cc),
+                sandbox_config: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        ids.push(id);
+    }
     let before: Vec<_> = {
         let mut v = Vec::new();
         for id in &ids {
@@ -862,7 +882,20 @@ async fn cri_sigkill_and_restart_keeps_containers() {
         .unwrap()
         .into_inner()
         .containers;
-    assert_eq!(listed.len(), 3);
+    assert_eq!(listed.len(), 20);
+    for (i, id) in ids.iter().enumerate().skip(3) {
+        let s = status(&mut rt, id).await;
+        assert_eq!(
+            s.state,
+            cri::ContainerState::ContainerRunning as i32,
+            "extra container {i}"
+        );
+        assert_eq!(s.started_at, before[i].started_at);
+    }
+    assert_eq!(
+        exec(&mut rt, &ids[19], &["echo", "alive"]).await.1,
+        "alive\n"
+    );
     let s0 = status(&mut rt, &ids[0]).await;
     assert_eq!(s0.state, cri::ContainerState::ContainerRunning as i32);
     assert_eq!(s0.started_at, before[0].started_at);
