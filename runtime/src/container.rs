@@ -55,11 +55,18 @@ pub struct ExecOptions {
 }
 
 fn wrong(st: &State, reason: &str) -> RuntimeError {
-    RuntimeError::WrongState { id: st.id.clone(), status: st.status.clone(), reason: reason.into() }
+    RuntimeError::WrongState {
+        id: st.id.clone(),
+        status: st.status.clone(),
+        reason: reason.into(),
+    }
 }
 
 fn listen_fds() -> (i32, Vec<String>) {
-    match std::env::var("LISTEN_FDS").ok().and_then(|v| v.parse::<i32>().ok()) {
+    match std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    {
         Some(n) if n > 0 => (n, vec![format!("LISTEN_FDS={n}"), "LISTEN_PID=1".into()]),
         _ => (0, Vec::new()),
     }
@@ -67,11 +74,19 @@ fn listen_fds() -> (i32, Vec<String>) {
 
 fn connect_console(path: &Option<PathBuf>, terminal: bool) -> Result<Option<OwnedFd>> {
     match (path, terminal) {
-        (Some(p), true) => Ok(Some(OwnedFd::from(UnixStream::connect(p).map_err(io(format!("--console-socket {}", p.display())))?))),
-        (None, true) => Err(RuntimeError::InvalidSpec { field: "process.terminal".into(), reason: "true needs --console-socket".into() }),
+        (Some(p), true) => Ok(Some(OwnedFd::from(
+            UnixStream::connect(p).map_err(io(format!("--console-socket {}", p.display())))?,
+        ))),
+        (None, true) => Err(RuntimeError::InvalidSpec {
+            field: "process.terminal".into(),
+            reason: "true needs --console-socket".into(),
+        }),
         (Some(p), false) => Err(RuntimeError::InvalidSpec {
             field: "process.terminal".into(),
-            reason: format!("--console-socket {} given but process.terminal is false", p.display()),
+            reason: format!(
+                "--console-socket {} given but process.terminal is false",
+                p.display()
+            ),
         }),
         (None, false) => Ok(None),
     }
@@ -133,25 +148,47 @@ impl Runtime {
         let b = Bundle::load(&opts.bundle)?;
         let process = b.spec.process().as_ref().expect("validated");
         let console = connect_console(&opts.console_socket, process.terminal() == Some(true))?;
-        std::fs::create_dir_all(&self.root).map_err(io(format!("--root {}", self.root.display())))?;
+        std::fs::create_dir_all(&self.root)
+            .map_err(io(format!("--root {}", self.root.display())))?;
         let dir = container_dir(&self.root, id);
         match std::fs::create_dir(&dir) {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(RuntimeError::AlreadyExists(id.into())),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(RuntimeError::AlreadyExists(id.into()));
+            }
             r => r.map_err(io(format!("creating {}", dir.display())))?,
         }
         let linux = b.spec.linux().as_ref().expect("validated");
-        let cgroups_path = linux.cgroups_path().as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let cgroups_path = linux
+            .cgroups_path()
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         let cg = Cgroup::open(&cgroups_path, id)?;
-        let mut guard = CreateGuard { dir: dir.clone(), cgroup: None, pids: Vec::new(), armed: true };
+        let mut guard = CreateGuard {
+            dir: dir.clone(),
+            cgroup: None,
+            pids: Vec::new(),
+            armed: true,
+        };
         let fifo = exec_fifo(&self.root, id);
-        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622)).map_err(sys(format!("mkfifo {}", fifo.display())))?;
-        let fifo_fd = open(&fifo, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()).map_err(sys("opening the exec fifo"))?;
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
+            .map_err(sys(format!("mkfifo {}", fifo.display())))?;
+        let fifo_fd = open(&fifo, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(sys("opening the exec fifo"))?;
         cg.create()?;
         guard.cgroup = Some(&cg);
-        cg.apply(&with_default_devices(linux.resources().clone().unwrap_or_default(), linux.devices()))?;
+        cg.apply(&with_default_devices(
+            linux.resources().clone().unwrap_or_default(),
+            linux.devices(),
+        ))?;
         let (parent, child) = crate::sync::pair()?;
         let (extra_fds, extra_env) = listen_fds();
-        let args = InitArgs { fifo: Some(fifo_fd), console, extra_fds: extra_fds.max(opts.preserve_fds), extra_env };
+        let args = InitArgs {
+            fifo: Some(fifo_fd),
+            console,
+            extra_fds: extra_fds.max(opts.preserve_fds),
+            extra_env,
+        };
         // SAFETY: the runtime is single-threaded; the child runs our own code then exits.
         let stage1 = match unsafe { fork() }.map_err(sys("fork"))? {
             ForkResult::Child => {
@@ -208,8 +245,12 @@ impl Runtime {
             return Err(wrong(&st, "only a created container can be started"));
         }
         let fifo = exec_fifo(&self.root, id);
-        let fd = open(&fifo, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(sys(format!("opening {}", fifo.display())))?;
+        let fd = open(
+            &fifo,
+            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys(format!("opening {}", fifo.display())))?;
         loop {
             let mut pfd = [nix::poll::PollFd::new(
                 std::os::fd::AsFd::as_fd(&fd),
@@ -221,7 +262,9 @@ impl Runtime {
                 break;
             }
             if !st.init_alive() {
-                return Err(RuntimeError::Init(format!("container {id:?}: the init exited before start")));
+                return Err(RuntimeError::Init(format!(
+                    "container {id:?}: the init exited before start"
+                )));
             }
         }
         let _ = std::fs::remove_file(&fifo);
@@ -292,7 +335,8 @@ impl Runtime {
                 }
             }
         }
-        std::fs::remove_dir_all(container_dir(&self.root, id)).map_err(io(format!("removing the state of {id}")))
+        std::fs::remove_dir_all(container_dir(&self.root, id))
+            .map_err(io(format!("removing the state of {id}")))
     }
 
     /// `exec`: runs another process in a running container. Returns its
@@ -302,9 +346,18 @@ impl Runtime {
         if st.status != "running" && st.status != "created" {
             return Err(wrong(&st, "exec needs a created or running container"));
         }
-        let process = opts.process.clone().ok_or_else(|| RuntimeError::InvalidSpec { field: "process".into(), reason: "missing".into() })?;
+        let process = opts
+            .process
+            .clone()
+            .ok_or_else(|| RuntimeError::InvalidSpec {
+                field: "process".into(),
+                reason: "missing".into(),
+            })?;
         if process.args().as_ref().is_none_or(|a| a.is_empty()) {
-            return Err(RuntimeError::InvalidSpec { field: "process.args".into(), reason: "must name the program to run".into() });
+            return Err(RuntimeError::InvalidSpec {
+                field: "process.args".into(),
+                reason: "must name the program to run".into(),
+            });
         }
         let console = connect_console(&opts.console_socket, process.terminal() == Some(true))?;
         let cg = Cgroup::open(&st.cgroups_path, id)?;
@@ -313,12 +366,19 @@ impl Runtime {
         }
         let (parent, child) = crate::sync::pair()?;
         let (extra_fds, extra_env) = listen_fds();
-        let args = InitArgs { fifo: None, console, extra_fds: extra_fds.max(opts.preserve_fds), extra_env };
+        let args = InitArgs {
+            fifo: None,
+            console,
+            extra_fds: extra_fds.max(opts.preserve_fds),
+            extra_env,
+        };
         // SAFETY: single-threaded runtime; the child runs our code then exits.
         let stage1 = match unsafe { fork() }.map_err(sys("fork"))? {
             ForkResult::Child => {
                 drop(parent);
-                child_main(&child, || crate::init::exec_stage1(st.pid, &process, &child, args))
+                child_main(&child, || {
+                    crate::init::exec_stage1(st.pid, &process, &child, args)
+                })
             }
             ForkResult::Parent { child: pid } => pid,
         };
@@ -338,7 +398,9 @@ impl Runtime {
             m if m.is_empty() => {}
             m => {
                 let _ = waitpid(Pid::from_raw(pid), None);
-                return Err(RuntimeError::Init(m.strip_prefix("error ").unwrap_or(&m).to_owned()));
+                return Err(RuntimeError::Init(
+                    m.strip_prefix("error ").unwrap_or(&m).to_owned(),
+                ));
             }
         }
         if let Some(p) = &opts.pid_file {
@@ -409,7 +471,9 @@ impl Runtime {
     /// `list`: every container under the root.
     pub fn list(&self) -> Result<Vec<State>> {
         let mut out = Vec::new();
-        let Ok(dir) = std::fs::read_dir(&self.root) else { return Ok(out) };
+        let Ok(dir) = std::fs::read_dir(&self.root) else {
+            return Ok(out);
+        };
         for e in dir.flatten() {
             if let Some(id) = e.file_name().to_str() {
                 if let Ok(st) = self.state(id) {
@@ -437,7 +501,15 @@ extern "C" fn forward(sig: libc::c_int) {
 /// the exit code (128+signal when killed).
 fn wait_forwarding(pid: i32) -> Result<i32> {
     FORWARD_PID.store(pid, std::sync::atomic::Ordering::Relaxed);
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+    ] {
         let act = nix::sys::signal::SigAction::new(
             nix::sys::signal::SigHandler::Handler(forward),
             nix::sys::signal::SaFlags::SA_RESTART,
@@ -460,11 +532,18 @@ fn wait_forwarding(pid: i32) -> Result<i32> {
 /// default devices (/dev/null, zero, full, random, urandom, tty, ptmx and
 /// /dev/pts/*) and the spec's `linux.devices`, as runc adds them — without
 /// them a spec that denies all devices could not even open /dev/null.
-fn with_default_devices(mut r: LinuxResources, devices: &Option<Vec<oci_spec::runtime::LinuxDevice>>) -> LinuxResources {
+fn with_default_devices(
+    mut r: LinuxResources,
+    devices: &Option<Vec<oci_spec::runtime::LinuxDevice>>,
+) -> LinuxResources {
     use oci_spec::runtime::{LinuxDeviceCgroupBuilder, LinuxDeviceType};
     let mut rules = r.devices().clone().unwrap_or_default();
     let rule = |typ: LinuxDeviceType, major: i64, minor: Option<i64>| {
-        let mut b = LinuxDeviceCgroupBuilder::default().allow(true).typ(typ).major(major).access("rwm");
+        let mut b = LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(typ)
+            .major(major)
+            .access("rwm");
         if let Some(m) = minor {
             b = b.minor(m);
         }
@@ -484,15 +563,20 @@ fn with_default_devices(mut r: LinuxResources, devices: &Option<Vec<oci_spec::ru
 fn write_id_maps(b: &Bundle, pid: i32) -> Result<()> {
     let linux = b.spec.linux().as_ref().expect("validated");
     let fmt = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
-        m.iter().flatten().map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size())).collect::<String>()
+        m.iter()
+            .flatten()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect::<String>()
     };
     let uid = fmt(linux.uid_mappings());
     let gid = fmt(linux.gid_mappings());
     if !gid.is_empty() {
-        std::fs::write(format!("/proc/{pid}/gid_map"), &gid).map_err(io(format!("linux.gidMappings: writing {gid:?}")))?;
+        std::fs::write(format!("/proc/{pid}/gid_map"), &gid)
+            .map_err(io(format!("linux.gidMappings: writing {gid:?}")))?;
     }
     if !uid.is_empty() {
-        std::fs::write(format!("/proc/{pid}/uid_map"), &uid).map_err(io(format!("linux.uidMappings: writing {uid:?}")))?;
+        std::fs::write(format!("/proc/{pid}/uid_map"), &uid)
+            .map_err(io(format!("linux.uidMappings: writing {uid:?}")))?;
     }
     let _ = b.has_namespace(LinuxNamespaceType::User);
     Ok(())

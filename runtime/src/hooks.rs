@@ -19,7 +19,11 @@ pub fn run(kind: &'static str, hooks: Option<&Vec<Hook>>, state_json: &[u8]) -> 
 
 fn run_one(kind: &'static str, h: &Hook, state_json: &[u8]) -> Result<()> {
     let path = h.path().display().to_string();
-    let fail = |reason: String| RuntimeError::Hook { hook: kind, path: path.clone(), reason };
+    let fail = |reason: String| RuntimeError::Hook {
+        hook: kind,
+        path: path.clone(),
+        reason,
+    };
     let mut cmd = Command::new(h.path());
     if let Some(args) = h.args() {
         if let Some((first, rest)) = args.split_first() {
@@ -34,12 +38,18 @@ fn run_one(kind: &'static str, h: &Hook, state_json: &[u8]) -> Result<()> {
             cmd.env(k, v);
         }
     }
-    let mut child = cmd.stdin(Stdio::piped()).spawn().map_err(|e| fail(format!("spawn: {e}")))?;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("spawn: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
         // A hook that does not read its stdin is not an error.
         let _ = stdin.write_all(state_json);
     }
-    let deadline = h.timeout().filter(|t| *t > 0).map(|t| Instant::now() + Duration::from_secs(t as u64));
+    let deadline = h
+        .timeout()
+        .filter(|t| *t > 0)
+        .map(|t| Instant::now() + Duration::from_secs(t as u64));
     let status = loop {
         match child.try_wait().map_err(|e| fail(format!("wait: {e}")))? {
             Some(s) => break s,
@@ -47,7 +57,10 @@ fn run_one(kind: &'static str, h: &Hook, state_json: &[u8]) -> Result<()> {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(fail(format!("timed out after {}s", h.timeout().unwrap_or(0))));
+                    return Err(fail(format!(
+                        "timed out after {}s",
+                        h.timeout().unwrap_or(0)
+                    )));
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -66,18 +79,25 @@ mod tests {
 
     #[test]
     fn hook_gets_state_on_stdin_and_failures_are_reported() {
-        let dir = std::env::temp_dir().join(format!("carrack-test-runtime-hook-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("carrack-test-runtime-hook-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let out = dir.join("out");
         let ok = HookBuilder::default()
             .path("/bin/sh")
-            .args(vec!["sh".into(), "-c".into(), format!("cat > {}", out.display())])
+            .args(vec![
+                "sh".into(),
+                "-c".into(),
+                format!("cat > {}", out.display()),
+            ])
             .build()
             .unwrap();
         run("prestart", Some(&vec![ok]), b"{\"id\":\"x\"}").unwrap();
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "{\"id\":\"x\"}");
         let bad = HookBuilder::default().path("/bin/false").build().unwrap();
-        let e = run("poststart", Some(&vec![bad]), b"{}").unwrap_err().to_string();
+        let e = run("poststart", Some(&vec![bad]), b"{}")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("poststart") && e.contains("/bin/false"), "{e}");
         let slow = HookBuilder::default()
             .path("/bin/sleep")
@@ -86,7 +106,12 @@ mod tests {
             .build()
             .unwrap();
         let t = Instant::now();
-        assert!(run("createRuntime", Some(&vec![slow]), b"{}").unwrap_err().to_string().contains("timed out"));
+        assert!(
+            run("createRuntime", Some(&vec![slow]), b"{}")
+                .unwrap_err()
+                .to_string()
+                .contains("timed out")
+        );
         assert!(t.elapsed() < Duration::from_secs(4));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -93,34 +93,51 @@ pub fn child_main(ch: &Channel, f: impl FnOnce() -> Result<Infallible>) -> ! {
 }
 
 fn same_ns(pid: &str, name: &str) -> bool {
-    let a = std::fs::metadata(format!("/proc/self/ns/{name}")).map(|m| m.ino()).ok();
-    let b = std::fs::metadata(format!("/proc/{pid}/ns/{name}")).map(|m| m.ino()).ok();
+    let a = std::fs::metadata(format!("/proc/self/ns/{name}"))
+        .map(|m| m.ino())
+        .ok();
+    let b = std::fs::metadata(format!("/proc/{pid}/ns/{name}"))
+        .map(|m| m.ino())
+        .ok();
     a.is_some() && a == b
 }
 
 fn open_ns(path: &std::path::Path, field: &str) -> Result<OwnedFd> {
-    open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(sys(format!("{field}: opening {}", path.display())))
+    open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(sys(format!("{field}: opening {}", path.display())))
 }
 
 /// The intermediate child of `create`.
 pub fn create_stage1(b: &Bundle, ch: &Channel, args: InitArgs) -> Result<Infallible> {
     crate::sys::set_undumpable().map_err(sys("prctl(PR_SET_DUMPABLE)"))?;
     ch.expect("being placed in its cgroup")?;
-    let nss = b.spec.linux().as_ref().and_then(|l| l.namespaces().clone()).unwrap_or_default();
+    let nss = b
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
     let mut joined: Vec<(LinuxNamespaceType, OwnedFd)> = Vec::new();
     let mut new_flags = CloneFlags::empty();
     let mut user: Option<Option<OwnedFd>> = None;
     for ns in &nss {
         match (ns.typ(), ns.path()) {
-            (LinuxNamespaceType::User, Some(p)) => user = Some(Some(open_ns(p, "linux.namespaces user path")?)),
+            (LinuxNamespaceType::User, Some(p)) => {
+                user = Some(Some(open_ns(p, "linux.namespaces user path")?))
+            }
             (LinuxNamespaceType::User, None) => user = Some(None),
-            (t, Some(p)) => joined.push((t, open_ns(p, &format!("linux.namespaces {} path", ns_proc_name(t)))?)),
+            (t, Some(p)) => joined.push((
+                t,
+                open_ns(p, &format!("linux.namespaces {} path", ns_proc_name(t)))?,
+            )),
             (t, None) => new_flags |= ns_flag(t),
         }
     }
     let has_user = user.is_some();
     match user {
-        Some(Some(fd)) => setns(fd, CloneFlags::CLONE_NEWUSER).map_err(sys("joining the user namespace"))?,
+        Some(Some(fd)) => {
+            setns(fd, CloneFlags::CLONE_NEWUSER).map_err(sys("joining the user namespace"))?
+        }
         Some(None) => {
             unshare(CloneFlags::CLONE_NEWUSER).map_err(sys("unshare(CLONE_NEWUSER)"))?;
             ch.send("userns")?;
@@ -129,12 +146,17 @@ pub fn create_stage1(b: &Bundle, ch: &Channel, args: InitArgs) -> Result<Infalli
         None => {}
     }
     if has_user {
-        setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).map_err(sys("setresgid(0) in the user namespace (is 0 in linux.gidMappings?)"))?;
-        setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).map_err(sys("setresuid(0) in the user namespace (is 0 in linux.uidMappings?)"))?;
+        setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).map_err(sys(
+            "setresgid(0) in the user namespace (is 0 in linux.gidMappings?)",
+        ))?;
+        setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).map_err(sys(
+            "setresuid(0) in the user namespace (is 0 in linux.uidMappings?)",
+        ))?;
     }
     for t in JOIN_ORDER {
         if let Some((_, fd)) = joined.iter().find(|(jt, _)| *jt == t) {
-            setns(fd, ns_flag(t)).map_err(sys(format!("joining the {} namespace", ns_proc_name(t))))?;
+            setns(fd, ns_flag(t))
+                .map_err(sys(format!("joining the {} namespace", ns_proc_name(t))))?;
         }
     }
     unshare(new_flags).map_err(sys(format!("unshare({new_flags:?})")))?;
@@ -163,7 +185,11 @@ fn create_init(b: &Bundle, ch: &Channel, args: InitArgs) -> Result<Infallible> {
         crate::sys::set_domainname(d).map_err(sys(format!("domainname {d:?}")))?;
     }
     let linux = spec.linux().as_ref();
-    for (k, v) in linux.and_then(|l| l.sysctl().as_ref()).into_iter().flatten() {
+    for (k, v) in linux
+        .and_then(|l| l.sysctl().as_ref())
+        .into_iter()
+        .flatten()
+    {
         let path = format!("/proc/sys/{}", k.replace('.', "/"));
         std::fs::write(&path, v).map_err(io(format!("linux.sysctl {k}={v}")))?;
     }
@@ -177,7 +203,11 @@ fn create_init(b: &Bundle, ch: &Channel, args: InitArgs) -> Result<Infallible> {
     let fifo = args.fifo.expect("create has a fifo");
     // Blocks until `start` opens the fifo for reading.
     let w = loop {
-        match open(crate::sys::fd_path(&fifo).as_str(), OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty()) {
+        match open(
+            crate::sys::fd_path(&fifo).as_str(),
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
             Err(nix::Error::EINTR) => continue,
             r => break r.map_err(sys("opening the exec fifo"))?,
         }
@@ -207,14 +237,26 @@ fn setup_process(process: &Process) -> Result<()> {
 /// terminal and stdio.
 fn setup_console(sock: RawFd) -> Result<()> {
     use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
-    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).map_err(sys("process.terminal: opening /dev/ptmx"))?;
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(sys("process.terminal: opening /dev/ptmx"))?;
     grantpt(&master).map_err(sys("grantpt"))?;
     unlockpt(&master).map_err(sys("unlockpt"))?;
     let name = ptsname_r(&master).map_err(sys("ptsname"))?;
-    let slave = open(name.as_str(), OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()).map_err(sys(format!("opening {name}")))?;
+    let slave = open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(sys(format!("opening {name}")))?;
     let fds = [master.as_raw_fd()];
-    sendmsg::<()>(sock, &[IoSlice::new(name.as_bytes())], &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
-        .map_err(sys("--console-socket: sending the pty master"))?;
+    sendmsg::<()>(
+        sock,
+        &[IoSlice::new(name.as_bytes())],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(sys("--console-socket: sending the pty master"))?;
     drop(master);
     for fd in 0..3 {
         // SAFETY: fd is 0, 1 or 2, which we mean to replace; nothing else owns them here.
@@ -228,19 +270,34 @@ fn setup_console(sock: RawFd) -> Result<()> {
 
 /// The intermediate child of `exec`: joins every namespace of the init
 /// that differs from ours, forks the process and reports its pid.
-pub fn exec_stage1(init_pid: i32, process: &Process, ch: &Channel, args: InitArgs) -> Result<Infallible> {
+pub fn exec_stage1(
+    init_pid: i32,
+    process: &Process,
+    ch: &Channel,
+    args: InitArgs,
+) -> Result<Infallible> {
     crate::sys::set_undumpable().map_err(sys("prctl(PR_SET_DUMPABLE)"))?;
     ch.expect("being placed in its cgroup")?;
     let pid = init_pid.to_string();
     let mut fds = Vec::new();
     for t in std::iter::once(LinuxNamespaceType::User).chain(JOIN_ORDER) {
         let name = ns_proc_name(t);
-        if std::path::Path::new(&format!("/proc/{pid}/ns/{name}")).exists() && !same_ns(&pid, name) {
-            fds.push((t, open_ns(std::path::Path::new(&format!("/proc/{pid}/ns/{name}")), name)?));
+        if std::path::Path::new(&format!("/proc/{pid}/ns/{name}")).exists() && !same_ns(&pid, name)
+        {
+            fds.push((
+                t,
+                open_ns(
+                    std::path::Path::new(&format!("/proc/{pid}/ns/{name}")),
+                    name,
+                )?,
+            ));
         }
     }
     for (t, fd) in fds {
-        setns(fd, ns_flag(t)).map_err(sys(format!("joining the container's {} namespace", ns_proc_name(t))))?;
+        setns(fd, ns_flag(t)).map_err(sys(format!(
+            "joining the container's {} namespace",
+            ns_proc_name(t)
+        )))?;
     }
     // SAFETY: single-threaded runtime; the child may run any code.
     match unsafe { fork() }.map_err(sys("fork of the exec process"))? {
@@ -252,7 +309,11 @@ pub fn exec_stage1(init_pid: i32, process: &Process, ch: &Channel, args: InitArg
             drop(args.console);
             setup_process(process)?;
             // On success the channel closes with the exec (CLOEXEC).
-            Err(crate::process::exec(process, args.extra_fds, &args.extra_env))
+            Err(crate::process::exec(
+                process,
+                args.extra_fds,
+                &args.extra_env,
+            ))
         }),
         ForkResult::Parent { child } => {
             ch.send(&format!("pid {child}"))?;
@@ -277,7 +338,10 @@ mod tests {
     fn every_namespace_has_a_flag_and_proc_name() {
         for t in JOIN_ORDER {
             assert!(!ns_flag(t).is_empty());
-            assert!(std::path::Path::new(&format!("/proc/self/ns/{}", ns_proc_name(t))).exists() || t == LinuxNamespaceType::Time);
+            assert!(
+                std::path::Path::new(&format!("/proc/self/ns/{}", ns_proc_name(t))).exists()
+                    || t == LinuxNamespaceType::Time
+            );
         }
         assert_eq!(parse_pid("pid 42").unwrap(), 42);
         assert!(parse_pid("nonsense").is_err());

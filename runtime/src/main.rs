@@ -6,11 +6,15 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use carrack_runtime::{CreateOptions, ExecOptions, Runtime};
-use nix::sys::signal::Signal;
 use clap::{Parser, Subcommand};
+use nix::sys::signal::Signal;
 
 #[derive(Parser)]
-#[command(name = "carrack-runtime", version, about = "Carrack's OCI runtime (runc-compatible command line)")]
+#[command(
+    name = "carrack-runtime",
+    version,
+    about = "Carrack's OCI runtime (runc-compatible command line)"
+)]
 struct Cli {
     /// State directory of the runtime.
     #[arg(long, global = true, default_value = "/run/carrack/runtime")]
@@ -158,7 +162,10 @@ fn reexec_sealed() -> anyhow::Result<()> {
     let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
     // SAFETY: fcntl on our own memfd with the seal flags.
     if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-        bail!("sealing the runtime copy: {}", std::io::Error::last_os_error());
+        bail!(
+            "sealing the runtime copy: {}",
+            std::io::Error::last_os_error()
+        );
     }
     let args: Vec<std::ffi::CString> = std::env::args_os()
         .map(|a| std::ffi::CString::new(a.into_encoded_bytes()).expect("no NUL in argv"))
@@ -180,7 +187,11 @@ fn log_error(cli: &Cli, err: &anyhow::Error) {
     let msg = format!("{err:#}");
     eprintln!("carrack-runtime: {msg}");
     if let Some(path) = &cli.log {
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
             let time = chrono::Utc::now().to_rfc3339();
             let line = if cli.log_format == "json" {
                 serde_json::json!({"level": "error", "msg": msg, "time": time}).to_string()
@@ -205,14 +216,26 @@ fn main() {
 
 fn run(cli: &Cli) -> anyhow::Result<i32> {
     if cli.systemd_cgroup {
-        bail!("--systemd-cgroup: the systemd cgroup driver is not supported yet; use cgroupfs paths");
+        bail!(
+            "--systemd-cgroup: the systemd cgroup driver is not supported yet; use cgroupfs paths"
+        );
     }
-    if matches!(cli.cmd, Cmd::Create { .. } | Cmd::Run { .. } | Cmd::Exec { .. }) {
+    if matches!(
+        cli.cmd,
+        Cmd::Create { .. } | Cmd::Run { .. } | Cmd::Exec { .. }
+    ) {
         reexec_sealed()?;
     }
     let rt = Runtime::new(cli.root.clone());
     match &cli.cmd {
-        Cmd::Create { bundle, pid_file, console_socket, preserve_fds, id, .. } => {
+        Cmd::Create {
+            bundle,
+            pid_file,
+            console_socket,
+            preserve_fds,
+            id,
+            ..
+        } => {
             rt.create(
                 id,
                 &CreateOptions {
@@ -230,7 +253,14 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
             rt.kill(id, sig, *all)?;
         }
         Cmd::Delete { force, id } => rt.delete(id, *force)?,
-        Cmd::Run { bundle, pid_file, console_socket, detach, preserve_fds, id } => {
+        Cmd::Run {
+            bundle,
+            pid_file,
+            console_socket,
+            detach,
+            preserve_fds,
+            id,
+        } => {
             let opts = CreateOptions {
                 bundle: bundle.clone(),
                 pid_file: pid_file.clone(),
@@ -239,12 +269,25 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
             };
             return Ok(rt.run(id, &opts, *detach)?);
         }
-        Cmd::Exec { process, tty, detach, pid_file, console_socket, preserve_fds, cwd, env, id, args } => {
+        Cmd::Exec {
+            process,
+            tty,
+            detach,
+            pid_file,
+            console_socket,
+            preserve_fds,
+            cwd,
+            env,
+            id,
+            args,
+        } => {
             let process = match process {
                 Some(p) => {
-                    let bytes = std::fs::read(p).with_context(|| format!("--process {}", p.display()))?;
-                    serde_json::from_slice::<oci_spec::runtime::Process>(&bytes)
-                        .with_context(|| format!("--process {}: not an OCI process JSON", p.display()))?
+                    let bytes =
+                        std::fs::read(p).with_context(|| format!("--process {}", p.display()))?;
+                    serde_json::from_slice::<oci_spec::runtime::Process>(&bytes).with_context(
+                        || format!("--process {}: not an OCI process JSON", p.display()),
+                    )?
                 }
                 None => {
                     if args.is_empty() {
@@ -252,7 +295,11 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
                     }
                     let state = rt.state(id)?;
                     let bundle = carrack_runtime::spec::Bundle::load(&state.bundle)?;
-                    let mut p = bundle.spec.process().clone().context("the container's spec has no process")?;
+                    let mut p = bundle
+                        .spec
+                        .process()
+                        .clone()
+                        .context("the container's spec has no process")?;
                     p.set_args(Some(args.clone()));
                     p.set_terminal(Some(*tty));
                     if let Some(c) = cwd {
@@ -298,9 +345,19 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
                     println!("{}", s.id);
                 }
             } else {
-                println!("{:<24} {:<8} {:<10} {:<40} CREATED", "ID", "PID", "STATUS", "BUNDLE");
+                println!(
+                    "{:<24} {:<8} {:<10} {:<40} CREATED",
+                    "ID", "PID", "STATUS", "BUNDLE"
+                );
                 for s in all {
-                    println!("{:<24} {:<8} {:<10} {:<40} {}", s.id, s.pid, s.status, s.bundle.display(), s.created);
+                    println!(
+                        "{:<24} {:<8} {:<10} {:<40} {}",
+                        s.id,
+                        s.pid,
+                        s.status,
+                        s.bundle.display(),
+                        s.created
+                    );
                 }
             }
         }
@@ -310,15 +367,23 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
                 std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
                 b
             } else {
-                std::fs::read(resources).with_context(|| format!("--resources {}", resources.display()))?
+                std::fs::read(resources)
+                    .with_context(|| format!("--resources {}", resources.display()))?
             };
             let r: oci_spec::runtime::LinuxResources = serde_json::from_slice(&bytes)
-                .with_context(|| format!("--resources {}: not OCI linux.resources JSON", resources.display()))?;
+                .with_context(|| {
+                    format!(
+                        "--resources {}: not OCI linux.resources JSON",
+                        resources.display()
+                    )
+                })?;
             rt.update(id, &r)?;
         }
         Cmd::Events { stats, id } => {
             if !stats {
-                bail!("events: only --stats is supported; a stream of events is not implemented yet");
+                bail!(
+                    "events: only --stats is supported; a stream of events is not implemented yet"
+                );
             }
             println!("{}", rt.stats(id)?);
         }
@@ -361,6 +426,11 @@ fn parse_signal(s: &str) -> anyhow::Result<Signal> {
         return Signal::try_from(n).with_context(|| format!("signal {s:?}: no such signal number"));
     }
     let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
-    name.parse::<Signal>().with_context(|| format!("signal {s:?}: not a signal name"))
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    name.parse::<Signal>()
+        .with_context(|| format!("signal {s:?}: not a signal name"))
 }

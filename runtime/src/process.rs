@@ -15,7 +15,10 @@ use oci_spec::runtime::{Capabilities, PosixRlimitType, Process};
 use crate::error::{Result, RuntimeError, io, sys};
 
 fn invalid(field: &str, reason: impl Into<String>) -> RuntimeError {
-    RuntimeError::InvalidSpec { field: field.to_owned(), reason: reason.into() }
+    RuntimeError::InvalidSpec {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 /// Converts an OCI capability set to the caps crate's type.
@@ -52,8 +55,10 @@ fn rlimit_resource(t: PosixRlimitType) -> Option<nix::sys::resource::Resource> {
 /// Applies rlimits (before ids change: raising a hard limit needs privilege).
 pub fn set_rlimits(p: &Process) -> Result<()> {
     for r in p.rlimits().iter().flatten() {
-        let res = rlimit_resource(r.typ()).ok_or_else(|| invalid("process.rlimits.type", format!("{:?} unsupported", r.typ())))?;
-        nix::sys::resource::setrlimit(res, r.soft(), r.hard()).map_err(sys(format!("process.rlimits {:?}: setrlimit", r.typ())))?;
+        let res = rlimit_resource(r.typ())
+            .ok_or_else(|| invalid("process.rlimits.type", format!("{:?} unsupported", r.typ())))?;
+        nix::sys::resource::setrlimit(res, r.soft(), r.hard())
+            .map_err(sys(format!("process.rlimits {:?}: setrlimit", r.typ())))?;
     }
     Ok(())
 }
@@ -65,11 +70,24 @@ pub fn set_oom_score_adj(pid: &str, value: i32) -> Result<()> {
     let path = format!("/proc/{pid}/oom_score_adj");
     match std::fs::write(&path, value.to_string()) {
         Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) || e.raw_os_error() == Some(libc::EACCES) => {
-            let current: i32 = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-            if value < current { Ok(()) } else { Err(io(format!("process.oomScoreAdj: writing {value} to {path}"))(e)) }
+        Err(e)
+            if e.raw_os_error() == Some(libc::EPERM) || e.raw_os_error() == Some(libc::EACCES) =>
+        {
+            let current: i32 = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            if value < current {
+                Ok(())
+            } else {
+                Err(io(format!(
+                    "process.oomScoreAdj: writing {value} to {path}"
+                ))(e))
+            }
         }
-        Err(e) => Err(io(format!("process.oomScoreAdj: writing {value} to {path}"))(e)),
+        Err(e) => Err(io(format!(
+            "process.oomScoreAdj: writing {value} to {path}"
+        ))(e)),
     }
 }
 
@@ -90,12 +108,22 @@ pub fn set_identity_and_caps(p: &Process) -> Result<()> {
                 match caps::drop(None, CapSet::Bounding, cap) {
                     // Capabilities the kernel does not know cannot be dropped nor used.
                     Err(_) if !caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) => {}
-                    r => r.map_err(|e| invalid("process.capabilities.bounding", format!("dropping {cap}: {e}")))?,
+                    r => r.map_err(|e| {
+                        invalid(
+                            "process.capabilities.bounding",
+                            format!("dropping {cap}: {e}"),
+                        )
+                    })?,
                 }
             }
         }
     }
-    let groups: Vec<Gid> = user.additional_gids().iter().flatten().map(|g| Gid::from_raw(*g)).collect();
+    let groups: Vec<Gid> = user
+        .additional_gids()
+        .iter()
+        .flatten()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
     match setgroups(&groups) {
         // In a user namespace with setgroups denied this fails; only an error if groups were asked for.
         Err(nix::Error::EPERM) if groups.is_empty() => {}
@@ -110,9 +138,21 @@ pub fn set_identity_and_caps(p: &Process) -> Result<()> {
             caps::set(None, which, &want).map_err(|e| invalid(field, e.to_string()))
         };
         // Effective first: it must stay a subset of permitted, which shrinks next.
-        set(CapSet::Effective, "process.capabilities.effective", c.effective())?;
-        set(CapSet::Permitted, "process.capabilities.permitted", c.permitted())?;
-        set(CapSet::Inheritable, "process.capabilities.inheritable", c.inheritable())?;
+        set(
+            CapSet::Effective,
+            "process.capabilities.effective",
+            c.effective(),
+        )?;
+        set(
+            CapSet::Permitted,
+            "process.capabilities.permitted",
+            c.permitted(),
+        )?;
+        set(
+            CapSet::Inheritable,
+            "process.capabilities.inheritable",
+            c.inheritable(),
+        )?;
         // The kernel only lets a capability into the ambient set when it is
         // both permitted and inheritable; like runc, skip the others.
         let permitted = to_caps(c.permitted().as_ref().unwrap_or(&empty));
@@ -121,7 +161,8 @@ pub fn set_identity_and_caps(p: &Process) -> Result<()> {
             .into_iter()
             .filter(|cap| permitted.contains(cap) && inheritable.contains(cap))
             .collect();
-        caps::set(None, CapSet::Ambient, &ambient).map_err(|e| invalid("process.capabilities.ambient", e.to_string()))?;
+        caps::set(None, CapSet::Ambient, &ambient)
+            .map_err(|e| invalid("process.capabilities.ambient", e.to_string()))?;
     } else if !uid.is_root() {
         caps::clear(None, CapSet::Effective).ok();
         caps::clear(None, CapSet::Permitted).ok();
@@ -139,14 +180,20 @@ pub fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf> {
     if arg0.contains('/') {
         return Ok(PathBuf::from(arg0));
     }
-    let path = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     for dir in path.split(':').filter(|d| !d.is_empty()) {
         let cand = Path::new(dir).join(arg0);
         if nix::unistd::access(&cand, nix::unistd::AccessFlags::X_OK).is_ok() && cand.is_file() {
             return Ok(cand);
         }
     }
-    Err(invalid("process.args", format!("{arg0:?}: executable file not found in $PATH")))
+    Err(invalid(
+        "process.args",
+        format!("{arg0:?}: executable file not found in $PATH"),
+    ))
 }
 
 /// Closes (marks close-on-exec) every fd above stdio and the preserved
@@ -182,16 +229,30 @@ mod tests {
 
     #[test]
     fn oci_caps_map_to_kernel_names() {
-        let set: Capabilities = [Capability::NetBindService, Capability::SysAdmin].into_iter().collect();
+        let set: Capabilities = [Capability::NetBindService, Capability::SysAdmin]
+            .into_iter()
+            .collect();
         let got = to_caps(&set);
-        assert!(got.contains(&Cap::CAP_NET_BIND_SERVICE) && got.contains(&Cap::CAP_SYS_ADMIN) && got.len() == 2);
+        assert!(
+            got.contains(&Cap::CAP_NET_BIND_SERVICE)
+                && got.contains(&Cap::CAP_SYS_ADMIN)
+                && got.len() == 2
+        );
     }
 
     #[test]
     fn path_search_uses_the_container_env() {
         let env = vec!["PATH=/nonexistent:/bin".to_string()];
-        assert_eq!(find_executable("sh", &env).unwrap(), PathBuf::from("/bin/sh"));
-        assert!(find_executable("no-such-binary-xyz", &env).unwrap_err().to_string().contains("process.args"));
+        assert_eq!(
+            find_executable("sh", &env).unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+        assert!(
+            find_executable("no-such-binary-xyz", &env)
+                .unwrap_err()
+                .to_string()
+                .contains("process.args")
+        );
         assert_eq!(find_executable("./x", &env).unwrap(), PathBuf::from("./x"));
     }
 }

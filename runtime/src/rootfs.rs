@@ -32,7 +32,12 @@ pub struct MountOptions {
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { flags: MsFlags::empty(), clear: MsFlags::empty(), propagation: MsFlags::empty(), data: String::new() }
+        MountOptions {
+            flags: MsFlags::empty(),
+            clear: MsFlags::empty(),
+            propagation: MsFlags::empty(),
+            data: String::new(),
+        }
     }
 }
 
@@ -65,15 +70,35 @@ pub fn parse_options(options: &[String]) -> MountOptions {
             "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty(), MsFlags::empty()),
             "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME, MsFlags::empty()),
             "bind" => (MsFlags::MS_BIND, MsFlags::empty(), MsFlags::empty()),
-            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty(), MsFlags::empty()),
+            "rbind" => (
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                MsFlags::empty(),
+                MsFlags::empty(),
+            ),
             "private" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE),
-            "rprivate" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE | MsFlags::MS_REC),
+            "rprivate" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+            ),
             "shared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED),
-            "rshared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED | MsFlags::MS_REC),
+            "rshared" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_SHARED | MsFlags::MS_REC,
+            ),
             "slave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE),
-            "rslave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE | MsFlags::MS_REC),
+            "rslave" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            ),
             "unbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE),
-            "runbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE | MsFlags::MS_REC),
+            "runbindable" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+            ),
             other => {
                 data.push(other.to_owned());
                 continue;
@@ -93,7 +118,9 @@ pub fn parse_propagation(p: &str) -> Result<MsFlags> {
     if o.propagation.is_empty() {
         return Err(RuntimeError::InvalidSpec {
             field: "linux.rootfsPropagation".into(),
-            reason: format!("{p:?} is not one of private, rprivate, shared, rshared, slave, rslave, unbindable, runbindable"),
+            reason: format!(
+                "{p:?} is not one of private, rprivate, shared, rshared, slave, rslave, unbindable, runbindable"
+            ),
         });
     }
     Ok(o.propagation)
@@ -113,12 +140,28 @@ pub fn setup(spec: &Spec, rootfs: &Path, has_userns: bool) -> Result<()> {
         None => MsFlags::MS_SLAVE | MsFlags::MS_REC,
     };
     // Nothing we mount may propagate back to the host.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
-        .map_err(mnt("making / rslave".into()))?;
-    mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(mnt(format!("bind-mounting rootfs {}", rootfs.display())))?;
-    let root_fd = open(rootfs, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(mnt(format!("opening rootfs {}", rootfs.display())))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(mnt("making / rslave".into()))?;
+    mount(
+        Some(rootfs),
+        rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(mnt(format!("bind-mounting rootfs {}", rootfs.display())))?;
+    let root_fd = open(
+        rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(mnt(format!("opening rootfs {}", rootfs.display())))?;
 
     let mut dev_is_tmpfs = false;
     for m in spec.mounts().iter().flatten() {
@@ -130,7 +173,11 @@ pub fn setup(spec: &Spec, rootfs: &Path, has_userns: bool) -> Result<()> {
     if dev_is_tmpfs {
         default_devices(&root_fd, has_userns)?;
     }
-    for d in linux.and_then(|l| l.devices().as_ref()).into_iter().flatten() {
+    for d in linux
+        .and_then(|l| l.devices().as_ref())
+        .into_iter()
+        .flatten()
+    {
         create_device(&root_fd, d, has_userns)?;
     }
 
@@ -140,88 +187,188 @@ pub fn setup(spec: &Spec, rootfs: &Path, has_userns: bool) -> Result<()> {
     chdir("/").map_err(mnt("chdir /".into()))?;
     drop(root_fd);
 
-    for p in linux.and_then(|l| l.readonly_paths().as_ref()).into_iter().flatten() {
+    for p in linux
+        .and_then(|l| l.readonly_paths().as_ref())
+        .into_iter()
+        .flatten()
+    {
         readonly_path(p)?;
     }
-    for p in linux.and_then(|l| l.masked_paths().as_ref()).into_iter().flatten() {
+    for p in linux
+        .and_then(|l| l.masked_paths().as_ref())
+        .into_iter()
+        .flatten()
+    {
         mask_path(p)?;
     }
     if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
-            .map_err(mnt("remounting / readonly".into()))?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(mnt("remounting / readonly".into()))?;
     }
-    mount(None::<&str>, "/", None::<&str>, prop, None::<&str>).map_err(mnt("setting rootfsPropagation".into()))?;
+    mount(None::<&str>, "/", None::<&str>, prop, None::<&str>)
+        .map_err(mnt("setting rootfsPropagation".into()))?;
     Ok(())
 }
 
 fn mount_one(root_fd: &OwnedFd, rootfs: &Path, m: &Mount, has_userns: bool) -> Result<()> {
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
-    let typ = m.typ().as_deref().unwrap_or(if opts.flags.contains(MsFlags::MS_BIND) { "bind" } else { "" });
+    let typ = m
+        .typ()
+        .as_deref()
+        .unwrap_or(if opts.flags.contains(MsFlags::MS_BIND) {
+            "bind"
+        } else {
+            ""
+        });
     let dest = m.destination();
     let is_bind = opts.flags.contains(MsFlags::MS_BIND) || typ == "bind";
     let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
-    let source_is_file = is_bind && std::fs::metadata(&source).map(|md| !md.is_dir()).unwrap_or(false);
-    let target = mkdir_all_in_root(root_fd.as_raw_fd(), dest, source_is_file)
-        .map_err(mnt(format!("mounts {}: creating the target inside {}", dest.display(), rootfs.display())))?;
+    let source_is_file = is_bind
+        && std::fs::metadata(&source)
+            .map(|md| !md.is_dir())
+            .unwrap_or(false);
+    let target =
+        mkdir_all_in_root(root_fd.as_raw_fd(), dest, source_is_file).map_err(mnt(format!(
+            "mounts {}: creating the target inside {}",
+            dest.display(),
+            rootfs.display()
+        )))?;
     let tpath = fd_path(&target);
     let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
     let what = |s: &str| format!("mounts {}: {s}", dest.display());
     if is_bind {
-        mount(Some(&source), tpath.as_str(), None::<&str>, MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC), None::<&str>)
-            .map_err(mnt(what(&format!("bind from {}", source.display()))))?;
+        mount(
+            Some(&source),
+            tpath.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC),
+            None::<&str>,
+        )
+        .map_err(mnt(what(&format!("bind from {}", source.display()))))?;
         let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !extra.is_empty() {
             // Re-open: the fd still names the directory under the new mount.
             let t = mkdir_all_in_root(root_fd.as_raw_fd(), dest, source_is_file)
                 .map_err(mnt(what("reopening the target")))?;
-            mount(None::<&str>, fd_path(&t).as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra, None::<&str>)
-                .map_err(mnt(what("remounting with its options")))?;
+            mount(
+                None::<&str>,
+                fd_path(&t).as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
+                None::<&str>,
+            )
+            .map_err(mnt(what("remounting with its options")))?;
         }
     } else if typ == "cgroup" || typ == "cgroup2" {
         // The container sees the host's cgroup tree, read-only unless asked.
         let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
-        mount(Some("/sys/fs/cgroup"), tpath.as_str(), None::<&str>, flags, None::<&str>).map_err(mnt(what("bind of /sys/fs/cgroup")))?;
-        let t = mkdir_all_in_root(root_fd.as_raw_fd(), dest, false).map_err(mnt(what("reopening the target")))?;
+        mount(
+            Some("/sys/fs/cgroup"),
+            tpath.as_str(),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .map_err(mnt(what("bind of /sys/fs/cgroup")))?;
+        let t = mkdir_all_in_root(root_fd.as_raw_fd(), dest, false)
+            .map_err(mnt(what("reopening the target")))?;
         let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
-        mount(None::<&str>, fd_path(&t).as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra, None::<&str>)
-            .map_err(mnt(what("remount")))?;
+        mount(
+            None::<&str>,
+            fd_path(&t).as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
+            None::<&str>,
+        )
+        .map_err(mnt(what("remount")))?;
     } else {
         let r = mount(Some(&source), tpath.as_str(), Some(typ), opts.flags, data);
         match r {
-            Err(nix::Error::EPERM) | Err(nix::Error::EBUSY) if typ == "sysfs" || (typ == "mqueue" && has_userns) => {
+            Err(nix::Error::EPERM) | Err(nix::Error::EBUSY)
+                if typ == "sysfs" || (typ == "mqueue" && has_userns) =>
+            {
                 // No network namespace of our own: bind the host's instead.
-                let host = if typ == "sysfs" { "/sys" } else { "/dev/mqueue" };
-                mount(Some(host), tpath.as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                    .map_err(mnt(what(&format!("bind of {host}"))))?;
+                let host = if typ == "sysfs" {
+                    "/sys"
+                } else {
+                    "/dev/mqueue"
+                };
+                mount(
+                    Some(host),
+                    tpath.as_str(),
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .map_err(mnt(what(&format!("bind of {host}"))))?;
             }
             r => r.map_err(mnt(what(&format!("mount type {typ}"))))?,
         }
     }
     if !opts.propagation.is_empty() {
-        let t = mkdir_all_in_root(root_fd.as_raw_fd(), dest, source_is_file).map_err(mnt(what("reopening the target")))?;
-        mount(None::<&str>, fd_path(&t).as_str(), None::<&str>, opts.propagation, None::<&str>).map_err(mnt(what("propagation")))?;
+        let t = mkdir_all_in_root(root_fd.as_raw_fd(), dest, source_is_file)
+            .map_err(mnt(what("reopening the target")))?;
+        mount(
+            None::<&str>,
+            fd_path(&t).as_str(),
+            None::<&str>,
+            opts.propagation,
+            None::<&str>,
+        )
+        .map_err(mnt(what("propagation")))?;
     }
     Ok(())
 }
 
-const DEFAULT_DEVICES: [(&str, u64, u64); 6] =
-    [("/dev/null", 1, 3), ("/dev/zero", 1, 5), ("/dev/full", 1, 7), ("/dev/random", 1, 8), ("/dev/urandom", 1, 9), ("/dev/tty", 5, 0)];
+const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
+    ("/dev/null", 1, 3),
+    ("/dev/zero", 1, 5),
+    ("/dev/full", 1, 7),
+    ("/dev/random", 1, 8),
+    ("/dev/urandom", 1, 9),
+    ("/dev/tty", 5, 0),
+];
 
 fn default_devices(root_fd: &OwnedFd, has_userns: bool) -> Result<()> {
     for (path, major, minor) in DEFAULT_DEVICES {
-        make_device(root_fd, Path::new(path), SFlag::S_IFCHR, major, minor, 0o666, 0, 0, has_userns)?;
+        make_device(
+            root_fd,
+            Path::new(path),
+            SFlag::S_IFCHR,
+            major,
+            minor,
+            0o666,
+            0,
+            0,
+            has_userns,
+        )?;
     }
-    for (link, target) in
-        [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx")]
-    {
-        let dev = crate::sys::open_in_root(root_fd.as_raw_fd(), Path::new("/dev"), libc::O_PATH | libc::O_DIRECTORY)
-            .map_err(mnt("opening /dev in the rootfs".into()))?;
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        let dev = crate::sys::open_in_root(
+            root_fd.as_raw_fd(),
+            Path::new("/dev"),
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+        .map_err(mnt("opening /dev in the rootfs".into()))?;
         match nix::unistd::symlinkat(target, &dev, link) {
             Ok(()) | Err(nix::Error::EEXIST) => {}
             Err(e) => return Err(mnt(format!("symlink /dev/{link}"))(e)),
         }
     }
-    mkdir_all_in_root(root_fd.as_raw_fd(), Path::new("/dev/shm"), false).map_err(mnt("creating /dev/shm".into()))?;
+    mkdir_all_in_root(root_fd.as_raw_fd(), Path::new("/dev/shm"), false)
+        .map_err(mnt("creating /dev/shm".into()))?;
     Ok(())
 }
 
@@ -233,43 +380,104 @@ fn create_device(root_fd: &OwnedFd, d: &LinuxDevice, has_userns: bool) -> Result
         LinuxDeviceType::A => {
             return Err(RuntimeError::InvalidSpec {
                 field: "linux.devices.type".into(),
-                reason: format!("{}: type a is only valid in device cgroup rules", d.path().display()),
+                reason: format!(
+                    "{}: type a is only valid in device cgroup rules",
+                    d.path().display()
+                ),
             });
         }
     };
     let mode = d.file_mode().unwrap_or(0o666);
-    make_device(root_fd, d.path(), kind, d.major() as u64, d.minor() as u64, mode, d.uid().unwrap_or(0), d.gid().unwrap_or(0), has_userns)
+    make_device(
+        root_fd,
+        d.path(),
+        kind,
+        d.major() as u64,
+        d.minor() as u64,
+        mode,
+        d.uid().unwrap_or(0),
+        d.gid().unwrap_or(0),
+        has_userns,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
-fn make_device(root_fd: &OwnedFd, path: &Path, kind: SFlag, major: u64, minor: u64, mode: u32, uid: u32, gid: u32, has_userns: bool) -> Result<()> {
+fn make_device(
+    root_fd: &OwnedFd,
+    path: &Path,
+    kind: SFlag,
+    major: u64,
+    minor: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    has_userns: bool,
+) -> Result<()> {
     let what = |s: &str| format!("device {}: {s}", path.display());
     let parent = path.parent().unwrap_or(Path::new("/"));
-    let name = path.file_name().ok_or_else(|| RuntimeError::InvalidSpec { field: "linux.devices.path".into(), reason: format!("{} has no name", path.display()) })?;
-    let dir = mkdir_all_in_root(root_fd.as_raw_fd(), parent, false).map_err(mnt(what("creating its directory")))?;
+    let name = path.file_name().ok_or_else(|| RuntimeError::InvalidSpec {
+        field: "linux.devices.path".into(),
+        reason: format!("{} has no name", path.display()),
+    })?;
+    let dir = mkdir_all_in_root(root_fd.as_raw_fd(), parent, false)
+        .map_err(mnt(what("creating its directory")))?;
     let dirp = PathBuf::from(fd_path(&dir)).join(name);
     if has_userns {
         // mknod is not allowed in a user namespace: bind the host's node.
-        let _ = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&dirp);
-        mount(Some(path), &dirp, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(mnt(what("bind from the host")))?;
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&dirp);
+        mount(
+            Some(path),
+            &dirp,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(mnt(what("bind from the host")))?;
         return Ok(());
     }
     let _ = std::fs::remove_file(&dirp);
-    mknod(&dirp, kind, Mode::from_bits_truncate(mode & 0o7777), makedev(major, minor)).map_err(mnt(what("mknod")))?;
+    mknod(
+        &dirp,
+        kind,
+        Mode::from_bits_truncate(mode & 0o7777),
+        makedev(major, minor),
+    )
+    .map_err(mnt(what("mknod")))?;
     // mknod honours the umask: set the mode exactly.
-    nix::sys::stat::fchmodat(nix::fcntl::AT_FDCWD, &dirp, Mode::from_bits_truncate(mode & 0o7777), nix::sys::stat::FchmodatFlags::FollowSymlink)
-        .map_err(mnt(what("chmod")))?;
+    nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        &dirp,
+        Mode::from_bits_truncate(mode & 0o7777),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
+    .map_err(mnt(what("chmod")))?;
     nix::unistd::chown(&dirp, Some(uid.into()), Some(gid.into())).map_err(mnt(what("chown")))?;
     Ok(())
 }
 
 fn readonly_path(p: &str) -> Result<()> {
-    match mount(Some(p), p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>) {
+    match mount(
+        Some(p),
+        p,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    ) {
         Err(nix::Error::ENOENT) => return Ok(()),
         r => r.map_err(mnt(format!("linux.readonlyPaths {p}: bind")))?,
     }
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(None::<&str>, p, None::<&str>, flags, None::<&str>).map_err(mnt(format!("linux.readonlyPaths {p}: remount ro")))
+    let flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    mount(None::<&str>, p, None::<&str>, flags, None::<&str>)
+        .map_err(mnt(format!("linux.readonlyPaths {p}: remount ro")))
 }
 
 fn mask_path(p: &str) -> Result<()> {
@@ -278,9 +486,21 @@ fn mask_path(p: &str) -> Result<()> {
         Err(_) => return Ok(()),
     };
     let r = if is_dir {
-        mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>)
+        mount(
+            Some("tmpfs"),
+            p,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
     } else {
-        mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        mount(
+            Some("/dev/null"),
+            p,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
     };
     r.map_err(mnt(format!("linux.maskedPaths {p}")))
 }
@@ -295,7 +515,13 @@ mod tests {
 
     #[test]
     fn options_split_into_flags_propagation_and_data() {
-        let o = parse_options(&s(&["nosuid", "strictatime", "mode=755", "size=65536k", "rprivate"]));
+        let o = parse_options(&s(&[
+            "nosuid",
+            "strictatime",
+            "mode=755",
+            "size=65536k",
+            "rprivate",
+        ]));
         assert_eq!(o.flags, MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME);
         assert_eq!(o.propagation, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
         assert_eq!(o.data, "mode=755,size=65536k");
@@ -312,6 +538,9 @@ mod tests {
     fn bad_propagation_names_the_field() {
         let e = parse_propagation("sideways").unwrap_err().to_string();
         assert!(e.contains("linux.rootfsPropagation"), "{e}");
-        assert_eq!(parse_propagation("rshared").unwrap(), MsFlags::MS_SHARED | MsFlags::MS_REC);
+        assert_eq!(
+            parse_propagation("rshared").unwrap(),
+            MsFlags::MS_SHARED | MsFlags::MS_REC
+        );
     }
 }

@@ -43,8 +43,14 @@ pub fn validate_id(id: &str) -> Result<()> {
         && id.len() <= 1024
         && id != "."
         && id != ".."
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_+.-".contains(&b));
-    if ok { Ok(()) } else { Err(RuntimeError::InvalidId(id.to_owned())) }
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_+.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::InvalidId(id.to_owned()))
+    }
 }
 
 /// The directory of one container's state.
@@ -64,13 +70,16 @@ impl State {
         let path = container_dir(root, id).join("state.json");
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(RuntimeError::NotFound(id.to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(RuntimeError::NotFound(id.to_owned()));
+            }
             Err(e) => return Err(io(format!("reading {}", path.display()))(e)),
         };
-        let mut state: State = serde_json::from_slice(&bytes).map_err(|e| RuntimeError::Config {
-            path: path.clone(),
-            reason: format!("corrupt state: {e}"),
-        })?;
+        let mut state: State =
+            serde_json::from_slice(&bytes).map_err(|e| RuntimeError::Config {
+                path: path.clone(),
+                reason: format!("corrupt state: {e}"),
+            })?;
         state.status = state.current_status(root).to_owned();
         Ok(state)
     }
@@ -86,7 +95,9 @@ impl State {
 
     /// True while the init process (not a pid reuser) is alive.
     pub fn init_alive(&self) -> bool {
-        self.pid > 0 && process_start_time(self.pid) == Some(self.init_start_time) && !is_zombie(self.pid)
+        self.pid > 0
+            && process_start_time(self.pid) == Some(self.init_start_time)
+            && !is_zombie(self.pid)
     }
 
     fn current_status(&self, root: &Path) -> &'static str {

@@ -8,7 +8,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, recv, send, socketpair, MsgFlags};
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, recv, send, socketpair};
 
 use crate::error::{Result, RuntimeError, sys};
 
@@ -18,15 +18,21 @@ pub struct Channel(pub OwnedFd);
 
 /// A connected pair: (parent's end, child's end). Both close on exec.
 pub fn pair() -> Result<(Channel, Channel)> {
-    let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-        .map_err(sys("socketpair"))?;
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(sys("socketpair"))?;
     Ok((Channel(a), Channel(b)))
 }
 
 impl Channel {
     /// Sends one message.
     pub fn send(&self, msg: &str) -> Result<()> {
-        send(self.0.as_raw_fd(), msg.as_bytes(), MsgFlags::empty()).map_err(sys("sending to the container init"))?;
+        send(self.0.as_raw_fd(), msg.as_bytes(), MsgFlags::empty())
+            .map_err(sys("sending to the container init"))?;
         Ok(())
     }
 
@@ -49,7 +55,9 @@ impl Channel {
             return Err(RuntimeError::Init(err.to_owned()));
         }
         if msg.is_empty() {
-            return Err(RuntimeError::Init(format!("the container process exited before {what}")));
+            return Err(RuntimeError::Init(format!(
+                "the container process exited before {what}"
+            )));
         }
         Ok(msg)
     }

@@ -15,15 +15,25 @@ use nix::errno::Errno;
 /// leave it.
 pub fn open_in_root(root: RawFd, path: &Path, flags: i32) -> nix::Result<OwnedFd> {
     let rel = strip_root(path);
-    let c = CString::new(if rel.as_os_str().is_empty() { b".".to_vec() } else { rel.as_os_str().as_bytes().to_vec() })
-        .map_err(|_| Errno::EINVAL)?;
+    let c = CString::new(if rel.as_os_str().is_empty() {
+        b".".to_vec()
+    } else {
+        rel.as_os_str().as_bytes().to_vec()
+    })
+    .map_err(|_| Errno::EINVAL)?;
     // SAFETY: open_how is plain data; all-zero is its valid "no options" value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: `c` is a valid C string and `how` a valid open_how whose size we pass.
     let fd = unsafe {
-        libc::syscall(libc::SYS_openat2, root, c.as_ptr(), &how as *const libc::open_how, size_of::<libc::open_how>())
+        libc::syscall(
+            libc::SYS_openat2,
+            root,
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            size_of::<libc::open_how>(),
+        )
     };
     if fd < 0 {
         return Err(Errno::last());
@@ -61,7 +71,12 @@ pub fn mkdir_all_in_root(root: RawFd, path: &Path, file: bool) -> nix::Result<Ow
                 if want_file {
                     // SAFETY: valid dirfd and C string.
                     let fd = unsafe {
-                        libc::openat(dir.as_raw_fd(), cname.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW, 0o644)
+                        libc::openat(
+                            dir.as_raw_fd(),
+                            cname.as_ptr(),
+                            libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                            0o644,
+                        )
                     };
                     if fd < 0 && Errno::last() != Errno::EEXIST {
                         return Err(Errno::last());
@@ -94,12 +109,22 @@ pub fn fd_path(fd: &OwnedFd) -> String {
 /// `CLOSE_RANGE_CLOEXEC`), falling back to walking /proc/self/fd.
 pub fn cloexec_from(first: RawFd) {
     // SAFETY: close_range only changes fd flags.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     if r == 0 {
         return;
     }
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        let fds: Vec<RawFd> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+        let fds: Vec<RawFd> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
         for fd in fds.into_iter().filter(|fd| *fd >= first) {
             // SAFETY: setting FD_CLOEXEC on an fd number is harmless even if it closed meanwhile.
             unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
