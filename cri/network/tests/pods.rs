@@ -57,7 +57,11 @@ impl Fixture {
         };
         std::fs::create_dir_all(&cfg.cni_conf_dirs[0]).unwrap();
         if let Some(c) = conflist {
-            std::fs::write(cfg.cni_conf_dirs[0].join("10-test.conflist"), c.to_string()).unwrap();
+            // host-local's dataDir lives in this test's temp dir.
+            let text = c
+                .to_string()
+                .replace("@DIR@", &dir.path().display().to_string());
+            std::fs::write(cfg.cni_conf_dirs[0].join("10-test.conflist"), text).unwrap();
         }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -83,7 +87,7 @@ impl Fixture {
                  "capabilities": {"ipRanges": true},
                  "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.199.{n}.0/24")}]],
                           "routes": [{"dst": "0.0.0.0/0"}],
-                          "dataDir": format!("/tmp/carrack-test-network-hl-{n}-{dir_hint}")}},
+                          "dataDir": format!("@DIR@/host-local-{dir_hint}")}},
                 {"type": "portmap", "capabilities": {"portMappings": true}}
             ]
         })
@@ -228,7 +232,6 @@ fn cni_bridge_conflist_two_pods_reach_each_other_and_host_port_on_localhost() {
     let hint = std::process::id().to_string();
     let mut fx = Fixture::new(12, Some(Fixture::bridge_conflist(12, &hint)));
     two_pods_and_host_port(&mut fx, 12, 18912);
-    let _ = std::fs::remove_dir_all(format!("/tmp/carrack-test-network-hl-12-{hint}"));
 }
 
 #[test]
@@ -250,7 +253,6 @@ fn teardown_after_restart_and_config_removal_uses_the_cache() {
     // Idempotent.
     fx.rt.block_on(fresh.teardown_pod(&a)).unwrap();
     fx.teardown(&a);
-    let _ = std::fs::remove_dir_all(format!("/tmp/carrack-test-network-hl-13-{hint}"));
 }
 
 #[test]
@@ -270,7 +272,6 @@ fn ip_ranges_follow_the_pod_cidr() {
     let ip = fx.setup(a.clone()).unwrap();
     assert!(ip.to_string().starts_with("10.199.15."), "{ip}");
     fx.teardown(&a);
-    let _ = std::fs::remove_dir_all(format!("/tmp/carrack-test-network-hl-14-{hint}"));
 }
 
 #[test]
@@ -286,9 +287,15 @@ fn config_that_appears_makes_the_network_ready() {
     assert!(!st.ready);
     assert_eq!(st.reason, "NetworkPluginNotReady");
     assert!(st.message.contains("no network config"), "{}", st.message);
-    std::fs::write(&conf, text).unwrap();
+    std::fs::write(&conf, &text).unwrap();
     let st = fx.rt.block_on(fx.mgr.status());
     assert!(st.ready, "{st:?}");
+    // A CNI 1.1 list gets STATUS; Debian's 1.0 plugins refuse it, and the
+    // network is not ready with the plugin's own message.
+    std::fs::write(&conf, text.replace("\"1.0.0\"", "\"1.1.0\"")).unwrap();
+    let st = fx.rt.block_on(fx.mgr.status());
+    assert!(!st.ready, "{st:?}");
+    assert!(st.message.contains("STATUS"), "{}", st.message);
 }
 
 #[test]
