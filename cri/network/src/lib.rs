@@ -28,6 +28,10 @@
 //! masquerade), `host-local` IPAM with leases in `builtin.state_dir`, and
 //! `portmap` for hostPorts, `bandwidth` for the bandwidth annotations. It therefore needs the standard CNI plugins in one
 //! of the bin dirs (Debian: `containernetworking-plugins`).
+//!
+//! Not yet done (issue 6): a netlink-native default network (bridge, veth and
+//! addresses through rtnetlink, own IPAM, nftables rules) that needs no CNI
+//! binaries; and an inotify watch (the conf dirs are re-read per call instead).
 
 pub mod cni;
 pub mod netns;
