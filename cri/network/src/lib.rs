@@ -366,6 +366,11 @@ impl NetworkManager {
     /// Removes a pod's network (CNI DEL) with the config and result cached
     /// at ADD time; idempotent (a pod never set up, or already torn down,
     /// gets a DEL without prevResult, which plugins accept).
+    ///
+    /// Call it before the pod's netns is removed: the `bridge` plugin finds
+    /// the pod's addresses inside the namespace to delete its masquerade
+    /// rules, and leaves them when the namespace is already gone (the lease
+    /// and veth still go).
     pub async fn teardown_pod(&self, req: &PodNetworkRequest) -> Result<(), NetworkError> {
         if req.host_network {
             return Ok(());
@@ -375,9 +380,8 @@ impl NetworkManager {
             if !req.netns.as_os_str().is_empty() {
                 c.invocation.netns = req.netns.clone();
             }
-            if !netns::exists(&c.invocation.netns) {
-                c.invocation.netns = PathBuf::new();
-            }
+            // The netns path stays even when the namespace is gone: the
+            // bridge plugin skips its masquerade teardown on an empty CNI_NETNS.
             self.inner
                 .runner
                 .del(&c.conf, &c.invocation, Some(&c.result))
