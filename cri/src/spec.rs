@@ -695,10 +695,24 @@ pub fn generate(input: &SpecInput<'_>, files: &dyn RootfsFiles) -> Result<Value,
                     format!("CAP_{u}")
                 }
             };
+            // As containerd: ALL first (add ALL, then drop ALL), then the
+            // named ones, so `drop: [ALL], add: [X]` leaves exactly X.
+            if cap
+                .add_capabilities
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case("ALL"))
+            {
+                set = ALL_CAPS.iter().map(|s| s.to_string()).collect();
+            }
+            if cap
+                .drop_capabilities
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case("ALL"))
+            {
+                set.clear();
+            }
             for a in &cap.add_capabilities {
-                if a.eq_ignore_ascii_case("ALL") {
-                    set = ALL_CAPS.iter().map(|s| s.to_string()).collect();
-                } else {
+                if !a.eq_ignore_ascii_case("ALL") {
                     let a = norm(a);
                     if !ALL_CAPS.contains(&a.as_str()) {
                         return Err(invalid(
@@ -712,9 +726,7 @@ pub fn generate(input: &SpecInput<'_>, files: &dyn RootfsFiles) -> Result<Value,
                 }
             }
             for d in &cap.drop_capabilities {
-                if d.eq_ignore_ascii_case("ALL") {
-                    set.clear();
-                } else {
+                if !d.eq_ignore_ascii_case("ALL") {
                     let d = norm(d);
                     set.retain(|x| *x != d);
                 }
