@@ -36,7 +36,9 @@ impl Container {
         std::fs::create_dir_all(dir.join("bundle/rootfs")).unwrap();
         std::fs::create_dir_all(dir.join("state")).unwrap();
         carrack_e2e::rootfs::write_busybox_rootfs(&dir.join("bundle/rootfs")).unwrap();
-        let cgroups_path = format!("/{PREFIX}/{id}");
+        // Top level: a shared parent removed by one test's Drop would race
+        // with another test's create.
+        let cgroups_path = format!("/{id}");
         let config = json!({
             "ociVersion": "1.0.2",
             "process": {
@@ -155,12 +157,6 @@ impl Drop for Container {
         if let Ok(cg) = Cgroup::open(&self.cgroups_path, &self.id) {
             let _ = cg.thaw();
             let _ = cg.delete();
-            for dir in cg.paths() {
-                // The per-crate parent goes with the last container in it.
-                if let Some(parent) = dir.parent() {
-                    let _ = std::fs::remove_dir(parent);
-                }
-            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

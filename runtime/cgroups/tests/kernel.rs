@@ -21,7 +21,9 @@ struct TestCgroup {
 
 impl TestCgroup {
     fn new(name: &str) -> TestCgroup {
-        let path = format!("/carrack-test-cgroups/{}-{name}", std::process::id());
+        // Top level and unique: a shared parent removed by one test's Drop
+        // would race with another test's create.
+        let path = format!("/carrack-test-cgroups-{}-{name}", std::process::id());
         let cg = Cgroup::open(&path, name).unwrap();
         cg.create().unwrap();
         TestCgroup {
@@ -31,7 +33,9 @@ impl TestCgroup {
     }
 
     fn in_layout(layout: Hierarchy, name: &str) -> TestCgroup {
-        let path = format!("/carrack-test-cgroups/{}-{name}", std::process::id());
+        // Top level and unique: a shared parent removed by one test's Drop
+        // would race with another test's create.
+        let path = format!("/carrack-test-cgroups-{}-{name}", std::process::id());
         let cg = Cgroup::open_in(layout, &path, name).unwrap();
         cg.create().unwrap();
         TestCgroup {
@@ -75,12 +79,6 @@ impl Drop for TestCgroup {
             let _ = c.wait();
         }
         self.cg.delete().unwrap();
-        // The shared parent goes with the last test that uses it.
-        for dir in self.cg.paths() {
-            if let Some(parent) = dir.parent() {
-                let _ = std::fs::remove_dir(parent);
-            }
-        }
     }
 }
 
