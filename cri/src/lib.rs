@@ -33,9 +33,17 @@ pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
         }
         _ => {}
     }
-    let l = UnixListener::bind(socket)
-        .map_err(|e| anyhow::anyhow!("binding {}: {e}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
+    // Bound and listening under a temporary name, then renamed: the socket
+    // appears only once connections are accepted, already with its mode.
+    let mut tmp = socket.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let l =
+        UnixListener::bind(&tmp).map_err(|e| anyhow::anyhow!("binding {}: {e}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))?;
+    std::fs::rename(&tmp, socket)
+        .map_err(|e| anyhow::anyhow!("renaming {} to {}: {e}", tmp.display(), socket.display()))?;
     Ok(l)
 }
 

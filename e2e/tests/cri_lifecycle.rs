@@ -183,7 +183,7 @@ impl Daemon {
                 }
             }))
             .await
-            .expect("connect to carrackd");
+            .unwrap_or_else(|e| panic!("connect to carrackd: {e}\n{}", self.log()));
         (
             RuntimeServiceClient::new(ch.clone()),
             ImageServiceClient::new(ch),
@@ -1184,4 +1184,92 @@ async fn cri_dead_shim_reported_exited() {
     .await
     .unwrap();
     assert_eq!(daemon.mounts(), Vec::<String>::new(), "mounts left");
+}
+
+/// A crash between the runtime's create and the record update, in both a
+/// container and its sandbox: the restarted carrackd removes both, leaving
+/// no process, mount, file or row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_half_created_cleaned_up_at_restart() {
+    if !prerequisites() {
+        return;
+    }
+    let image = test_image();
+    let mut daemon = Daemon::start(&image.host);
+    let (mut rt, mut img) = daemon.clients().await;
+    pull(&mut img, &image.name).await;
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config("half", &daemon.dir.join("logs"))),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config("c", &image.name, &["sleep", "1000"])),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    daemon.kill();
+    drop(rt);
+    {
+        let db = rusqlite::Connection::open(daemon.root().join("carrack.db")).unwrap();
+        let n = db
+            .execute(
+                "UPDATE cri_containers SET record = replace(record, '\"state\":\"Created\"', '\"state\":\"Creating\"') WHERE id = ?1",
+                [&id],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+        let n = db
+            .execute(
+                "UPDATE cri_sandboxes SET record = replace(record, '\"state\":\"Ready\"', '\"state\":\"Creating\"') WHERE id = ?1",
+                [&pod],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    assert!(daemon.state().join("runc").join(&id).exists());
+    daemon.spawn();
+    let (mut rt, _img) = daemon.clients().await;
+    assert!(
+        rt.list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+            .is_empty()
+    );
+    assert!(
+        rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .is_empty()
+    );
+    assert_eq!(daemon.mounts(), Vec::<String>::new(), "mounts left");
+    assert!(
+        !daemon.state().join("runc").join(&id).exists(),
+        "runtime state left"
+    );
+    assert!(
+        !daemon.state().join("shims").join(&id).exists(),
+        "shim left"
+    );
+    assert!(
+        !daemon.root().join("containers").join(&id).exists(),
+        "bundle left"
+    );
+    assert!(
+        !daemon.root().join("sandboxes").join(&pod).exists(),
+        "pod files left"
+    );
 }
