@@ -208,12 +208,21 @@ pub trait RootfsFiles {
 
 impl RootfsFiles for PathBuf {
     fn read(&self, path: &str) -> Option<String> {
-        // Symlinks inside the rootfs are not followed out of it: these two
-        // files are read only when they are regular files.
-        let p = self.join(path.trim_start_matches('/'));
-        let meta = std::fs::symlink_metadata(&p).ok()?;
-        if !meta.file_type().is_file() {
-            return None;
+        // No symlink is followed (an image's `/etc -> /host/etc` must not
+        // make carrackd read the host's files): every directory on the way
+        // must be a real directory and the file a regular file.
+        let mut p = self.clone();
+        let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+        for (i, part) in parts.iter().enumerate() {
+            if *part == ".." || *part == "." {
+                return None;
+            }
+            p.push(part);
+            let ft = std::fs::symlink_metadata(&p).ok()?.file_type();
+            let last = i + 1 == parts.len();
+            if (last && !ft.is_file()) || (!last && !ft.is_dir()) {
+                return None;
+            }
         }
         std::fs::read_to_string(p).ok()
     }
@@ -1099,6 +1108,27 @@ mod tests {
         };
         let e = resolve_user(Some(&sc), "", &f).unwrap_err();
         assert!(e.to_string().contains("run_as_username"), "{e}");
+    }
+
+    #[test]
+    fn rootfs_files_never_follow_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/passwd"), "u:x:5:6::/:/bin/sh\n").unwrap();
+        assert!(root.read("/etc/passwd").unwrap().starts_with("u:x:5"));
+        let evil = dir.path().join("evil");
+        std::fs::create_dir_all(&evil).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside"), evil.join("etc")).unwrap();
+        std::fs::create_dir_all(dir.path().join("outside")).unwrap();
+        std::fs::write(dir.path().join("outside/passwd"), "host").unwrap();
+        assert_eq!(evil.read("/etc/passwd"), None);
+        std::fs::remove_file(evil.join("etc")).unwrap();
+        std::fs::create_dir_all(evil.join("etc")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside/passwd"), evil.join("etc/passwd"))
+            .unwrap();
+        assert_eq!(evil.read("/etc/passwd"), None);
+        assert_eq!(root.read("/etc/../etc/passwd"), None);
     }
 
     #[test]
