@@ -545,6 +545,11 @@ async fn cri_pod_lifecycle() {
         .as_mut()
         .unwrap();
     sc.run_as_user = Some(cri::Int64Value { value: 1000 });
+    sc.seccomp = Some(cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+        ..Default::default()
+    });
+    sc.no_new_privs = true;
     sc.capabilities = Some(cri::Capability {
         drop_capabilities: vec!["ALL".into()],
         ..Default::default()
@@ -602,6 +607,15 @@ async fn cri_pod_lifecycle() {
     let (code, _, err) = exec(&mut rt, &ctr, &["touch", "/data/new"]).await;
     assert_ne!(code, 0, "read-only mount was writable");
     assert!(err.contains("Read-only"), "{err}");
+    let seccomp = exec(
+        &mut rt,
+        &ctr,
+        &["grep", "-E", "^(Seccomp|NoNewPrivs):", "/proc/self/status"],
+    )
+    .await
+    .1;
+    assert!(seccomp.contains("Seccomp:\t2"), "{seccomp}");
+    assert!(seccomp.contains("NoNewPrivs:\t1"), "{seccomp}");
     let caps = exec(&mut rt, &ctr, &["grep", "CapBnd", "/proc/self/status"])
         .await
         .1;
