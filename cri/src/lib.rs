@@ -4,11 +4,13 @@
 //! - [`store`]: sandboxes and containers in SQLite (WAL), intent first;
 //! - [`sandbox`]: pinned namespaces, pod files, the pod network seam;
 //! - [`spec`]: the OCI spec of a container (pure logic);
+//! - [`seccomp`]: the RuntimeDefault seccomp profile;
 //! - [`service`]: the RuntimeService and ImageService;
 //! - [`serve`]: the gRPC server on the unix socket.
 
 pub mod config;
 pub mod sandbox;
+pub mod seccomp;
 pub mod service;
 pub mod spec;
 pub mod store;

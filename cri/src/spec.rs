@@ -124,63 +124,6 @@ pub const DEFAULT_READONLY: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-/// Syscalls the RuntimeDefault seccomp profile refuses with EPERM: kernel
-/// and clock administration, module loading, other namespaces and mounts,
-/// tracing and cross-process memory access, keyrings, BPF, perf.
-pub const SECCOMP_DENY: &[&str] = &[
-    "acct",
-    "add_key",
-    "bpf",
-    "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "get_kernel_syms",
-    "get_mempolicy",
-    "init_module",
-    "ioperm",
-    "iopl",
-    "kcmp",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mbind",
-    "mount",
-    "move_mount",
-    "move_pages",
-    "name_to_handle_at",
-    "nfsservctl",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "pivot_root",
-    "process_vm_readv",
-    "process_vm_writev",
-    "ptrace",
-    "query_module",
-    "quotactl",
-    "reboot",
-    "request_key",
-    "set_mempolicy",
-    "setns",
-    "settimeofday",
-    "swapoff",
-    "swapon",
-    "sysfs",
-    "_sysctl",
-    "umount2",
-    "unshare",
-    "uselib",
-    "userfaultfd",
-    "ustat",
-];
-
 /// The sandbox side of a container's spec.
 #[derive(Debug, Clone, Default)]
 pub struct SandboxView {
@@ -571,22 +514,10 @@ pub fn resources(r: &cri::LinuxContainerResources) -> Value {
     Value::Object(out)
 }
 
-fn seccomp_default() -> Value {
-    let arches: &[&str] = if cfg!(target_arch = "aarch64") {
-        &["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
-    } else {
-        &["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
-    };
-    json!({
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": arches,
-        "syscalls": [{"names": SECCOMP_DENY, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
-    })
-}
-
 fn seccomp(
     sc: Option<&cri::LinuxContainerSecurityContext>,
     privileged: bool,
+    caps: &[String],
 ) -> Result<Option<Value>, SpecError> {
     let field = "config.linux.security_context.seccomp";
     let Some(profile) = sc.and_then(|s| s.seccomp.as_ref()) else {
@@ -597,7 +528,7 @@ fn seccomp(
         return Ok(None);
     }
     match profile.profile_type {
-        0 => Ok(Some(seccomp_default())),
+        0 => Ok(Some(crate::seccomp::runtime_default(caps))),
         1 => Ok(None),
         2 => {
             let path = &profile.localhost_ref;
@@ -932,7 +863,7 @@ pub fn generate(input: &SpecInput<'_>, files: &dyn RootfsFiles) -> Result<Value,
         "readonlyPaths": readonly,
         "sysctl": sysctl,
     });
-    if let Some(s) = seccomp(sc, privileged)? {
+    if let Some(s) = seccomp(sc, privileged, &caps)? {
         linux_v["seccomp"] = s;
     }
     let mut annotations = serde_json::Map::new();

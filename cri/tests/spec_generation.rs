@@ -626,3 +626,37 @@ fn exec_process_keeps_identity_and_drops_the_terminal() {
     assert_eq!(p["capabilities"], s["process"]["capabilities"]);
     assert!(strings(&p["env"]).contains(&"K=v".to_string()));
 }
+
+#[test]
+fn seccomp_runtime_default_follows_the_containers_capabilities() {
+    let mut sc = seccomp(0, "");
+    sc.capabilities = Some(cri::Capability {
+        add_capabilities: vec!["SYS_ADMIN".into(), "SYS_PTRACE".into()],
+        ..Default::default()
+    });
+    let s = gen_spec(&with_sc(sc)).unwrap();
+    let rules = s["linux"]["seccomp"]["syscalls"].as_array().unwrap();
+    let denied: Vec<String> = rules.iter().flat_map(|r| strings(&r["names"])).collect();
+    for opened in [
+        "mount",
+        "unshare",
+        "setns",
+        "ptrace",
+        "process_vm_readv",
+        "clone",
+    ] {
+        assert!(!denied.iter().any(|d| d == opened), "{opened} still denied");
+    }
+    for still in ["reboot", "kexec_load", "init_module"] {
+        assert!(denied.iter().any(|d| d == still), "{still} opened");
+    }
+    // Without CAP_SYS_ADMIN, clone with CLONE_NEWUSER is refused.
+    let s = gen_spec(&with_sc(seccomp(0, ""))).unwrap();
+    let rules = s["linux"]["seccomp"]["syscalls"].as_array().unwrap();
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["names"] == json!(["clone"])
+                && r["args"][0]["value"] == json!(0x1000_0000u64))
+    );
+}
