@@ -325,14 +325,14 @@ impl Runtime {
                 Err(_) => std::thread::sleep(Duration::from_millis(2)),
             }
         }
-        if let Ok(b) = Bundle::load(&st.bundle) {
-            if let Some(h) = b.spec.hooks() {
-                let mut st = st.clone();
-                st.status = "stopped".into();
-                let json = serde_json::to_vec(&st).expect("state serialises");
-                if let Err(e) = crate::hooks::run("poststop", h.poststop().as_ref(), &json) {
-                    eprintln!("carrack-runtime: {e}");
-                }
+        if let Ok(b) = Bundle::load(&st.bundle)
+            && let Some(h) = b.spec.hooks()
+        {
+            let mut st = st.clone();
+            st.status = "stopped".into();
+            let json = serde_json::to_vec(&st).expect("state serialises");
+            if let Err(e) = crate::hooks::run("poststop", h.poststop().as_ref(), &json) {
+                eprintln!("carrack-runtime: {e}");
             }
         }
         std::fs::remove_dir_all(container_dir(&self.root, id))
@@ -475,10 +475,10 @@ impl Runtime {
             return Ok(out);
         };
         for e in dir.flatten() {
-            if let Some(id) = e.file_name().to_str() {
-                if let Ok(st) = self.state(id) {
-                    out.push(st);
-                }
+            if let Some(id) = e.file_name().to_str()
+                && let Ok(st) = self.state(id)
+            {
+                out.push(st);
             }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));

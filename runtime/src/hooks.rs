@@ -25,12 +25,12 @@ fn run_one(kind: &'static str, h: &Hook, state_json: &[u8]) -> Result<()> {
         reason,
     };
     let mut cmd = Command::new(h.path());
-    if let Some(args) = h.args() {
-        if let Some((first, rest)) = args.split_first() {
-            use std::os::unix::process::CommandExt;
-            cmd.arg0(first);
-            cmd.args(rest);
-        }
+    if let Some(args) = h.args()
+        && let Some((first, rest)) = args.split_first()
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.arg0(first);
+        cmd.args(rest);
     }
     cmd.env_clear();
     for e in h.env().iter().flatten() {

@@ -186,20 +186,19 @@ fn reexec_sealed() -> anyhow::Result<()> {
 fn log_error(cli: &Cli, err: &anyhow::Error) {
     let msg = format!("{err:#}");
     eprintln!("carrack-runtime: {msg}");
-    if let Some(path) = &cli.log {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
+    if let Some(path) = &cli.log
+        && let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-        {
-            let time = chrono::Utc::now().to_rfc3339();
-            let line = if cli.log_format == "json" {
-                serde_json::json!({"level": "error", "msg": msg, "time": time}).to_string()
-            } else {
-                format!("time=\"{time}\" level=error msg=\"{msg}\"")
-            };
-            let _ = writeln!(f, "{line}");
-        }
+    {
+        let time = chrono::Utc::now().to_rfc3339();
+        let line = if cli.log_format == "json" {
+            serde_json::json!({"level": "error", "msg": msg, "time": time}).to_string()
+        } else {
+            format!("time=\"{time}\" level=error msg=\"{msg}\"")
+        };
+        let _ = writeln!(f, "{line}");
     }
 }
 

@@ -90,13 +90,13 @@ impl Bundle {
                 ));
             }
             seen.push(ns.typ());
-            if let Some(p) = ns.path() {
-                if !p.exists() {
-                    return Err(invalid(
-                        "linux.namespaces.path",
-                        format!("{} does not exist", p.display()),
-                    ));
-                }
+            if let Some(p) = ns.path()
+                && !p.exists()
+            {
+                return Err(invalid(
+                    "linux.namespaces.path",
+                    format!("{} does not exist", p.display()),
+                ));
             }
         }
         let has_userns = seen.contains(&LinuxNamespaceType::User);
