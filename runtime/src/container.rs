@@ -2,6 +2,7 @@
 //! delete, run, exec, ps, pause, resume, list, update, events.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -173,6 +174,10 @@ impl Runtime {
         let fifo = exec_fifo(&self.root, id);
         nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
             .map_err(sys(format!("mkfifo {}", fifo.display())))?;
+        // mkfifo's mode is masked by our umask; the init opens the fifo for
+        // writing after it has switched to process.user, so others need -w-.
+        std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o622))
+            .map_err(io(format!("chmod {}", fifo.display())))?;
         let fifo_fd = open(&fifo, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(sys("opening the exec fifo"))?;
         cg.create()?;

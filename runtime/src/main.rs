@@ -99,6 +99,9 @@ enum Cmd {
         #[arg(long, short)]
         env: Vec<String>,
         id: String,
+        /// The command and its arguments; options after the command are
+        /// its own (`exec ID sh -c 'echo hi'`), as with runc.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// List the container's processes.

@@ -1,0 +1,432 @@
+//! carrack-runtime end to end (as root): busybox containers run through the
+//! `carrack-runtime` binary with runc's command line, each feature checked
+//! from inside the container (identity, capabilities and NoNewPrivs in
+//! /proc/self/status, hostname, readonly root, masked paths, uid_map with a
+//! user namespace), plus the create/start/state/exec/pause/resume/kill/delete
+//! lifecycle, hook order, and bad input that must leave nothing behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use carrack_e2e::prerequisite::require_root;
+use serde_json::{Value, json};
+
+const RUNTIME: &str = env!("CARGO_BIN_EXE_carrack-runtime");
+const PREFIX: &str = "carrack-test-runtime";
+
+/// One container's bundle and state root; removed (with the container) on drop.
+struct Container {
+    id: String,
+    dir: PathBuf,
+}
+
+fn base_config(id: &str, args: &[&str]) -> Value {
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": ["CAP_KILL", "CAP_CHOWN", "CAP_NET_BIND_SERVICE"],
+                "effective": ["CAP_KILL", "CAP_CHOWN", "CAP_NET_BIND_SERVICE"],
+                "permitted": ["CAP_KILL", "CAP_CHOWN", "CAP_NET_BIND_SERVICE"]
+            },
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "carrack-box",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}],
+            "cgroupsPath": format!("/{PREFIX}/{id}"),
+            "maskedPaths": ["/proc/kcore", "/proc/timer_list", "/proc/bus"],
+            "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"]
+        }
+    })
+}
+
+impl Container {
+    /// A bundle running `args`, with `edit` applied to the default config.
+    fn new(name: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> Container {
+        let id = format!("{PREFIX}-{}-{name}", std::process::id());
+        let dir = std::env::temp_dir().join(&id);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("bundle/rootfs")).unwrap();
+        carrack_e2e::rootfs::write_busybox_rootfs(&dir.join("bundle/rootfs")).unwrap();
+        let mut config = base_config(&id, args);
+        edit(&mut config);
+        std::fs::write(
+            dir.join("bundle/config.json"),
+            serde_json::to_vec_pretty(&config).unwrap(),
+        )
+        .unwrap();
+        Container { id, dir }
+    }
+
+    fn bundle(&self) -> PathBuf {
+        self.dir.join("bundle")
+    }
+
+    fn state_root(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(RUNTIME);
+        cmd.arg("--root")
+            .arg(self.state_root())
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn out(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs `carrack-runtime ARGS`, which must succeed; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.out(args);
+        assert!(
+            out.status.success(),
+            "carrack-runtime {args:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Like `ok`, for commands whose container inherits our stdio: output
+    /// goes to files in the test dir instead of pipes.
+    fn ok_detached(&self, args: &[&str]) {
+        let log = self.dir.join("detached.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let status = self
+            .cmd(args)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "carrack-runtime {args:?}: {status}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    fn status(&self) -> String {
+        let v: Value = serde_json::from_str(&self.ok(&["state", &self.id])).unwrap();
+        v["status"].as_str().unwrap().to_owned()
+    }
+
+    /// `run` in the foreground; returns the process's stdout.
+    fn run(&self) -> String {
+        let b = self.bundle();
+        self.ok(&["run", "--bundle", b.to_str().unwrap(), &self.id])
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = self.out(&["delete", "--force", &self.id]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn status_field(status: &str, field: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("{field} not in /proc/self/status:\n{status}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn process_identity_capabilities_and_hostname_as_seen_inside() {
+    if !require_root() {
+        return;
+    }
+    let c = Container::new(
+        "identity",
+        &[
+            "/bin/sh",
+            "-c",
+            "cat /proc/self/status; echo host=$(hostname); echo id=$(id -u):$(id -g):$(id -G); echo umask=$(umask)",
+        ],
+        |cfg| {
+            cfg["process"]["user"] =
+                json!({"uid": 1000, "gid": 1001, "additionalGids": [2000, 2001], "umask": 0o027});
+            // A non-root user keeps capabilities across execve only as
+            // ambient ones (which need them inheritable too).
+            let caps = cfg["process"]["capabilities"]["bounding"].clone();
+            cfg["process"]["capabilities"]["inheritable"] = caps.clone();
+            cfg["process"]["capabilities"]["ambient"] = caps;
+        },
+    );
+    let out = c.run();
+    // CAP_CHOWN(0) + CAP_KILL(5) + CAP_NET_BIND_SERVICE(10)
+    assert_eq!(status_field(&out, "CapEff"), "0000000000000421", "{out}");
+    assert_eq!(status_field(&out, "CapPrm"), "0000000000000421");
+    assert_eq!(status_field(&out, "CapBnd"), "0000000000000421");
+    assert_eq!(status_field(&out, "CapInh"), "0000000000000421");
+    assert_eq!(status_field(&out, "CapAmb"), "0000000000000421");
+    assert_eq!(status_field(&out, "NoNewPrivs"), "1");
+    assert!(out.contains("host=carrack-box"), "{out}");
+    assert!(
+        out.contains("id=1000:1001:1001 2000 2001") || out.contains("id=1000:1001:2000 2001"),
+        "{out}"
+    );
+    assert!(out.contains("umask=0027"), "{out}");
+    assert!(
+        !c.state_root().join(&c.id).exists(),
+        "run without --detach deletes the container"
+    );
+}
+
+#[test]
+fn readonly_root_masked_and_readonly_paths() {
+    if !require_root() {
+        return;
+    }
+    let c = Container::new(
+        "rootfs",
+        &[
+            "/bin/sh",
+            "-c",
+            "touch /x 2>/dev/null && echo rootrw || echo rootro; touch /tmp/y && echo tmprw; echo timer_list=$(wc -c </proc/timer_list); echo bus=$(ls /proc/bus | wc -l); echo 1 > /proc/sys/kernel/domainname 2>/dev/null && echo sysrw || echo sysro; ls /dev/null /dev/zero /dev/urandom /dev/shm /dev/pts/ptmx >/dev/null && echo devs; cat /proc/self/mountinfo",
+        ],
+        |_| {},
+    );
+    let out = c.run();
+    assert!(out.contains("rootro"), "{out}");
+    assert!(out.contains("tmprw"), "{out}");
+    // /proc/kcore is absent on some kernels: masking skips what is not there.
+    assert!(out.contains("timer_list=0"), "{out}");
+    assert!(out.contains("bus=0"), "{out}");
+    assert!(out.contains("sysro"), "{out}");
+    assert!(out.contains("devs"), "{out}");
+    // Field 5 of mountinfo is the mount point as the container sees it;
+    // none may be a host path (field 4, the root within its filesystem,
+    // names the bundle for the bind-mounted rootfs, as with runc).
+    let host_dir = c.dir.to_str().unwrap();
+    for line in out.lines().filter(|l| l.contains(" - ")) {
+        let mount_point = line.split_whitespace().nth(4).unwrap_or_default();
+        assert!(
+            !mount_point.starts_with(host_dir) && mount_point.starts_with('/'),
+            "a host path is a mount point in the container: {line}"
+        );
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().nth(4) == Some("/proc/timer_list")),
+        "{out}"
+    );
+}
+
+#[test]
+fn lifecycle_create_start_exec_pause_resume_kill_delete() {
+    if !require_root() {
+        return;
+    }
+    let c = Container::new("lifecycle", &["/bin/sleep", "1000"], |_| {});
+    let b = c.bundle();
+    let pid_file = c.dir.join("pid");
+    // The init keeps create's stdio (runc's contract), so create gets files
+    // rather than pipes that would stay open until the container exits.
+    c.ok_detached(&[
+        "create",
+        "--bundle",
+        b.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        &c.id,
+    ]);
+    let st: Value = serde_json::from_str(&c.ok(&["state", &c.id])).unwrap();
+    assert_eq!(st["status"], "created");
+    assert_eq!(st["id"], c.id.as_str());
+    let pid = st["pid"].as_i64().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        pid.to_string()
+    );
+    // The process has not exec'd yet: it is still the runtime.
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{pid}/exe")).unwrap(),
+        Path::new("/bin/sleep")
+    );
+    c.ok(&["start", &c.id]);
+    assert_eq!(c.status(), "running");
+    let list = c.ok(&["list", "--quiet"]);
+    assert!(list.lines().any(|l| l == c.id), "{list}");
+
+    // exec joins the init's namespaces.
+    let mine = c.ok(&[
+        "exec",
+        &c.id,
+        "/bin/sh",
+        "-c",
+        "for n in pid uts net mnt; do readlink /proc/self/ns/$n; done; hostname",
+    ]);
+    for ns in ["pid", "uts", "net", "mnt"] {
+        let init = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        assert!(
+            mine.contains(init.to_str().unwrap()),
+            "exec is not in the init's {ns} namespace: {mine}"
+        );
+    }
+    assert!(mine.contains("carrack-box"));
+    let code = c
+        .out(&["exec", &c.id, "/bin/sh", "-c", "exit 7"])
+        .status
+        .code();
+    assert_eq!(code, Some(7), "exec passes the exit code through");
+
+    c.ok(&["pause", &c.id]);
+    assert_eq!(c.status(), "paused");
+    c.ok(&["resume", &c.id]);
+    assert_eq!(c.status(), "running");
+    let ps = c.ok(&["ps", "--format", "json", &c.id]);
+    let pids: Vec<i64> = serde_json::from_str(&ps).unwrap();
+    assert!(pids.contains(&pid), "{ps}");
+
+    assert!(
+        !c.out(&["delete", &c.id]).status.success(),
+        "delete of a running container needs --force"
+    );
+    c.ok(&["kill", &c.id, "KILL"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while c.status() != "stopped" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container did not stop after SIGKILL"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    c.ok(&["delete", &c.id]);
+    assert!(!c.state_root().join(&c.id).exists());
+    let gone = c.out(&["state", &c.id]);
+    assert!(!gone.status.success());
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains(&c.id),
+        "the error names the id"
+    );
+}
+
+#[test]
+fn user_namespace_mapping_shows_in_uid_map() {
+    if !require_root() {
+        return;
+    }
+    let c = Container::new(
+        "userns",
+        &[
+            "/bin/sh",
+            "-c",
+            "cat /proc/self/uid_map /proc/self/gid_map; id -u",
+        ],
+        |cfg| {
+            cfg["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "user"}));
+            cfg["linux"]["uidMappings"] =
+                json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+            cfg["linux"]["gidMappings"] =
+                json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+            // sysfs cannot be mounted without a network namespace owned by the userns; keep it simple.
+            cfg["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|m| m["type"] != "sysfs");
+        },
+    );
+    let out = c.run();
+    let maps: Vec<Vec<&str>> = out
+        .lines()
+        .take(2)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(maps[0], ["0", "100000", "65536"], "{out}");
+    assert_eq!(maps[1], ["0", "100000", "65536"], "{out}");
+}
+
+#[test]
+fn hooks_run_in_order_with_the_state_on_stdin() {
+    if !require_root() {
+        return;
+    }
+    let log = std::env::temp_dir().join(format!("{PREFIX}-{}-hooks.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let logs = log.to_str().unwrap().to_owned();
+    let hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read -r s; case \"$s\" in *'\"id\"'*) echo {name} >> {logs};; esac")]});
+    let c = Container::new("hooks", &["/bin/true"], |cfg| {
+        cfg["hooks"] = json!({
+            "prestart": [hook("prestart")],
+            "createRuntime": [hook("createRuntime")],
+            "poststart": [hook("poststart")],
+            "poststop": [hook("poststop")]
+        });
+    });
+    c.run();
+    let got = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(
+        got.lines().collect::<Vec<_>>(),
+        ["prestart", "createRuntime", "poststart", "poststop"]
+    );
+}
+
+#[test]
+fn bad_config_names_the_field_and_leaves_nothing() {
+    if !require_root() {
+        return;
+    }
+    let c = Container::new("badcfg", &["/bin/true"], |cfg| {
+        cfg["process"]["args"] = json!([]);
+    });
+    let b = c.bundle();
+    let out = c.out(&["create", "--bundle", b.to_str().unwrap(), &c.id]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("process.args"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!c.state_root().join(&c.id).exists());
+
+    // A mount that fails inside the init: create fails and leaves no state, cgroup or process.
+    let c2 = Container::new("badmount", &["/bin/true"], |cfg| {
+        cfg["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/mnt", "type": "nosuchfs", "source": "none"}));
+    });
+    let b2 = c2.bundle();
+    let out = c2.out(&["create", "--bundle", b2.to_str().unwrap(), &c2.id]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/mnt"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!c2.state_root().join(&c2.id).exists());
+    for ctrl in ["memory", "pids", "freezer"] {
+        let p = PathBuf::from(format!("/sys/fs/cgroup/{ctrl}/{PREFIX}/{}", c2.id));
+        assert!(!p.exists(), "{} left behind", p.display());
+    }
+}
