@@ -193,6 +193,7 @@ impl Runtime {
             console,
             extra_fds: extra_fds.max(opts.preserve_fds),
             extra_env,
+            seccomp: linux.seccomp().clone(),
         };
         // SAFETY: the runtime is single-threaded; the child runs our own code then exits.
         let stage1 = match unsafe { fork() }.map_err(sys("fork"))? {
@@ -232,6 +233,15 @@ impl Runtime {
         state.save(&self.root)?;
         let json = serde_json::to_vec(&state).expect("state serialises");
         if let Some(h) = b.spec.hooks() {
+            if h.start_container().as_ref().is_some_and(|v| !v.is_empty()) {
+                if json.len() > crate::sync::MAX_MESSAGE {
+                    return Err(RuntimeError::InvalidSpec {
+                        field: "annotations".into(),
+                        reason: "the state is too large for startContainer hooks".into(),
+                    });
+                }
+                parent.send(std::str::from_utf8(&json).expect("JSON is UTF-8"))?;
+            }
             crate::hooks::run("prestart", h.prestart().as_ref(), &json)?;
             crate::hooks::run("createRuntime", h.create_runtime().as_ref(), &json)?;
             crate::hooks::run("createContainer", h.create_container().as_ref(), &json)?;
@@ -371,11 +381,19 @@ impl Runtime {
         }
         let (parent, child) = crate::sync::pair()?;
         let (extra_fds, extra_env) = listen_fds();
+        // An exec'd process is confined as the init is: never run it
+        // without the container's seccomp because its bundle is unreadable.
+        let seccomp = Bundle::load(&st.bundle)?
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().clone());
         let args = InitArgs {
             fifo: None,
             console,
             extra_fds: extra_fds.max(opts.preserve_fds),
             extra_env,
+            seccomp,
         };
         // SAFETY: single-threaded runtime; the child runs our code then exits.
         let stage1 = match unsafe { fork() }.map_err(sys("fork"))? {

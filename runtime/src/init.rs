@@ -24,7 +24,7 @@ use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use nix::sys::stat::Mode;
 use nix::unistd::{ForkResult, Gid, Uid, fork, setresgid, setresuid};
-use oci_spec::runtime::{LinuxNamespaceType, Process};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxSeccomp, Process};
 
 use crate::error::{Result, RuntimeError, io, sys};
 use crate::spec::Bundle;
@@ -81,6 +81,8 @@ pub struct InitArgs {
     pub extra_fds: i32,
     /// Environment added to process.env (LISTEN_FDS …).
     pub extra_env: Vec<String>,
+    /// The container's `linux.seccomp`, for the init and every exec.
+    pub seccomp: Option<LinuxSeccomp>,
 }
 
 /// Runs a child's work and turns any error into an `error` message; never
@@ -198,8 +200,17 @@ fn create_init(b: &Bundle, ch: &Channel, args: InitArgs) -> Result<Infallible> {
         setup_console(c.as_raw_fd())?;
     }
     drop(args.console);
-    setup_process(process)?;
+    setup_process(process, args.seccomp.as_ref())?;
     ch.send("ready")?;
+    let start_hooks = spec
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.start_container().clone())
+        .filter(|h| !h.is_empty());
+    let state_json = match start_hooks {
+        Some(_) => Some(ch.expect("the state for the startContainer hooks")?),
+        None => None,
+    };
     let fifo = args.fifo.expect("create has a fifo");
     // Blocks until `start` opens the fifo for reading.
     let w = loop {
@@ -215,21 +226,42 @@ fn create_init(b: &Bundle, ch: &Channel, args: InitArgs) -> Result<Infallible> {
     nix::unistd::write(&w, b"0").map_err(sys("writing the exec fifo"))?;
     drop(w);
     drop(fifo);
+    if let (Some(hooks), Some(json)) = (&start_hooks, &state_json) {
+        // In the container, as its process, before the user program (the
+        // runtime spec's startContainer); a failure ends the container.
+        if let Err(e) = crate::hooks::run("startContainer", Some(hooks), json.as_bytes()) {
+            eprintln!("carrack-runtime init: {e}");
+            // SAFETY: ends the init; the user program never runs.
+            unsafe { libc::_exit(1) }
+        }
+    }
     let err = crate::process::exec(process, args.extra_fds, &args.extra_env);
     eprintln!("carrack-runtime init: {err}");
     // SAFETY: ends the init after a failed exec.
     unsafe { libc::_exit(127) }
 }
 
-/// rlimits, oom_score_adj, umask, ids, capabilities, no_new_privileges.
-fn setup_process(process: &Process) -> Result<()> {
+/// rlimits, oom_score_adj, umask, ids, capabilities, no_new_privileges,
+/// seccomp. The filter is loaded as late as it can be: after the identity
+/// change when no_new_privs is set, else before the capabilities are
+/// dropped (loading it then needs CAP_SYS_ADMIN), as runc does.
+fn setup_process(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<()> {
+    let filter = seccomp.map(crate::seccomp::compile).transpose()?;
+    let nnp = process.no_new_privileges() == Some(true);
     crate::process::set_rlimits(process)?;
     if let Some(adj) = process.oom_score_adj() {
         crate::process::set_oom_score_adj("self", adj)?;
     }
     let umask = process.user().umask().unwrap_or(0o022);
     nix::sys::stat::umask(Mode::from_bits_truncate(umask));
-    crate::process::set_identity_and_caps(process)
+    if let Some(f) = filter.as_ref().filter(|_| !nnp) {
+        crate::seccomp::load(f)?;
+    }
+    crate::process::set_identity_and_caps(process)?;
+    if let Some(f) = filter.as_ref().filter(|_| nnp) {
+        crate::seccomp::load(f)?;
+    }
+    Ok(())
 }
 
 /// Opens a pty in the container's devpts, sends the master over the
@@ -307,7 +339,7 @@ pub fn exec_stage1(
                 setup_console(c.as_raw_fd())?;
             }
             drop(args.console);
-            setup_process(process)?;
+            setup_process(process, args.seccomp.as_ref())?;
             // On success the channel closes with the exec (CLOEXEC).
             Err(crate::process::exec(
                 process,

@@ -405,13 +405,19 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
             let features = serde_json::json!({
                 "ociVersionMin": "1.0.0",
                 "ociVersionMax": "1.2.0",
-                "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
+                "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
                 "mountOptions": ["ro","rw","nosuid","suid","nodev","dev","noexec","exec","sync","async","dirsync","remount","mand","nomand","noatime","atime","nodiratime","diratime","relatime","norelatime","strictatime","bind","rbind","private","rprivate","slave","rslave","shared","rshared","unbindable","runbindable","rro"],
                 "linux": {
                     "namespaces": ["cgroup","ipc","mount","network","pid","user","uts","time"],
                     "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
                     "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
-                    "seccomp": {"enabled": false},
+                    "seccomp": {
+                        "enabled": true,
+                        "actions": ["SCMP_ACT_ALLOW","SCMP_ACT_ERRNO","SCMP_ACT_KILL","SCMP_ACT_KILL_PROCESS","SCMP_ACT_KILL_THREAD","SCMP_ACT_LOG","SCMP_ACT_TRACE","SCMP_ACT_TRAP"],
+                        "operators": ["SCMP_CMP_EQ","SCMP_CMP_GE","SCMP_CMP_GT","SCMP_CMP_LE","SCMP_CMP_LT","SCMP_CMP_MASKED_EQ","SCMP_CMP_NE"],
+                        "archs": ["SCMP_ARCH_X86","SCMP_ARCH_X86_64","SCMP_ARCH_X32"],
+                        "supportedFlags": ["SECCOMP_FILTER_FLAG_LOG","SECCOMP_FILTER_FLAG_SPEC_ALLOW","SECCOMP_FILTER_FLAG_TSYNC"]
+                    },
                     "apparmor": {"enabled": false},
                     "selinux": {"enabled": false}
                 }

@@ -28,6 +28,9 @@ pub fn pair() -> Result<(Channel, Channel)> {
     Ok((Channel(a), Channel(b)))
 }
 
+/// The largest message; a seqpacket message is received whole or cut.
+pub const MAX_MESSAGE: usize = 128 * 1024;
+
 impl Channel {
     /// Sends one message.
     pub fn send(&self, msg: &str) -> Result<()> {
@@ -38,7 +41,9 @@ impl Channel {
 
     /// Receives one message; an empty one means the other end closed.
     pub fn recv(&self) -> Result<String> {
-        let mut buf = [0u8; 4096];
+        // Big enough for the container's state JSON (annotations included),
+        // which startContainer hooks get through this channel.
+        let mut buf = vec![0u8; MAX_MESSAGE];
         let n = loop {
             match recv(self.0.as_raw_fd(), &mut buf, MsgFlags::empty()) {
                 Err(nix::Error::EINTR) => continue,

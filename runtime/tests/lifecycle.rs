@@ -374,20 +374,34 @@ fn hooks_run_in_order_with_the_state_on_stdin() {
     let _ = std::fs::remove_file(&log);
     let logs = log.to_str().unwrap().to_owned();
     let hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read -r s; case \"$s\" in *'\"id\"'*) echo {name} >> {logs};; esac")]});
-    let c = Container::new("hooks", &["/bin/true"], |cfg| {
+    let c = Container::new("hooks", &["/bin/cat", "/tmp/started"], |cfg| {
         cfg["hooks"] = json!({
             "prestart": [hook("prestart")],
             "createRuntime": [hook("createRuntime")],
+            "createContainer": [hook("createContainer")],
+            // Runs inside the container: it writes into the rootfs's /tmp.
+            "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "read -r s; case \"$s\" in *'\"id\"'*) echo startContainer > /tmp/started;; esac"]}],
             "poststart": [hook("poststart")],
             "poststop": [hook("poststop")]
         });
     });
-    c.run();
+    let out = c.run();
     let got = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
     assert_eq!(
         got.lines().collect::<Vec<_>>(),
-        ["prestart", "createRuntime", "poststart", "poststop"]
+        [
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "poststart",
+            "poststop"
+        ]
+    );
+    assert_eq!(
+        out.trim(),
+        "startContainer",
+        "the startContainer hook ran in the container before its process"
     );
 }
 
@@ -429,4 +443,82 @@ fn bad_config_names_the_field_and_leaves_nothing() {
         let p = PathBuf::from(format!("/sys/fs/cgroup/{ctrl}/{PREFIX}/{}", c2.id));
         assert!(!p.exists(), "{} left behind", p.display());
     }
+}
+
+fn seccomp_denying_mkdir() -> Value {
+    json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+            // Only personality(0xffffffff) (a query) is refused: args matter.
+            {"names": ["personality"], "action": "SCMP_ACT_ERRNO",
+             "args": [{"index": 0, "value": 4294967295u64, "op": "SCMP_CMP_EQ"}]}
+        ]
+    })
+}
+
+#[test]
+fn seccomp_profile_applies_to_the_init_and_to_exec() {
+    if !require_root() {
+        return;
+    }
+    for nnp in [true, false] {
+        let c = Container::new(
+            &format!("seccomp-{nnp}"),
+            &[
+                "/bin/sh",
+                "-c",
+                "mkdir /tmp/d 2>&1 || echo mkdir-denied; touch /tmp/f && echo touch-ok; grep Seccomp: /proc/self/status",
+            ],
+            |cfg| {
+                cfg["linux"]["seccomp"] = seccomp_denying_mkdir();
+                cfg["process"]["noNewPrivileges"] = json!(nnp);
+            },
+        );
+        let out = c.run();
+        assert!(out.contains("mkdir-denied"), "nnp={nnp}: {out}");
+        assert!(out.contains("Permission denied"), "errnoRet 13: {out}");
+        assert!(out.contains("touch-ok"), "nnp={nnp}: {out}");
+        assert_eq!(status_field(&out, "Seccomp"), "2", "filter mode: {out}");
+    }
+
+    let c = Container::new("seccomp-exec", &["/bin/sleep", "1000"], |cfg| {
+        cfg["linux"]["seccomp"] = seccomp_denying_mkdir();
+    });
+    let b = c.bundle();
+    c.ok_detached(&["create", "--bundle", b.to_str().unwrap(), &c.id]);
+    c.ok(&["start", &c.id]);
+    let out = c.ok(&[
+        "exec",
+        &c.id,
+        "/bin/sh",
+        "-c",
+        "mkdir /tmp/e || echo mkdir-denied; grep Seccomp: /proc/self/status",
+    ]);
+    assert!(out.contains("mkdir-denied"), "{out}");
+    assert_eq!(status_field(&out, "Seccomp"), "2", "{out}");
+}
+
+#[test]
+fn seccomp_profile_with_a_bad_field_fails_create_and_names_it() {
+    if !require_root() {
+        return;
+    }
+    let c = Container::new("seccomp-bad", &["/bin/true"], |cfg| {
+        cfg["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ERRNO",
+                          "args": [{"index": 9, "value": 0, "op": "SCMP_CMP_EQ"}]}]
+        });
+    });
+    let b = c.bundle();
+    let out = c.out(&["create", "--bundle", b.to_str().unwrap(), &c.id]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("linux.seccomp.syscalls[0]"), "{err}");
+    assert!(
+        !c.state_root().join(&c.id).exists(),
+        "a failed create leaves no state"
+    );
 }
