@@ -36,9 +36,11 @@ fn prerequisites() -> bool {
         && require_file("/usr/bin/docker-registry", "docker-registry")
         && require_file("/usr/bin/skopeo", "skopeo")
         && check(
-            dir.join("carrackd").exists() && dir.join("carrack-shim").exists(),
+            dir.join("carrackd").exists()
+                && dir.join("carrack-shim").exists()
+                && dir.join("carrack-runtime").exists(),
             &format!(
-                "carrackd and carrack-shim in {} (cargo build --workspace --bins)",
+                "carrackd, carrack-shim and carrack-runtime in {} (cargo build --workspace --bins)",
                 dir.display()
             ),
         )
@@ -78,6 +80,8 @@ fn test_image() -> TestImage {
 
 /// A running carrackd; dropping it kills it and removes everything it made.
 struct Daemon {
+    /// The runtime handler pods get by default: "runc" or "carrack".
+    runtime: &'static str,
     child: Option<Child>,
     dir: PathBuf,
     cgroup_parent: String,
@@ -86,6 +90,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(registry_host: &str) -> Daemon {
+        Daemon::start_with(registry_host, "runc")
+    }
+
+    /// A daemon whose default runtime handler is `runtime`.
+    fn start_with(registry_host: &str, runtime: &'static str) -> Daemon {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         // Short: the shim's socket path (<state>/shims/<64 hex>/shim.sock)
         // must fit in sun_path (108 bytes).
@@ -93,6 +102,7 @@ impl Daemon {
         std::fs::create_dir_all(&dir).unwrap();
         let cgroup_parent = format!("/carrack-test-cri-{}-{n}", std::process::id());
         let mut d = Daemon {
+            runtime,
             child: None,
             dir,
             cgroup_parent,
@@ -117,8 +127,8 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "default_runtime = \"runc\"\ncgroup_parent = \"{}\"\n",
-                self.cgroup_parent
+                "default_runtime = \"{}\"\ncgroup_parent = \"{}\"\n",
+                self.runtime, self.cgroup_parent
             ),
         )
         .unwrap();
@@ -207,21 +217,27 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
-        // Containers and shims: kill every runc container of ours, then the shims.
-        let runc_root = self.state().join("runc");
-        if let Ok(rd) = std::fs::read_dir(&runc_root) {
-            for e in rd.flatten() {
+        // Containers and shims: kill every container of ours (runc's and
+        // carrack-runtime's), then the shims.
+        for (binary, root) in [
+            (PathBuf::from("runc"), self.state().join("runc")),
+            (
+                bin_dir().join("carrack-runtime"),
+                self.state().join("runtime"),
+            ),
+        ] {
+            for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
                 let id = e.file_name();
-                let _ = Command::new("runc")
+                let _ = Command::new(&binary)
                     .arg("--root")
-                    .arg(&runc_root)
+                    .arg(&root)
                     .args(["kill", "-a"])
                     .arg(&id)
                     .arg("KILL")
                     .status();
-                let _ = Command::new("runc")
+                let _ = Command::new(&binary)
                     .arg("--root")
-                    .arg(&runc_root)
+                    .arg(&root)
                     .args(["delete", "-f"])
                     .arg(&id)
                     .status();
@@ -393,11 +409,21 @@ async fn wait_exited(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cri_pod_lifecycle() {
+    pod_lifecycle("runc").await;
+}
+
+/// The same lifecycle with Carrack's own OCI runtime under the shim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_pod_lifecycle_with_carrack_runtime() {
+    pod_lifecycle("carrack").await;
+}
+
+async fn pod_lifecycle(runtime: &'static str) {
     if !prerequisites() {
         return;
     }
     let image = test_image();
-    let daemon = Daemon::start(&image.host);
+    let daemon = Daemon::start_with(&image.host, runtime);
     let (mut rt, mut img) = daemon.clients().await;
 
     let v = rt
@@ -483,7 +509,7 @@ async fn cri_pod_lifecycle() {
         ps.status.as_ref().unwrap().state,
         cri::PodSandboxState::SandboxReady as i32
     );
-    assert_eq!(ps.status.as_ref().unwrap().runtime_handler, "runc");
+    assert_eq!(ps.status.as_ref().unwrap().runtime_handler, runtime);
     assert!(ps.info["info"].contains("netns"));
     let listed = rt
         .list_pod_sandbox(cri::ListPodSandboxRequest {
