@@ -162,6 +162,7 @@ pub fn create_stage1(b: &Bundle, ch: &Channel, args: InitArgs) -> Result<Infalli
         }
     }
     unshare(new_flags).map_err(sys(format!("unshare({new_flags:?})")))?;
+    write_time_offsets(b, new_flags)?;
     // SAFETY: the runtime is single-threaded, so the child may run any code.
     match unsafe { fork() }.map_err(sys("fork of the container init"))? {
         ForkResult::Child => child_main(ch, || create_init(b, ch, args)),
@@ -171,6 +172,66 @@ pub fn create_stage1(b: &Bundle, ch: &Channel, args: InitArgs) -> Result<Infalli
             unsafe { libc::_exit(0) }
         }
     }
+}
+
+/// `linux.timeOffsets`: written for a new time namespace after unshare and
+/// before its first process (the init) is forked, as the kernel requires.
+fn write_time_offsets(b: &Bundle, new_flags: CloneFlags) -> Result<()> {
+    let Some(offsets) = b
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.time_offsets().as_ref())
+        .filter(|o| !o.is_empty())
+    else {
+        return Ok(());
+    };
+    if !new_flags.contains(ns_flag(LinuxNamespaceType::Time)) {
+        return Err(RuntimeError::InvalidSpec {
+            field: "linux.timeOffsets".into(),
+            reason: "needs a new time namespace in linux.namespaces".into(),
+        });
+    }
+    let mut text = String::new();
+    for (clock, o) in offsets {
+        if clock != "monotonic" && clock != "boottime" {
+            return Err(RuntimeError::InvalidSpec {
+                field: format!("linux.timeOffsets.{clock}"),
+                reason: "the clock must be monotonic or boottime".into(),
+            });
+        }
+        let (secs, nanos) = (o.secs().unwrap_or(0), o.nanosecs().unwrap_or(0));
+        text.push_str(&format!("{clock} {secs} {nanos}\n"));
+    }
+    std::fs::write("/proc/self/timens_offsets", text).map_err(io("linux.timeOffsets"))
+}
+
+/// `linux.personality`: the execution domain (LINUX32 for 32-bit uname).
+fn set_personality(b: &Bundle) -> Result<()> {
+    use oci_spec::runtime::LinuxPersonalityDomain;
+    let Some(p) = b
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.personality().as_ref())
+    else {
+        return Ok(());
+    };
+    if p.flags().as_ref().is_some_and(|f| !f.is_empty()) {
+        return Err(RuntimeError::InvalidSpec {
+            field: "linux.personality.flags".into(),
+            reason: "no personality flags are supported".into(),
+        });
+    }
+    // <linux/personality.h>: PER_LINUX 0x0000, PER_LINUX32 0x0008.
+    let persona: libc::c_ulong = match p.domain() {
+        LinuxPersonalityDomain::PerLinux => 0x0000,
+        LinuxPersonalityDomain::PerLinux32 => 0x0008,
+    };
+    // SAFETY: personality(2) with a plain integer persona.
+    let r = unsafe { libc::personality(persona) };
+    nix::errno::Errno::result(r).map_err(sys("linux.personality"))?;
+    Ok(())
 }
 
 fn create_init(b: &Bundle, ch: &Channel, args: InitArgs) -> Result<Infallible> {
@@ -196,6 +257,7 @@ fn create_init(b: &Bundle, ch: &Channel, args: InitArgs) -> Result<Infallible> {
         std::fs::write(&path, v).map_err(io(format!("linux.sysctl {k}={v}")))?;
     }
     let process = spec.process().as_ref().expect("validated");
+    set_personality(b)?;
     if let Some(c) = &args.console {
         setup_console(c.as_raw_fd())?;
     }

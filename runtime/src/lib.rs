@@ -18,8 +18,8 @@
 //!   before exec.
 //!
 //! cgroups come from the `carrack-cgroups` crate (v1, v2 and hybrid).
-//! Not yet here: the time namespace's offsets and the systemd cgroup
-//! driver.
+//! Not yet here: the systemd cgroup driver (`--systemd-cgroup` is refused
+//! with a clear error) and seccomp agents (SCMP_ACT_NOTIFY).
 
 pub mod container;
 pub mod error;

@@ -522,3 +522,51 @@ fn seccomp_profile_with_a_bad_field_fails_create_and_names_it() {
         "a failed create leaves no state"
     );
 }
+
+#[test]
+fn time_namespace_offsets_and_personality() {
+    if !require_root() {
+        return;
+    }
+    let c = Container::new(
+        "timens",
+        &[
+            "/bin/sh",
+            "-c",
+            "cat /proc/self/timens_offsets; echo arch=$(uname -m); cut -d' ' -f1 /proc/uptime",
+        ],
+        |cfg| {
+            cfg["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "time"}));
+            cfg["linux"]["timeOffsets"] = json!({
+                "boottime": {"secs": 86400 * 365, "nanosecs": 0},
+                "monotonic": {"secs": 1000, "nanosecs": 5}
+            });
+            cfg["linux"]["personality"] = json!({"domain": "LINUX32"});
+        },
+    );
+    let out = c.run();
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["monotonic", "1000", "5"]),
+        "{out}"
+    );
+    assert!(out.contains("arch=i686"), "LINUX32 personality: {out}");
+    let uptime: f64 = out
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no uptime in {out}"));
+    assert!(uptime > 86400.0 * 365.0, "boottime offset: {out}");
+
+    let bad = Container::new("timens-bad", &["/bin/true"], |cfg| {
+        cfg["linux"]["timeOffsets"] = json!({"monotonic": {"secs": 1}});
+    });
+    let b = bad.bundle();
+    let out = bad.out(&["create", "--bundle", b.to_str().unwrap(), &bad.id]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("linux.timeOffsets"), "{err}");
+}
