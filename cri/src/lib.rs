@@ -1,6 +1,7 @@
 //! carrackd: the CRI v1 daemon of Carrack.
 //!
 //! - [`config`]: the TOML configuration (every key has a default);
+//! - [`check`]: `carrackd check`, what this node has and lacks;
 //! - [`store`]: sandboxes and containers in SQLite (WAL), intent first;
 //! - [`sandbox`]: pinned namespaces, pod files, the pod network seam;
 //! - [`spec`]: the OCI spec of a container (pure logic);
@@ -8,6 +9,7 @@
 //! - [`service`]: the RuntimeService and ImageService;
 //! - [`serve`]: the gRPC server on the unix socket.
 
+pub mod check;
 pub mod config;
 pub mod sandbox;
 pub mod seccomp;

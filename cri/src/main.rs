@@ -8,7 +8,7 @@ use carrackd::config::Config;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "carrackd", about = "Carrack's CRI daemon")]
+#[command(name = "carrackd", version, about = "Carrack's CRI daemon")]
 struct Args {
     /// The TOML config file (default: none, built-in defaults).
     #[arg(long, global = true)]
@@ -39,6 +39,10 @@ enum Cmd {
         #[command(subcommand)]
         what: ConfigCmd,
     },
+    /// Checks this node (kernel features, cgroups, seccomp, binaries,
+    /// directories) and says what is missing and how to fix it; exits 1
+    /// when anything Carrack needs is missing.
+    Check,
 }
 
 #[derive(Subcommand, Debug)]
@@ -79,12 +83,19 @@ fn effective(args: &Args) -> anyhow::Result<Config> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = effective(&args)?;
-    if let Some(Cmd::Config {
-        what: ConfigCmd::Default,
-    }) = args.command
-    {
-        print!("{}", cfg.to_toml());
-        return Ok(());
+    match args.command {
+        Some(Cmd::Config {
+            what: ConfigCmd::Default,
+        }) => {
+            print!("{}", cfg.to_toml());
+            return Ok(());
+        }
+        Some(Cmd::Check) => {
+            let (text, failed) = carrackd::check::render(&carrackd::check::check_node(&cfg));
+            print!("{text}");
+            std::process::exit(i32::from(failed));
+        }
+        None => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(

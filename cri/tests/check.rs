@@ -1,0 +1,76 @@
+//! `carrackd check` on this machine: the real binary against the real
+//! kernel. This host (and CI's) has overlayfs, every namespace, hybrid
+//! cgroups and seccomp, so the check passes; a config whose default runtime
+//! is missing fails it, naming the key to fix. `--version` and `--help`
+//! answer too.
+
+use std::process::Command;
+
+const CARRACKD: &str = env!("CARGO_BIN_EXE_carrackd");
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(CARRACKD).args(args).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn check_reports_each_area_of_this_node() {
+    if !carrack_e2e::prerequisite::require_root() {
+        return;
+    }
+    let (code, text) = run(&["check"]);
+    for area in [
+        "overlayfs:",
+        "namespaces:",
+        "user namespaces:",
+        "cgroups:",
+        "seccomp:",
+        "shim:",
+        "runtime handler carrack:",
+        "root directory:",
+    ] {
+        assert!(text.contains(area), "{area} not reported:\n{text}");
+    }
+    assert!(
+        text.contains("cgroup v1") || text.contains("cgroup v2") || text.contains("hybrid"),
+        "the cgroup layout is named:\n{text}"
+    );
+    assert!(text.contains("memory"), "controllers are listed:\n{text}");
+    assert!(text.contains(" checks: "), "a summary line:\n{text}");
+    assert_eq!(code, 0, "this node has what Carrack needs:\n{text}");
+}
+
+#[test]
+fn check_fails_on_a_missing_default_runtime_and_says_how_to_fix_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("carrackd.toml");
+    std::fs::write(
+        &cfg,
+        "default_runtime = \"carrack\"\n[runtimes.carrack]\nbinary = \"/nonexistent/carrack-runtime\"\nroot = \"/run/carrack/runtime\"\n",
+    )
+    .unwrap();
+    let (code, text) = run(&["--config", cfg.to_str().unwrap(), "check"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("FAIL runtime handler carrack: /nonexistent/carrack-runtime"),
+        "{text}"
+    );
+    assert!(text.contains("runtimes.carrack.binary"), "{text}");
+}
+
+#[test]
+fn version_and_help() {
+    let (code, text) = run(&["--version"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        text.trim(),
+        format!("carrackd {}", env!("CARGO_PKG_VERSION"))
+    );
+    let (code, text) = run(&["--help"]);
+    assert_eq!(code, 0);
+    for sub in ["check", "config"] {
+        assert!(text.contains(sub), "{sub} in --help:\n{text}");
+    }
+}
