@@ -353,7 +353,12 @@ impl NetworkManager {
                     network: conf.name,
                 })
             }
-            Err(e) => match self.inner.runner.del(&conf, &inv, None).await {
+            Err(e) => match self
+                .inner
+                .runner
+                .del(&self.installed(&conf), &inv, None)
+                .await
+            {
                 Ok(()) => Err(e.into()),
                 Err(cleanup) => Err(NetworkError::SetupAndCleanup {
                     setup: Box::new(e.into()),
@@ -361,6 +366,20 @@ impl NetworkManager {
                 }),
             },
         }
+    }
+
+    /// `conf` without the plugins whose binaries are missing: a plugin that
+    /// could not run made nothing, so the DEL after a failed ADD skips it.
+    fn installed(&self, conf: &ConfList) -> ConfList {
+        let mut c = conf.clone();
+        c.plugins.retain(|p| {
+            let ty = p
+                .get("type")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
+            self.inner.runner.find_plugin(ty).is_ok()
+        });
+        c
     }
 
     /// Removes a pod's network (CNI DEL) with the config and result cached
