@@ -40,6 +40,16 @@ impl TestNetwork {
         format!("10.211.{}.", self.index)
     }
 
+    /// An IPv6 range of this network's own, for dual-stack tests.
+    pub fn subnet_v6(&self) -> String {
+        format!("fd00:211:{}::/64", self.index)
+    }
+
+    /// The address prefix of [`Self::subnet_v6`].
+    pub fn prefix_v6(&self) -> String {
+        format!("fd00:211:{}:", self.index)
+    }
+
     /// carrackd's `[network]` section: this conf dir, the Debian plugins,
     /// and the built-in network on this bridge and subnet.
     pub fn carrackd_toml(&self) -> String {
@@ -69,18 +79,24 @@ impl TestNetwork {
             .count()
     }
 
-    /// iptables rules (every table) that mention this subnet or any of `ids`.
+    /// iptables and ip6tables rules (every table) that mention this
+    /// network's subnets or any of `ids`.
     pub fn iptables_rules(&self, ids: &[String]) -> Vec<String> {
-        let out = Command::new("iptables-save")
-            .output()
-            .expect("iptables-save");
-        let prefix = self.prefix();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("-A "))
-            .filter(|l| l.contains(&prefix) || ids.iter().any(|id| l.contains(id.as_str())))
-            .map(str::to_owned)
-            .collect()
+        let mut rules = Vec::new();
+        for (save, prefix) in [
+            ("iptables-save", self.prefix()),
+            ("ip6tables-save", self.prefix_v6()),
+        ] {
+            let out = Command::new(save).output().expect("iptables-save");
+            rules.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| l.starts_with("-A "))
+                    .filter(|l| l.contains(&prefix) || ids.iter().any(|id| l.contains(id.as_str())))
+                    .map(str::to_owned),
+            );
+        }
+        rules
     }
 }
 
@@ -159,14 +175,19 @@ fn iptables_cleanup(save: &str, prefix: &str) -> Vec<String> {
     out
 }
 
-/// Removes what pods on `prefix` left in iptables (a test that failed
-/// before tearing its pods down); best effort.
-fn remove_iptables_rules(prefix: &str) {
-    let Ok(save) = Command::new("iptables-save").output() else {
+/// Removes what pods on `prefix` left in iptables (`ip6`: ip6tables) when
+/// a test failed before tearing its pods down; best effort.
+fn remove_iptables_rules(prefix: &str, ip6: bool) {
+    let (save, restore) = if ip6 {
+        ("ip6tables-save", "ip6tables-restore")
+    } else {
+        ("iptables-save", "iptables-restore")
+    };
+    let Ok(save) = Command::new(save).output() else {
         return;
     };
     for input in iptables_cleanup(&String::from_utf8_lossy(&save.stdout), prefix) {
-        let child = Command::new("iptables-restore")
+        let child = Command::new(restore)
             .arg("--noflush")
             .stdin(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -183,7 +204,8 @@ fn remove_iptables_rules(prefix: &str) {
 
 impl Drop for TestNetwork {
     fn drop(&mut self) {
-        remove_iptables_rules(&self.prefix());
+        remove_iptables_rules(&self.prefix(), false);
+        remove_iptables_rules(&self.prefix_v6(), true);
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .stderr(std::process::Stdio::null())

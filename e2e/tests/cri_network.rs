@@ -447,6 +447,25 @@ async fn failed_add_leaves_nothing_and_names_the_plugin() {
         "{ready:?}"
     );
     let before = host_trace(&net, &d, &lease_dir, &[]);
+    // Bad network fields are refused before anything is made, naming the field.
+    let e = run_pod(&mut rt, pod_config("bad-port", &d, Some((70000, 80))))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(
+        e.message().contains("config.port_mappings[0].host_port"),
+        "{e}"
+    );
+    let mut bad_rate = pod_config("bad-rate", &d, None);
+    bad_rate
+        .annotations
+        .insert("kubernetes.io/egress-bandwidth".into(), "fast".into());
+    let e = run_pod(&mut rt, bad_rate).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(
+        e.message().contains("kubernetes.io/egress-bandwidth"),
+        "{e}"
+    );
     let e = run_pod(&mut rt, pod_config("doomed", &d, Some((18083, 80))))
         .await
         .unwrap_err();
@@ -500,6 +519,45 @@ async fn hundred_pod_cycles_leak_nothing() {
     }
     assert_eq!(
         host_trace(&net, &d, &lease_dir, &ids),
+        before,
+        "{}",
+        d.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_pod_gets_additional_ip() {
+    if !prerequisites() {
+        return;
+    }
+    let net = TestNetwork::new(5);
+    let (_image, d) = start(&net, &format!("subnet_v6 = \"{}\"\n", net.subnet_v6()));
+    let lease_dir = d.root().join("network/leases");
+    let (mut rt, _) = clients(&d).await;
+    let before = host_trace(&net, &d, &lease_dir, &[]);
+    let pod = run_pod(&mut rt, pod_config("dual", &d, None))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    let st = pod_network(&mut rt, &pod).await;
+    assert!(st.ip.starts_with(&net.prefix()), "{st:?}");
+    assert_eq!(st.additional_ips.len(), 1, "{st:?}");
+    assert!(
+        st.additional_ips[0].ip.starts_with(&net.prefix_v6()),
+        "{st:?}"
+    );
+    // kubelet's pod CIDR is taken (the built-in network keeps its range).
+    rt.update_runtime_config(cri::UpdateRuntimeConfigRequest {
+        runtime_config: Some(cri::RuntimeConfig {
+            network_config: Some(cri::NetworkConfig {
+                pod_cidr: "10.244.1.0/24,fd00:244:1::/64".into(),
+            }),
+        }),
+    })
+    .await
+    .unwrap();
+    stop_and_remove(&mut rt, &pod).await;
+    assert_eq!(
+        host_trace(&net, &d, &lease_dir, &[pod]),
         before,
         "{}",
         d.log()

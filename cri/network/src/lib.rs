@@ -293,12 +293,18 @@ impl NetworkManager {
         }
     }
 
-    /// Records the node's pod CIDR (UpdateRuntimeConfig) for the ipRanges capability.
+    /// Records the node's pod CIDR (UpdateRuntimeConfig; one CIDR, or an
+    /// IPv4 and an IPv6 one separated by a comma) for the `ipRanges`
+    /// capability of the plugins that declare it. The built-in network keeps
+    /// its own range: host-local adds `ipRanges` to static ranges rather
+    /// than replacing them, and the bridge plugin refuses a second IPv4
+    /// gateway on a bridge that already has pods.
     pub fn update_pod_cidr(&self, cidr: &str) {
         let v = (!cidr.is_empty()).then(|| cidr.to_string());
         *self.inner.pod_cidr.lock().expect("pod_cidr lock") = v;
     }
 
+    /// The CNI invocation for `req`.
     fn invocation(&self, req: &PodNetworkRequest) -> cni::Invocation {
         let mut rc = Map::new();
         if !req.port_mappings.is_empty() {
@@ -308,7 +314,7 @@ impl NetworkManager {
             rc.insert("bandwidth".into(), json!(b));
         }
         if let Some(c) = self.inner.pod_cidr.lock().expect("pod_cidr lock").clone() {
-            rc.insert("ipRanges".into(), json!([[{"subnet": c}]]));
+            rc.insert("ipRanges".into(), ip_ranges(&c));
         }
         cni::Invocation {
             container_id: req.pod_id.clone(),
@@ -445,9 +451,34 @@ impl NetworkManager {
     }
 }
 
+/// The CIDRs of a pod CIDR as kubelet sends it: one, or an IPv4 and an
+/// IPv6 one separated by a comma.
+fn pod_cidrs(pod_cidr: &str) -> impl Iterator<Item = &str> {
+    pod_cidr.split(',').map(str::trim).filter(|c| !c.is_empty())
+}
+
+/// The `ipRanges` capability for a pod CIDR: one range set per CIDR.
+fn ip_ranges(pod_cidr: &str) -> serde_json::Value {
+    pod_cidrs(pod_cidr)
+        .map(|c| json!([{ "subnet": c }]))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_cidr_ranges_one_set_per_family() {
+        assert_eq!(
+            ip_ranges("10.244.1.0/24,fd00:244:1::/64"),
+            json!([[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:244:1::/64"}]])
+        );
+        assert_eq!(
+            ip_ranges(" 10.244.1.0/24 "),
+            json!([[{"subnet": "10.244.1.0/24"}]])
+        );
+    }
 
     #[test]
     fn config_defaults_and_toml_names() {
