@@ -213,3 +213,30 @@ impl Drop for TestNetwork {
         let _ = std::fs::remove_dir_all(&self.conf_dir);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleanup_removes_the_subnets_rules_and_per_pod_chains_only() {
+        let save = "*nat\n:CNI-aaa - [0:0]\n:CNI-DN-bbb - [0:0]\n\
+            -A POSTROUTING -s 10.211.4.2/32 -m comment --comment \"id: x\" -j CNI-aaa\n\
+            -A POSTROUTING -s 10.211.40.2/32 -j CNI-other\n\
+            -A CNI-aaa -d 10.211.4.0/24 -j ACCEPT\n\
+            -A CNI-DN-bbb -s 10.211.4.0/24 -p tcp -j CNI-HOSTPORT-SETMARK\n\
+            -A CNI-HOSTPORT-DNAT -p tcp -m comment --comment \"dnat id: x\" -j CNI-DN-bbb\n\
+            -A CNI-HOSTPORT-SETMARK -j MARK --set-xmark 0x2000/0x2000\n\
+            COMMIT\n*filter\n-A FORWARD -j ACCEPT\nCOMMIT\n";
+        let out = iptables_cleanup(save, "10.211.4.");
+        assert_eq!(out.len(), 1, "{out:?}");
+        let text = &out[0];
+        assert!(text.starts_with("*nat\n") && text.ends_with("COMMIT\n"), "{text}");
+        assert!(text.contains("-D POSTROUTING -s 10.211.4.2/32"), "{text}");
+        assert!(text.contains("-D CNI-HOSTPORT-DNAT -p tcp"), "{text}");
+        assert!(text.contains("-F CNI-aaa\n-X CNI-aaa\n"), "{text}");
+        assert!(text.contains("-X CNI-DN-bbb\n"), "{text}");
+        assert!(!text.contains("10.211.40."), "{text}");
+        assert!(!text.contains("SETMARK -j MARK"), "{text}");
+    }
+}

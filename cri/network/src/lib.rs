@@ -31,7 +31,9 @@
 //!
 //! Not yet done (issue 6): a netlink-native default network (bridge, veth and
 //! addresses through rtnetlink, own IPAM, nftables rules) that needs no CNI
-//! binaries; and an inotify watch (the conf dirs are re-read per call instead).
+//! binaries; an inotify watch (the conf dirs are re-read per call instead);
+//! and the default network following kubelet's pod CIDR (it keeps its
+//! configured range; only plugins declaring `ipRanges` get the pod CIDR).
 
 pub mod cni;
 pub mod netns;
