@@ -231,7 +231,10 @@ mod tests {
         let out = iptables_cleanup(save, "10.211.4.");
         assert_eq!(out.len(), 1, "{out:?}");
         let text = &out[0];
-        assert!(text.starts_with("*nat\n") && text.ends_with("COMMIT\n"), "{text}");
+        assert!(
+            text.starts_with("*nat\n") && text.ends_with("COMMIT\n"),
+            "{text}"
+        );
         assert!(text.contains("-D POSTROUTING -s 10.211.4.2/32"), "{text}");
         assert!(text.contains("-D CNI-HOSTPORT-DNAT -p tcp"), "{text}");
         assert!(text.contains("-F CNI-aaa\n-X CNI-aaa\n"), "{text}");
