@@ -254,6 +254,8 @@ struct HostTrace {
     leases: usize,
     iptables: Vec<String>,
     netns_files: usize,
+    /// ifb devices (the bandwidth plugin's egress shaping), host-wide.
+    ifbs: usize,
 }
 
 fn host_trace(
@@ -273,7 +275,16 @@ fn host_trace(
         leases: leases(lease_dir).len(),
         iptables: net.iptables_rules(ids),
         netns_files,
+        ifbs: ifb_devices(),
     }
+}
+
+fn ifb_devices() -> usize {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "link", "show", "type", "ifb"])
+        .output()
+        .expect("ip link");
+    String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
 /// Two pods: httpd in one (with a hostPort), nc from the other; the
@@ -504,6 +515,7 @@ async fn hundred_pod_cycles_leak_nothing() {
         "kubernetes.io/ingress-bandwidth".to_owned(),
         "10M".to_owned(),
     );
+    annotations.insert("kubernetes.io/egress-bandwidth".to_owned(), "5M".to_owned());
     for i in 0..100 {
         let mut cfg = pod_config(&format!("cycle-{i}"), &d, Some((18084, 80)));
         if i % 10 == 0 {
@@ -514,6 +526,10 @@ async fn hundred_pod_cycles_leak_nothing() {
             .unwrap_or_else(|e| panic!("cycle {i}: {e}\n{}", d.log()));
         let ip = pod_network(&mut rt, &id).await.ip;
         assert!(ip.starts_with(&net.prefix()), "cycle {i}: {ip}");
+        if i % 10 == 0 {
+            // The egress limit reached the bandwidth plugin: its ifb device is there.
+            assert_eq!(ifb_devices(), before.ifbs + 1, "cycle {i}");
+        }
         stop_and_remove(&mut rt, &id).await;
         ids.push(id);
     }
