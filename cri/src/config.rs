@@ -12,6 +12,11 @@
 //! root = "/run/carrack/runc"
 //! [registries."registry.k8s.io"]
 //! mirrors = ["http://127.0.0.1:5000"]
+//! [network]                        # see crate::pod_network
+//! cni_conf_dir = "/etc/cni/net.d"
+//! cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
+//! [network.builtin]
+//! subnet = "10.88.0.0/16"
 //! ```
 
 use std::collections::BTreeMap;
@@ -83,6 +88,8 @@ pub struct Config {
     pub max_concurrent_downloads: usize,
     /// Per-registry settings (mirrors, insecure, ca_files, auth).
     pub registries: RegistryConfig,
+    /// Pod networking: CNI dirs and the built-in network.
+    pub network: crate::pod_network::PodNetworkConfig,
 }
 
 /// Finds `name` beside the running carrackd, else returns it bare (PATH).
@@ -129,6 +136,7 @@ impl Default for Config {
             cgroup_parent: "/carrack".to_owned(),
             max_concurrent_downloads: 4,
             registries: RegistryConfig::default(),
+            network: Default::default(),
         }
     }
 }
@@ -177,6 +185,9 @@ impl Config {
                 });
             }
         }
+        self.network
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         Ok(())
     }
 
@@ -244,6 +255,16 @@ mod tests {
         assert!(e.to_string().contains("rooot"), "{e}");
         let e = Config::parse("default_runtime = \"nope\"", Path::new("x")).unwrap_err();
         assert!(e.to_string().contains("default_runtime"), "{e}");
+        let c = Config::parse(
+            "[network]\ncni_conf_dir = \"/tmp/net.d\"\n[network.builtin]\nsubnet = \"10.1.0.0/16\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.network.cni_conf_dir, PathBuf::from("/tmp/net.d"));
+        assert_eq!(c.network.builtin.subnet, "10.1.0.0/16");
+        assert_eq!(c.network.builtin.bridge, "carrack0");
+        let e = Config::parse("[network.builtin]\nsubnet = \"x\"\n", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("network.builtin.subnet"), "{e}");
     }
 
     #[test]

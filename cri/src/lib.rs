@@ -4,6 +4,7 @@
 //! - [`check`]: `carrackd check`, what this node has and lacks;
 //! - [`store`]: sandboxes and containers in SQLite (WAL), intent first;
 //! - [`sandbox`]: pinned namespaces, pod files, the pod network seam;
+//! - [`pod_network`]: the pod network over CNI (`carrack-network`);
 //! - [`spec`]: the OCI spec of a container (pure logic);
 //! - [`seccomp`]: the RuntimeDefault seccomp profile;
 //! - [`service`]: the RuntimeService and ImageService;
@@ -11,6 +12,7 @@
 
 pub mod check;
 pub mod config;
+pub mod pod_network;
 pub mod sandbox;
 pub mod seccomp;
 pub mod service;
@@ -57,7 +59,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let socket = cfg.socket.clone();
-    let daemon = service::Daemon::open(cfg, Arc::new(sandbox::LoopbackOnly::default())).await?;
+    let network = pod_network::CniPodNetwork::open(&cfg.network, &cfg.root).await?;
+    let daemon = service::Daemon::open(cfg, Arc::new(network)).await?;
     daemon.recover().await?;
     let listener = bind(&socket)?;
     tracing::info!(socket = %socket.display(), "serving CRI");

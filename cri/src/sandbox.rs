@@ -8,9 +8,11 @@
 //! `<state>/sandboxes/<id>/ns/`; the thread then exits and the bind mounts
 //! keep the namespaces alive until [`release_namespaces`].
 //!
-//! Pod networking plugs in through [`PodNetwork`] (CNI comes later).
+//! Pod networking plugs in through [`PodNetwork`].
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
@@ -38,9 +40,12 @@ pub enum SandboxError {
         #[source]
         source: nix::Error,
     },
-    /// The pod network plugin failed.
+    /// The pod network plugin failed (its message included).
     #[error("pod network: {0}")]
     Network(String),
+    /// No usable network configuration (NetworkReady is false).
+    #[error("pod network not ready: {0}")]
+    NetworkNotReady(String),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SandboxError + 'a {
@@ -51,50 +56,31 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// The seam where pod networking plugs in (CNI, later `carrack-network`).
+/// A boxed future returned by [`PodNetwork`] (the trait is used as `dyn`).
+pub type NetworkFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The seam where pod networking plugs in (`crate::pod_network` implements
+/// it over `carrack-network`).
 pub trait PodNetwork: Send + Sync + std::fmt::Debug {
     /// Whether pods can get a network; `Err(reason, message)` when not.
-    fn ready(&self) -> Result<(), (String, String)>;
-    /// Sets up the pod's network in `netns`; returns the pod IPs.
-    fn setup(
-        &self,
-        sandbox_id: &str,
-        netns: &Path,
-        config: &carrack_proto::cri::PodSandboxConfig,
-    ) -> Result<Vec<String>, SandboxError>;
-    /// Tears it down (idempotent).
-    fn teardown(&self, sandbox_id: &str, netns: &Path) -> Result<(), SandboxError>;
+    fn ready(&self) -> NetworkFuture<'_, Result<(), (String, String)>>;
+    /// Sets up the pod's network in `netns`; returns the pod IPs, primary
+    /// first. On failure nothing of the pod's network is left.
+    fn setup<'a>(
+        &'a self,
+        sandbox_id: &'a str,
+        netns: &'a Path,
+        config: &'a carrack_proto::cri::PodSandboxConfig,
+    ) -> NetworkFuture<'a, Result<Vec<String>, SandboxError>>;
+    /// Tears it down (idempotent); runs before the netns is released.
+    fn teardown<'a>(
+        &'a self,
+        sandbox_id: &'a str,
+        netns: &'a Path,
+        config: &'a carrack_proto::cri::PodSandboxConfig,
+    ) -> NetworkFuture<'a, Result<(), SandboxError>>;
     /// Takes the pod CIDR from UpdateRuntimeConfig.
     fn set_pod_cidr(&self, cidr: &str);
-}
-
-/// No pod network yet: loopback only, NetworkReady false.
-#[derive(Debug, Default)]
-pub struct LoopbackOnly {
-    cidr: std::sync::Mutex<String>,
-}
-
-impl PodNetwork for LoopbackOnly {
-    fn ready(&self) -> Result<(), (String, String)> {
-        Err((
-            "NetworkPluginNotReady".into(),
-            "carrackd has no pod network plugin yet: pods get a network namespace with loopback only".into(),
-        ))
-    }
-    fn setup(
-        &self,
-        _: &str,
-        _: &Path,
-        _: &carrack_proto::cri::PodSandboxConfig,
-    ) -> Result<Vec<String>, SandboxError> {
-        Ok(Vec::new())
-    }
-    fn teardown(&self, _: &str, _: &Path) -> Result<(), SandboxError> {
-        Ok(())
-    }
-    fn set_pod_cidr(&self, cidr: &str) {
-        *self.cidr.lock().unwrap_or_else(|e| e.into_inner()) = cidr.to_owned();
-    }
 }
 
 /// Which namespaces to make (false: the host's).

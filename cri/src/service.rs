@@ -65,6 +65,15 @@ fn image_err(e: ImageError) -> Status {
     }
 }
 
+/// A pod network failure: not ready is a precondition, a plugin's refusal
+/// carries the plugin's message.
+fn network_status(e: sandbox::SandboxError) -> Status {
+    match e {
+        sandbox::SandboxError::NetworkNotReady(_) => Status::failed_precondition(e.to_string()),
+        e => Status::unknown(e.to_string()),
+    }
+}
+
 fn spec_err(e: spec::SpecError) -> Status {
     match e {
         spec::SpecError::Invalid { .. } => Status::invalid_argument(e.to_string()),
@@ -315,7 +324,7 @@ impl Daemon {
             match s.state {
                 SandboxState::Creating => {
                     info!(sandbox = s.id, "cleaning up a half-created sandbox");
-                    self.destroy_sandbox(&s);
+                    self.destroy_sandbox(&s).await;
                     let _ = self.store.delete_sandbox(&s.id);
                 }
                 SandboxState::Ready if !s.netns.is_empty() && !Path::new(&s.netns).exists() => {
@@ -330,10 +339,15 @@ impl Daemon {
     }
 
     /// Removes everything a sandbox may have (idempotent, best effort).
-    fn destroy_sandbox(&self, s: &SandboxRecord) {
+    async fn destroy_sandbox(&self, s: &SandboxRecord) {
         let ns = self.ns_dir(&s.id);
-        if !s.netns.is_empty() {
-            let _ = self.network.teardown(&s.id, Path::new(&s.netns));
+        if !s.netns.is_empty()
+            && let Err(e) = self
+                .network
+                .teardown(&s.id, Path::new(&s.netns), &s.config)
+                .await
+        {
+            warn!(sandbox = s.id, "{e}");
         }
         if let Err(e) = sandbox::release_namespaces(&ns) {
             warn!(sandbox = s.id, "{e}");
@@ -612,6 +626,9 @@ impl Runtime {
                 "user namespaces (hostUsers: false) are not supported yet",
             ));
         }
+        if !host_network(&config) {
+            crate::pod_network::validate_pod(&config).map_err(|e| invalid(&e.field, e.message))?;
+        }
         let id = new_id();
         let name = format!(
             "{}_{}_{}_{}",
@@ -633,13 +650,14 @@ impl Runtime {
             ipcns: String::new(),
             utsns: String::new(),
             ip: String::new(),
+            additional_ips: Vec::new(),
         };
         d.store.insert_sandbox(&rec).map_err(store_err)?;
         match self.make_sandbox(&mut rec, &ns).await {
             Ok(()) => {
                 rec.state = SandboxState::Ready;
                 if let Err(e) = d.store.update_sandbox(&rec) {
-                    d.destroy_sandbox(&rec);
+                    d.destroy_sandbox(&rec).await;
                     let _ = d.store.delete_sandbox(&id);
                     return Err(store_err(e));
                 }
@@ -647,7 +665,7 @@ impl Runtime {
                 Ok(id)
             }
             Err(e) => {
-                d.destroy_sandbox(&rec);
+                d.destroy_sandbox(&rec).await;
                 let _ = d.store.delete_sandbox(&id);
                 Err(e)
             }
@@ -686,11 +704,14 @@ impl Runtime {
         )
         .map_err(|e| Status::internal(format!("pod files: {e}")))?;
         if !host_net {
-            let ips = d
+            let mut ips = d
                 .network
                 .setup(&rec.id, Path::new(&rec.netns), &rec.config)
-                .map_err(|e| Status::internal(e.to_string()))?;
-            rec.ip = ips.into_iter().next().unwrap_or_default();
+                .await
+                .map_err(network_status)?
+                .into_iter();
+            rec.ip = ips.next().unwrap_or_default();
+            rec.additional_ips = ips.collect();
         }
         Ok(())
     }
@@ -951,8 +972,9 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         }
         if !sb.netns.is_empty() {
             d.network
-                .teardown(&id, Path::new(&sb.netns))
-                .map_err(|e| Status::internal(e.to_string()))?;
+                .teardown(&id, Path::new(&sb.netns), &sb.config)
+                .await
+                .map_err(network_status)?;
         }
         sandbox::release_namespaces(&d.ns_dir(&id)).map_err(internal)?;
         sb.state = SandboxState::NotReady;
@@ -980,7 +1002,7 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
             d.stop_container(&c, 0).await?;
             d.destroy_container(&c).await;
         }
-        d.destroy_sandbox(&sb);
+        d.destroy_sandbox(&sb).await;
         d.store.delete_sandbox(&id).map_err(store_err)?;
         info!(sandbox = id, "sandbox removed");
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
@@ -1002,7 +1024,11 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
             created_at: sb.created_at,
             network: Some(cri::PodSandboxNetworkStatus {
                 ip: sb.ip.clone(),
-                additional_ips: vec![],
+                additional_ips: sb
+                    .additional_ips
+                    .iter()
+                    .map(|ip| cri::PodIp { ip: ip.clone() })
+                    .collect(),
             }),
             linux: Some(cri::LinuxPodSandboxStatus {
                 namespaces: Some(cri::Namespace {
@@ -1429,7 +1455,7 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
             reason: String::new(),
             message: String::new(),
         }];
-        conditions.push(match self.0.network.ready() {
+        conditions.push(match self.0.network.ready().await {
             Ok(()) => cri::RuntimeCondition {
                 r#type: "NetworkReady".into(),
                 status: true,

@@ -80,6 +80,9 @@ pub struct SandboxRecord {
     pub utsns: String,
     /// Pod IP, once networking gives one.
     pub ip: String,
+    /// The pod's other IPs (dual stack), after `ip`.
+    #[serde(default)]
+    pub additional_ips: Vec<String>,
 }
 
 /// A container's lifecycle state.
@@ -328,6 +331,7 @@ mod tests {
             ipcns: String::new(),
             utsns: String::new(),
             ip: String::new(),
+            additional_ips: Vec::new(),
         }
     }
 

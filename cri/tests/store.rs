@@ -28,6 +28,7 @@ fn sandbox(id: &str, name: &str) -> SandboxRecord {
         ipcns: String::new(),
         utsns: String::new(),
         ip: String::new(),
+        additional_ips: Vec::new(),
     }
 }
 

@@ -4,7 +4,9 @@
 //! dev-dependency without compiling the gRPC stack: the registry and image
 //! builder modules need only tar, flate2, zstd, sha2, serde_json and bcrypt.
 
+pub mod carrackd;
 pub mod image_builder;
+pub mod pod_network;
 pub mod prerequisite;
 pub mod registry;
 pub mod rootfs;

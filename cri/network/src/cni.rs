@@ -432,6 +432,8 @@ impl CniRunner {
 
     /// DEL: runs the chain in reverse with `prev` as prevResult (0.4.0+),
     /// then removes the cache entry. Plugins must tolerate repeated DELs.
+    /// A failing plugin does not stop the others (what they made still goes);
+    /// the first error is returned and the cache entry kept for a retry.
     pub async fn del(
         &self,
         conf: &ConfList,
@@ -439,8 +441,14 @@ impl CniRunner {
         prev: Option<&Value>,
     ) -> Result<(), CniError> {
         let prev = prev.filter(|_| version_at_least(&conf.cni_version, (0, 4, 0)));
+        let mut first_err = None;
         for p in conf.plugins.iter().rev() {
-            self.exec("DEL", conf, p, inv, prev).await?;
+            if let Err(e) = self.exec("DEL", conf, p, inv, prev).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
         }
         match std::fs::remove_file(self.cache_path(&conf.name, inv)) {
             Ok(()) => Ok(()),

@@ -31,7 +31,9 @@
 //!
 //! Not yet done (issue 6): a netlink-native default network (bridge, veth and
 //! addresses through rtnetlink, own IPAM, nftables rules) that needs no CNI
-//! binaries; and an inotify watch (the conf dirs are re-read per call instead).
+//! binaries; an inotify watch (the conf dirs are re-read per call instead);
+//! and the default network following kubelet's pod CIDR (it keeps its
+//! configured range; only plugins declaring `ipRanges` get the pod CIDR).
 
 pub mod cni;
 pub mod netns;
@@ -293,12 +295,18 @@ impl NetworkManager {
         }
     }
 
-    /// Records the node's pod CIDR (UpdateRuntimeConfig) for the ipRanges capability.
+    /// Records the node's pod CIDR (UpdateRuntimeConfig; one CIDR, or an
+    /// IPv4 and an IPv6 one separated by a comma) for the `ipRanges`
+    /// capability of the plugins that declare it. The built-in network keeps
+    /// its own range: host-local adds `ipRanges` to static ranges rather
+    /// than replacing them, and the bridge plugin refuses a second IPv4
+    /// gateway on a bridge that already has pods.
     pub fn update_pod_cidr(&self, cidr: &str) {
         let v = (!cidr.is_empty()).then(|| cidr.to_string());
         *self.inner.pod_cidr.lock().expect("pod_cidr lock") = v;
     }
 
+    /// The CNI invocation for `req`.
     fn invocation(&self, req: &PodNetworkRequest) -> cni::Invocation {
         let mut rc = Map::new();
         if !req.port_mappings.is_empty() {
@@ -308,7 +316,7 @@ impl NetworkManager {
             rc.insert("bandwidth".into(), json!(b));
         }
         if let Some(c) = self.inner.pod_cidr.lock().expect("pod_cidr lock").clone() {
-            rc.insert("ipRanges".into(), json!([[{"subnet": c}]]));
+            rc.insert("ipRanges".into(), ip_ranges(&c));
         }
         cni::Invocation {
             container_id: req.pod_id.clone(),
@@ -353,7 +361,12 @@ impl NetworkManager {
                     network: conf.name,
                 })
             }
-            Err(e) => match self.inner.runner.del(&conf, &inv, None).await {
+            Err(e) => match self
+                .inner
+                .runner
+                .del(&self.installed(&conf), &inv, None)
+                .await
+            {
                 Ok(()) => Err(e.into()),
                 Err(cleanup) => Err(NetworkError::SetupAndCleanup {
                     setup: Box::new(e.into()),
@@ -361,6 +374,20 @@ impl NetworkManager {
                 }),
             },
         }
+    }
+
+    /// `conf` without the plugins whose binaries are missing: a plugin that
+    /// could not run made nothing, so the DEL after a failed ADD skips it.
+    fn installed(&self, conf: &ConfList) -> ConfList {
+        let mut c = conf.clone();
+        c.plugins.retain(|p| {
+            let ty = p
+                .get("type")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
+            self.inner.runner.find_plugin(ty).is_ok()
+        });
+        c
     }
 
     /// Removes a pod's network (CNI DEL) with the config and result cached
@@ -426,9 +453,34 @@ impl NetworkManager {
     }
 }
 
+/// The CIDRs of a pod CIDR as kubelet sends it: one, or an IPv4 and an
+/// IPv6 one separated by a comma.
+fn pod_cidrs(pod_cidr: &str) -> impl Iterator<Item = &str> {
+    pod_cidr.split(',').map(str::trim).filter(|c| !c.is_empty())
+}
+
+/// The `ipRanges` capability for a pod CIDR: one range set per CIDR.
+fn ip_ranges(pod_cidr: &str) -> serde_json::Value {
+    pod_cidrs(pod_cidr)
+        .map(|c| json!([{ "subnet": c }]))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_cidr_ranges_one_set_per_family() {
+        assert_eq!(
+            ip_ranges("10.244.1.0/24,fd00:244:1::/64"),
+            json!([[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:244:1::/64"}]])
+        );
+        assert_eq!(
+            ip_ranges(" 10.244.1.0/24 "),
+            json!([[{"subnet": "10.244.1.0/24"}]])
+        );
+    }
 
     #[test]
     fn config_defaults_and_toml_names() {

@@ -1,0 +1,581 @@
+//! End-to-end pod networking: the real carrackd (with carrack-shim and runc)
+//! driven through CRI, on the built-in network and on a Debian
+//! containernetworking-plugins conflist, each test on its own bridge and
+//! /24 (`carrack_e2e::pod_network::TestNetwork`), never the host's /etc/cni.
+//!
+//! Needs root, runc, docker-registry, skopeo, busybox-static,
+//! containernetworking-plugins, iptables and iproute2, and the binaries
+//! built first (`cargo build --workspace --bins`).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use carrack_e2e::carrackd::{Carrackd, bin_dir, busybox_image};
+use carrack_e2e::pod_network::{TestNetwork, leases};
+use carrack_e2e::prerequisite::{check, require_file, require_root};
+use carrack_proto::cri;
+use cri::image_service_client::ImageServiceClient;
+use cri::runtime_service_client::RuntimeServiceClient;
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint};
+
+type Rt = RuntimeServiceClient<Channel>;
+
+fn prerequisites() -> bool {
+    let dir = bin_dir();
+    require_root()
+        && require_file("/usr/sbin/runc", "runc")
+        && require_file("/usr/bin/docker-registry", "docker-registry")
+        && require_file("/usr/bin/skopeo", "skopeo")
+        && require_file("/usr/lib/cni/bridge", "containernetworking-plugins")
+        && require_file("/usr/sbin/iptables-save", "iptables")
+        && require_file("/usr/bin/ip", "iproute2")
+        && check(
+            dir.join("carrackd").exists() && dir.join("carrack-shim").exists(),
+            &format!(
+                "carrackd and carrack-shim in {} (cargo build --workspace --bins)",
+                dir.display()
+            ),
+        )
+}
+
+async fn clients(d: &Carrackd) -> (Rt, ImageServiceClient<Channel>) {
+    let path = d.socket();
+    let ch = Endpoint::try_from("http://[::]:0")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .unwrap_or_else(|e| panic!("connect to carrackd: {e}\n{}", d.log()));
+    (
+        RuntimeServiceClient::new(ch.clone()),
+        ImageServiceClient::new(ch),
+    )
+}
+
+fn pod_config(name: &str, d: &Carrackd, host_port: Option<(i32, i32)>) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            namespace: "net-test".into(),
+            uid: format!("uid-{name}"),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: d.dir.join("logs").to_string_lossy().into_owned(),
+        port_mappings: host_port
+            .map(|(host, container)| {
+                vec![cri::PortMapping {
+                    protocol: cri::Protocol::Tcp as i32,
+                    container_port: container,
+                    host_port: host,
+                    host_ip: String::new(),
+                }]
+            })
+            .unwrap_or_default(),
+        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, image: &str, args: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: args.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        linux: Some(cri::LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+async fn network_ready(rt: &mut Rt) -> cri::RuntimeCondition {
+    rt.status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .expect("a NetworkReady condition")
+}
+
+async fn pull(img: &mut ImageServiceClient<Channel>, name: &str) {
+    img.pull_image(cri::PullImageRequest {
+        image: Some(cri::ImageSpec {
+            image: name.into(),
+            ..Default::default()
+        }),
+        auth: None,
+        sandbox_config: None,
+    })
+    .await
+    .expect("pull");
+}
+
+async fn run_pod(rt: &mut Rt, config: cri::PodSandboxConfig) -> Result<String, tonic::Status> {
+    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(config),
+        runtime_handler: String::new(),
+    })
+    .await
+    .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+async fn pod_network(rt: &mut Rt, id: &str) -> cri::PodSandboxNetworkStatus {
+    rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+        pod_sandbox_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
+    .network
+    .unwrap()
+}
+
+async fn stop_and_remove(rt: &mut Rt, id: &str) {
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("stop {id}: {e}"));
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("remove {id}: {e}"));
+}
+
+/// Creates and starts a container in `pod`.
+async fn start_container(
+    rt: &mut Rt,
+    pod: &str,
+    config: cri::ContainerConfig,
+    sandbox: cri::PodSandboxConfig,
+) -> String {
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(sandbox),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    id
+}
+
+async fn exec(rt: &mut Rt, id: &str, cmd: &[&str]) -> (i32, String, String) {
+    let r = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 10,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("exec {cmd:?}: {e}"))
+        .into_inner();
+    (
+        r.exit_code,
+        String::from_utf8_lossy(&r.stdout).into_owned(),
+        String::from_utf8_lossy(&r.stderr).into_owned(),
+    )
+}
+
+/// An HTTP GET of `/index.html` from container `client` to `ip`:80 with
+/// busybox `nc` (Debian's static busybox `wget` crashes), retried until
+/// httpd in the other pod answers, bounded.
+async fn fetch_from(rt: &mut Rt, client: &str, ip: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let script = format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} 80");
+    loop {
+        let (code, out, err) = exec(rt, client, &["sh", "-c", &script]).await;
+        if code == 0 && out.contains("200 OK") {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET http://{ip}/index.html from {client}: {code} {out} {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An HTTP GET from the host to 127.0.0.1:`port` (bounded retries).
+fn fetch_host_port(port: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let attempt = || -> std::io::Result<String> {
+            let mut s = TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        };
+        match attempt() {
+            Ok(out) if out.contains("200") => return out,
+            r => assert!(
+                Instant::now() < deadline,
+                "127.0.0.1:{port} from the host: {r:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What a pod network leaves on the host, to compare before and after.
+#[derive(Debug, PartialEq, Eq)]
+struct HostTrace {
+    veths: usize,
+    leases: usize,
+    iptables: Vec<String>,
+    netns_files: usize,
+    /// ifb devices (the bandwidth plugin's egress shaping), host-wide.
+    ifbs: usize,
+}
+
+fn host_trace(
+    net: &TestNetwork,
+    d: &Carrackd,
+    lease_dir: &std::path::Path,
+    ids: &[String],
+) -> HostTrace {
+    let netns_files = std::fs::read_dir(d.state().join("sandboxes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("ns/net").exists())
+        .count();
+    HostTrace {
+        veths: net.veths(),
+        leases: leases(lease_dir).len(),
+        iptables: net.iptables_rules(ids),
+        netns_files,
+        ifbs: ifb_devices(),
+    }
+}
+
+fn ifb_devices() -> usize {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "link", "show", "type", "ifb"])
+        .output()
+        .expect("ip link");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// Two pods: httpd in one (with a hostPort), nc from the other; the
+/// hostPort from the host; then a restart keeps the IPs and Stop/Remove
+/// after it still tear the network down.
+async fn two_pods_talk(
+    net: &TestNetwork,
+    d: &mut Carrackd,
+    host_port: u16,
+    lease_dir: &std::path::Path,
+) {
+    let image = busybox_image_name(d);
+    let (mut rt, mut img) = clients(d).await;
+    let ready = network_ready(&mut rt).await;
+    assert!(ready.status, "NetworkReady: {ready:?}\n{}", d.log());
+    pull(&mut img, &image).await;
+    let before = host_trace(net, d, lease_dir, &[]);
+
+    let server_cfg = pod_config("server", d, Some((host_port.into(), 80)));
+    let server = run_pod(&mut rt, server_cfg.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    let client_cfg = pod_config("client", d, None);
+    let client = run_pod(&mut rt, client_cfg.clone()).await.unwrap();
+    let server_ip = pod_network(&mut rt, &server).await.ip;
+    let client_ip = pod_network(&mut rt, &client).await.ip;
+    assert!(server_ip.starts_with(&net.prefix()), "{server_ip}");
+    assert!(client_ip.starts_with(&net.prefix()), "{client_ip}");
+    assert_ne!(server_ip, client_ip);
+    assert_eq!(net.veths(), before.veths + 2);
+
+    start_container(
+        &mut rt,
+        &server,
+        container_config(
+            "httpd",
+            &image,
+            &[
+                "sh",
+                "-c",
+                "mkdir -p /www && echo hello-from-server > /www/index.html && exec httpd -f -p 80 -h /www",
+            ],
+        ),
+        server_cfg,
+    )
+    .await;
+    let client_ctr = start_container(
+        &mut rt,
+        &client,
+        container_config("client", &image, &["sleep", "1000"]),
+        client_cfg,
+    )
+    .await;
+    let (_, addr, _) = exec(
+        &mut rt,
+        &client_ctr,
+        &["ip", "-4", "-o", "addr", "show", "eth0"],
+    )
+    .await;
+    assert!(addr.contains(&client_ip), "{addr}");
+    let page = fetch_from(&mut rt, &client_ctr, &server_ip).await;
+    assert!(page.contains("hello-from-server"), "{page}");
+    let page = fetch_host_port(host_port);
+    assert!(page.contains("hello-from-server"), "{page}");
+
+    // A restart keeps the IPs, and the network still goes on Stop/Remove.
+    d.kill();
+    d.spawn();
+    let (mut rt, _) = clients(d).await;
+    assert_eq!(pod_network(&mut rt, &server).await.ip, server_ip);
+    assert_eq!(pod_network(&mut rt, &client).await.ip, client_ip);
+    let page = fetch_from(&mut rt, &client_ctr, &server_ip).await;
+    assert!(page.contains("hello-from-server"), "{page}");
+    let ids = vec![server.clone(), client.clone()];
+    stop_and_remove(&mut rt, &server).await;
+    stop_and_remove(&mut rt, &client).await;
+    assert_eq!(host_trace(net, d, lease_dir, &ids), before, "{}", d.log());
+}
+
+fn busybox_image_name(d: &Carrackd) -> String {
+    std::fs::read_to_string(d.dir.join("image")).expect("image name written by the test")
+}
+
+/// Starts a registry with busybox and carrackd on `net` (plus `extra` TOML).
+fn start(net: &TestNetwork, extra: &str) -> (carrack_e2e::carrackd::BusyboxImage, Carrackd) {
+    let image = busybox_image();
+    let d = Carrackd::start(&image.host, &format!("{}{extra}", net.carrackd_toml()));
+    std::fs::write(d.dir.join("image"), &image.name).unwrap();
+    (image, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_network_pods_talk_host_port_and_restart() {
+    if !prerequisites() {
+        return;
+    }
+    let net = TestNetwork::new(1);
+    let (_image, mut d) = start(&net, "");
+    let lease_dir = d.root().join("network/leases");
+    two_pods_talk(&net, &mut d, 18081, &lease_dir).await;
+}
+
+fn debian_conflist(net: &TestNetwork, lease_dir: &std::path::Path, extra_plugin: &str) -> String {
+    format!(
+        r#"{{"cniVersion": "1.0.0", "name": "carrack-e2e-{}",
+          "plugins": [
+            {{"type": "bridge", "bridge": "{}", "isGateway": true, "ipMasq": true,
+              "hairpinMode": true,
+              "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{}"}}]],
+                        "routes": [{{"dst": "0.0.0.0/0"}}], "dataDir": "{}"}}}},
+            {{"type": "portmap", "capabilities": {{"portMappings": true}}}}{extra_plugin}
+          ]}}"#,
+        net.index,
+        net.bridge,
+        net.subnet,
+        lease_dir.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_conflist_appears_then_pods_talk() {
+    if !prerequisites() {
+        return;
+    }
+    let net = TestNetwork::new(2);
+    let (_image, mut d) = start(&net, "enabled = false\n");
+    let (mut rt, _) = clients(&d).await;
+    // No config yet and the built-in network off: not ready, and a pod is refused.
+    let ready = network_ready(&mut rt).await;
+    assert!(!ready.status);
+    assert_eq!(ready.reason, "NetworkPluginNotReady");
+    assert!(ready.message.contains("no network config"), "{ready:?}");
+    let e = run_pod(&mut rt, pod_config("early", &d, None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+    let listed = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(listed.is_empty(), "{listed:?}");
+
+    // The config appears: ready without a restart, and pods use it.
+    let lease_dir = d.dir.join("host-local");
+    net.write_conflist(
+        "10-carrack-e2e.conflist",
+        &debian_conflist(&net, &lease_dir, ""),
+    );
+    two_pods_talk(&net, &mut d, 18082, &lease_dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_add_leaves_nothing_and_names_the_plugin() {
+    if !prerequisites() {
+        return;
+    }
+    let net = TestNetwork::new(3);
+    let (_image, d) = start(&net, "enabled = false\n");
+    let lease_dir = d.dir.join("host-local");
+    net.write_conflist(
+        "10-carrack-e2e.conflist",
+        &debian_conflist(&net, &lease_dir, r#", {"type": "carrack-no-such-plugin"}"#),
+    );
+    let (mut rt, _) = clients(&d).await;
+    let ready = network_ready(&mut rt).await;
+    assert!(!ready.status);
+    assert!(
+        ready.message.contains("carrack-no-such-plugin"),
+        "{ready:?}"
+    );
+    let before = host_trace(&net, &d, &lease_dir, &[]);
+    // Bad network fields are refused before anything is made, naming the field.
+    let e = run_pod(&mut rt, pod_config("bad-port", &d, Some((70000, 80))))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(
+        e.message().contains("config.port_mappings[0].host_port"),
+        "{e}"
+    );
+    let mut bad_rate = pod_config("bad-rate", &d, None);
+    bad_rate
+        .annotations
+        .insert("kubernetes.io/egress-bandwidth".into(), "fast".into());
+    let e = run_pod(&mut rt, bad_rate).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(
+        e.message().contains("kubernetes.io/egress-bandwidth"),
+        "{e}"
+    );
+    let e = run_pod(&mut rt, pod_config("doomed", &d, Some((18083, 80))))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("carrack-no-such-plugin"), "{e}");
+    let listed = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(listed.is_empty(), "{listed:?}");
+    assert_eq!(host_trace(&net, &d, &lease_dir, &[]), before, "{}", d.log());
+    let sandboxes = std::fs::read_dir(d.root().join("sandboxes"))
+        .map(|rd| rd.count())
+        .unwrap_or(0);
+    assert_eq!(sandboxes, 0, "pod files left under the root");
+    let cached = std::fs::read_dir(d.root().join("network/cni-cache/results"))
+        .map(|rd| rd.count())
+        .unwrap_or(0);
+    assert_eq!(cached, 0, "a CNI result cached for a failed ADD");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_pod_cycles_leak_nothing() {
+    if !prerequisites() {
+        return;
+    }
+    let net = TestNetwork::new(4);
+    let (_image, d) = start(&net, "");
+    let lease_dir = d.root().join("network/leases");
+    let (mut rt, _) = clients(&d).await;
+    let before = host_trace(&net, &d, &lease_dir, &[]);
+    let mut ids = Vec::new();
+    let mut annotations = HashMap::new();
+    annotations.insert(
+        "kubernetes.io/ingress-bandwidth".to_owned(),
+        "10M".to_owned(),
+    );
+    annotations.insert("kubernetes.io/egress-bandwidth".to_owned(), "5M".to_owned());
+    for i in 0..100 {
+        let mut cfg = pod_config(&format!("cycle-{i}"), &d, Some((18084, 80)));
+        if i % 10 == 0 {
+            cfg.annotations = annotations.clone();
+        }
+        let id = run_pod(&mut rt, cfg)
+            .await
+            .unwrap_or_else(|e| panic!("cycle {i}: {e}\n{}", d.log()));
+        let ip = pod_network(&mut rt, &id).await.ip;
+        assert!(ip.starts_with(&net.prefix()), "cycle {i}: {ip}");
+        if i % 10 == 0 {
+            // The egress limit reached the bandwidth plugin: its ifb device is there.
+            assert_eq!(ifb_devices(), before.ifbs + 1, "cycle {i}");
+        }
+        stop_and_remove(&mut rt, &id).await;
+        ids.push(id);
+    }
+    assert_eq!(
+        host_trace(&net, &d, &lease_dir, &ids),
+        before,
+        "{}",
+        d.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_pod_gets_additional_ip() {
+    if !prerequisites() {
+        return;
+    }
+    let net = TestNetwork::new(5);
+    let (_image, d) = start(&net, &format!("subnet_v6 = \"{}\"\n", net.subnet_v6()));
+    let lease_dir = d.root().join("network/leases");
+    let (mut rt, _) = clients(&d).await;
+    let before = host_trace(&net, &d, &lease_dir, &[]);
+    let pod = run_pod(&mut rt, pod_config("dual", &d, None))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    let st = pod_network(&mut rt, &pod).await;
+    assert!(st.ip.starts_with(&net.prefix()), "{st:?}");
+    assert_eq!(st.additional_ips.len(), 1, "{st:?}");
+    assert!(
+        st.additional_ips[0].ip.starts_with(&net.prefix_v6()),
+        "{st:?}"
+    );
+    // kubelet's pod CIDR is taken (the built-in network keeps its range).
+    rt.update_runtime_config(cri::UpdateRuntimeConfigRequest {
+        runtime_config: Some(cri::RuntimeConfig {
+            network_config: Some(cri::NetworkConfig {
+                pod_cidr: "10.244.1.0/24,fd00:244:1::/64".into(),
+            }),
+        }),
+    })
+    .await
+    .unwrap();
+    stop_and_remove(&mut rt, &pod).await;
+    assert_eq!(
+        host_trace(&net, &d, &lease_dir, &[pod]),
+        before,
+        "{}",
+        d.log()
+    );
+}
