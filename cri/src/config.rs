@@ -83,6 +83,9 @@ pub struct Config {
     pub max_concurrent_downloads: usize,
     /// Per-registry settings (mirrors, insecure, ca_files, auth).
     pub registries: RegistryConfig,
+    /// Where carrackd serves Prometheus `/metrics`: `host:port`, or a bare
+    /// port for loopback; empty (the default): not served.
+    pub metrics_address: String,
 }
 
 /// Finds `name` beside the running carrackd, else returns it bare (PATH).
@@ -129,6 +132,7 @@ impl Default for Config {
             cgroup_parent: "/carrack".to_owned(),
             max_concurrent_downloads: 4,
             registries: RegistryConfig::default(),
+            metrics_address: String::new(),
         }
     }
 }
@@ -163,6 +167,14 @@ impl Config {
                     self.default_runtime,
                     self.runtimes.keys().collect::<Vec<_>>()
                 ),
+            });
+        }
+        if !self.metrics_address.is_empty()
+            && let Err(message) = crate::telemetry::parse_address(&self.metrics_address)
+        {
+            return Err(ConfigError::Invalid {
+                key: "metrics_address".into(),
+                message,
             });
         }
         for (key, p) in [
@@ -244,6 +256,10 @@ mod tests {
         assert!(e.to_string().contains("rooot"), "{e}");
         let e = Config::parse("default_runtime = \"nope\"", Path::new("x")).unwrap_err();
         assert!(e.to_string().contains("default_runtime"), "{e}");
+        let e = Config::parse("metrics_address = \"nowhere\"", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("metrics_address"), "{e}");
+        let c = Config::parse("metrics_address = \"9464\"", Path::new("x")).unwrap();
+        assert_eq!(c.metrics_address, "9464");
     }
 
     #[test]
