@@ -191,7 +191,7 @@ async fn cri_container_and_pod_stats() {
             ..Default::default()
         })
         .await),
-        [mem.clone()]
+        vec![mem.clone()]
     );
     assert_eq!(
         ids(list(cri::ContainerStatsFilter {
@@ -199,7 +199,7 @@ async fn cri_container_and_pod_stats() {
             ..Default::default()
         })
         .await),
-        [burn.clone()]
+        vec![burn.clone()]
     );
     assert!(
         list(cri::ContainerStatsFilter {
