@@ -2,6 +2,10 @@
 //! PLEG): CREATED, STARTED, STOPPED and DELETED, each with the pod
 //! sandbox's status and its containers' statuses at that moment.
 //!
+//! A pod sandbox has events of its own (its id as `container_id`): CREATED
+//! and STARTED when it is ready, STOPPED and DELETED; kubelet drops a pod
+//! from its cache on the sandbox's DELETED.
+//!
 //! Events are published by carrackd's own actions (create, start, remove)
 //! and by the shims' exit notifications (the wait on each container's init
 //! process), never by polling. A `tokio::sync::broadcast` channel fans them

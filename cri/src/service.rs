@@ -139,6 +139,20 @@ impl Daemon {
     /// are now. Callers hold `records`, so that events leave in the order
     /// the records changed.
     async fn emit(&self, kind: ContainerEventKind, c: &ContainerRecord) {
+        self.emit_event(kind, &c.id, &c.sandbox_id, None).await;
+    }
+
+    /// Publishes an event of `id` (a container, or the sandbox itself as
+    /// kubelet's evented PLEG expects) with the statuses of the pod
+    /// `sandbox_id`; `known` stands for a sandbox status no longer in the
+    /// store (a removed sandbox).
+    async fn emit_event(
+        &self,
+        kind: ContainerEventKind,
+        id: &str,
+        sandbox_id: &str,
+        known: Option<cri::PodSandboxStatus>,
+    ) {
         if !self.events.has_subscribers() {
             return;
         }
@@ -146,26 +160,39 @@ impl Daemon {
             return;
         };
         let rt = Runtime(d);
-        let sandbox = cri::runtime_service_server::RuntimeService::pod_sandbox_status(
-            &rt,
-            Request::new(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: c.sandbox_id.clone(),
-                verbose: false,
-            }),
-        )
-        .await
-        .ok()
-        .and_then(|r| r.into_inner().status);
+        let sandbox = match known {
+            Some(s) => Some(s),
+            None => self.sandbox_status_now(sandbox_id).await,
+        };
         let containers = self
             .store
             .containers()
             .unwrap_or_default()
             .iter()
-            .filter(|x| x.sandbox_id == c.sandbox_id && x.state != ContainerState::Creating)
+            .filter(|x| x.sandbox_id == sandbox_id && x.state != ContainerState::Creating)
             .filter_map(|x| rt.container_status(x, false).status)
             .collect();
         self.events
-            .publish(kind, &c.id, now_nanos(), sandbox, containers);
+            .publish(kind, id, now_nanos(), sandbox, containers);
+    }
+
+    /// The PodSandboxStatus of `sandbox_id` as the RPC answers it, when
+    /// someone listens to events.
+    async fn sandbox_status_now(&self, sandbox_id: &str) -> Option<cri::PodSandboxStatus> {
+        if !self.events.has_subscribers() {
+            return None;
+        }
+        let d = self.me.upgrade()?;
+        cri::runtime_service_server::RuntimeService::pod_sandbox_status(
+            &Runtime(d),
+            Request::new(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: sandbox_id.to_owned(),
+                verbose: false,
+            }),
+        )
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().status)
     }
 
     /// Containers, sandboxes and shims, for the Prometheus endpoint.
@@ -718,6 +745,10 @@ impl Runtime {
                     let _ = d.store.delete_sandbox(&id);
                     return Err(store_err(e));
                 }
+                d.emit_event(ContainerEventKind::Created, &id, &id, None)
+                    .await;
+                d.emit_event(ContainerEventKind::Started, &id, &id, None)
+                    .await;
                 info!(sandbox = id, "sandbox ready");
                 Ok(id)
             }
@@ -1063,8 +1094,13 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
         sandbox::release_namespaces(&d.ns_dir(&id)).map_err(internal)?;
+        let was_ready = sb.state == SandboxState::Ready;
         sb.state = SandboxState::NotReady;
         d.store.update_sandbox(&sb).map_err(store_err)?;
+        if was_ready {
+            d.emit_event(ContainerEventKind::Stopped, &id, &id, None)
+                .await;
+        }
         info!(sandbox = id, "sandbox stopped");
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
@@ -1090,8 +1126,13 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
             let _g = d.records.lock().await;
             d.emit(ContainerEventKind::Deleted, &c).await;
         }
+        let last = d.sandbox_status_now(&id).await;
         d.destroy_sandbox(&sb);
         d.store.delete_sandbox(&id).map_err(store_err)?;
+        if last.is_some() {
+            d.emit_event(ContainerEventKind::Deleted, &id, &id, last)
+                .await;
+        }
         info!(sandbox = id, "sandbox removed");
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }

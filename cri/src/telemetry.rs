@@ -225,8 +225,15 @@ pub async fn serve(
     census: Arc<dyn Fn() -> Census + Send + Sync>,
 ) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors, typically: back off instead of
+                // spinning on the same error.
+                tracing::warn!("metrics endpoint: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let telemetry = telemetry.clone();
         let census = census.clone();

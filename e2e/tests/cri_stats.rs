@@ -354,21 +354,26 @@ async fn cri_container_and_pod_stats() {
     .unwrap();
 }
 
-/// The next event of container `id` on `stream`, waiting at most 60 s.
-async fn next_event_of(
+/// Every event on `stream` up to and including the first of `id` with
+/// type `until`, waiting at most 60 s for it.
+async fn events_until(
     stream: &mut tonic::Streaming<cri::ContainerEventResponse>,
     id: &str,
-) -> cri::ContainerEventResponse {
+    until: cri::ContainerEventType,
+) -> Vec<cri::ContainerEventResponse> {
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let ev = tokio::time::timeout(left, stream.message())
             .await
-            .unwrap_or_else(|_| panic!("no event of {id} within 60 s"))
+            .unwrap_or_else(|_| panic!("no {until:?} of {id} within 60 s; saw {seen:?}"))
             .expect("event stream error")
             .expect("event stream ended");
-        if ev.container_id == id {
-            return ev;
+        let last = ev.container_id == id && ev.container_event_type == until as i32;
+        seen.push(ev);
+        if last {
+            return seen;
         }
     }
 }
@@ -410,13 +415,36 @@ async fn cri_container_events_in_order() {
     })
     .await
     .unwrap();
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
+    // Stopping again (kubelet retries) is no new event.
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
 
     use cri::ContainerEventType as T;
     for stream in [&mut first, &mut second] {
-        let mut got = Vec::new();
-        for _ in 0..4 {
-            got.push(next_event_of(stream, &id).await);
+        let all = events_until(stream, &pod_id, T::ContainerDeletedEvent).await;
+        for w in all.windows(2) {
+            assert!(w[0].created_at <= w[1].created_at);
         }
+        for e in &all {
+            let sb = e.pod_sandbox_status.as_ref().expect("pod_sandbox_status");
+            assert_eq!(sb.id, pod_id);
+            assert_eq!(sb.metadata.as_ref().unwrap().name, "events");
+        }
+        let got: Vec<&cri::ContainerEventResponse> =
+            all.iter().filter(|e| e.container_id == id).collect();
         let kinds: Vec<i32> = got.iter().map(|e| e.container_event_type).collect();
         assert_eq!(
             kinds,
@@ -427,14 +455,6 @@ async fn cri_container_events_in_order() {
                 T::ContainerDeletedEvent as i32,
             ]
         );
-        for w in got.windows(2) {
-            assert!(w[0].created_at <= w[1].created_at);
-        }
-        for e in &got {
-            let sb = e.pod_sandbox_status.as_ref().expect("pod_sandbox_status");
-            assert_eq!(sb.id, pod_id);
-            assert_eq!(sb.metadata.as_ref().unwrap().name, "events");
-        }
         let state_of = |e: &cri::ContainerEventResponse| {
             e.containers_statuses
                 .iter()
@@ -442,11 +462,11 @@ async fn cri_container_events_in_order() {
                 .map(|s| s.state)
         };
         assert_eq!(
-            state_of(&got[0]),
+            state_of(got[0]),
             Some(cri::ContainerState::ContainerCreated as i32)
         );
         assert_eq!(
-            state_of(&got[1]),
+            state_of(got[1]),
             Some(cri::ContainerState::ContainerRunning as i32)
         );
         let stopped = got[2]
@@ -456,14 +476,39 @@ async fn cri_container_events_in_order() {
             .unwrap();
         assert_eq!(stopped.state, cri::ContainerState::ContainerExited as i32);
         assert_eq!(stopped.exit_code, 3);
-        assert_eq!(state_of(&got[3]), None, "a deleted container has no status");
-    }
+        assert_eq!(state_of(got[3]), None, "a deleted container has no status");
 
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod_id,
-    })
-    .await
-    .unwrap();
+        // The sandbox's own events: ready (created, started), stopped,
+        // deleted (kubelet drops the pod on DELETED), around the container's.
+        let ready = cri::PodSandboxState::SandboxReady as i32;
+        let not_ready = cri::PodSandboxState::SandboxNotready as i32;
+        let pod_events: Vec<(i32, i32)> = all
+            .iter()
+            .filter(|e| e.container_id == pod_id)
+            .map(|e| {
+                (
+                    e.container_event_type,
+                    e.pod_sandbox_status.as_ref().unwrap().state,
+                )
+            })
+            .collect();
+        assert_eq!(
+            pod_events,
+            [
+                (T::ContainerCreatedEvent as i32, ready),
+                (T::ContainerStartedEvent as i32, ready),
+                (T::ContainerStoppedEvent as i32, not_ready),
+                (T::ContainerDeletedEvent as i32, not_ready),
+            ]
+        );
+        let pos = |cid: &str, t: T| {
+            all.iter()
+                .position(|e| e.container_id == cid && e.container_event_type == t as i32)
+                .unwrap()
+        };
+        assert!(pos(&pod_id, T::ContainerStartedEvent) < pos(&id, T::ContainerCreatedEvent));
+        assert!(pos(&id, T::ContainerDeletedEvent) < pos(&pod_id, T::ContainerStoppedEvent));
+    }
 }
 
 /// GET /metrics over plain HTTP/1.0; the body.
