@@ -7,6 +7,7 @@
 //! socket = "/run/carrack/carrack.sock"
 //! default_runtime = "runc"
 //! cgroup_parent = "/carrack"
+//! metrics_address = "127.0.0.1:9464"   # Prometheus /metrics; unset: off
 //! [runtimes.runc]
 //! binary = "/usr/sbin/runc"
 //! root = "/run/carrack/runc"

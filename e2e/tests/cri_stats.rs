@@ -100,6 +100,11 @@ async fn cri_container_and_pod_stats() {
     let burn = run_container(&mut rt, &pod_id, &pod, burn).await;
     let mut mem = container_config("mem", &image.name, &["sleep", "1000"]);
     mem.labels.insert("role".into(), "mem".into());
+    const MEM_LIMIT: u64 = 256 << 20;
+    mem.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources {
+        memory_limit_in_bytes: MEM_LIMIT as i64,
+        ..Default::default()
+    });
     let mem = run_container(&mut rt, &pod_id, &pod, mem).await;
 
     // CPU: the loop's CPU time grows, and a sample after the first has a
@@ -145,6 +150,16 @@ async fn cri_container_and_pod_stats() {
     assert!(
         after >= before + 30 * 1024 * 1024,
         "working set {before} -> {after}"
+    );
+    // With a limit, available is what the working set leaves of it.
+    let limited = container_stats(&mut rt, &mem).await.memory.unwrap();
+    assert_eq!(
+        limited
+            .available_bytes
+            .expect("available_bytes under a limit")
+            .value
+            + limited.working_set_bytes.unwrap().value,
+        MEM_LIMIT
     );
     // The writable layer grows with a file written into the rootfs.
     let layer0 = container_stats(&mut rt, &mem).await.writable_layer.unwrap();
