@@ -368,6 +368,54 @@ mod tests {
         }
     }
 
+    /// Answers with the `grpc-status` header it was built with (None: no header).
+    #[derive(Clone)]
+    struct Answer(Option<&'static str>);
+
+    impl tower::Service<http::Request<()>> for Answer {
+        type Response = http::Response<()>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<http::Response<()>, Infallible>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let mut r = http::Response::new(());
+            if let Some(code) = self.0 {
+                r.headers_mut().insert("grpc-status", code.parse().unwrap());
+            }
+            std::future::ready(Ok(r))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_layer_counts_calls_by_path_and_header_code() {
+        use tower::{Layer, Service};
+        let t = Arc::new(Telemetry::default());
+        let layer = RpcMetricsLayer(t.clone());
+        let call = |code: Option<&'static str>, path: &str| {
+            let mut svc = layer.layer(Answer(code));
+            let req = http::Request::builder().uri(path).body(()).unwrap();
+            svc.call(req)
+        };
+        call(None, "/runtime.v1.RuntimeService/Version")
+            .await
+            .unwrap();
+        call(Some("0"), "/runtime.v1.RuntimeService/Version")
+            .await
+            .unwrap();
+        call(Some("5"), "/runtime.v1.RuntimeService/ContainerStatus")
+            .await
+            .unwrap();
+        let text = t.render(&Census::default());
+        assert!(text.contains(
+            "carrack_grpc_requests_total{method=\"/runtime.v1.RuntimeService/Version\",code=\"Ok\"} 2"
+        ), "{text}");
+        assert!(text.contains(
+            "carrack_grpc_requests_total{method=\"/runtime.v1.RuntimeService/ContainerStatus\",code=\"NotFound\"} 1"
+        ), "{text}");
+    }
+
     #[test]
     fn address_is_host_port_or_a_loopback_port() {
         assert_eq!(
