@@ -98,12 +98,7 @@ impl Sampler {
 
     /// CPU and memory of one cgroup as CRI reports them; None when the
     /// cgroup cannot be read (not created yet, or already removed).
-    fn cgroup_usage(
-        &self,
-        key: &str,
-        cgroup_path: &str,
-        id: &str,
-    ) -> Option<(cri::CpuUsage, cri::MemoryUsage, u64)> {
+    fn cgroup_usage(&self, key: &str, cgroup_path: &str, id: &str) -> Option<CgroupUsage> {
         let cg = carrack_cgroups::Cgroup::open(cgroup_path, id).ok()?;
         let st = cg.stats().ok()?;
         let ts = now_nanos();
@@ -116,21 +111,13 @@ impl Sampler {
             usage_core_nano_seconds: value(st.cpu.usage.total),
             usage_nano_cores: self.rate(key, sample).and_then(value),
         };
-        let m = &st.memory;
-        let limit = m.usage.limit;
-        let memory = cri::MemoryUsage {
-            timestamp: ts,
-            working_set_bytes: value(m.working_set),
-            available_bytes: (limit > 0 && limit < UNLIMITED)
-                .then(|| limit.saturating_sub(m.working_set))
-                .and_then(value),
-            usage_bytes: value(m.usage.usage),
-            rss_bytes: value(m.rss),
-            page_faults: value(m.pgfault),
-            major_page_faults: value(m.pgmajfault),
-        };
         let processes = cg.pids().map(|p| p.len() as u64).unwrap_or(0);
-        Some((cpu, memory, processes))
+        Some(CgroupUsage {
+            cpu,
+            memory: memory_usage(&st.memory, ts),
+            swap: swap_usage(&st.memory, ts),
+            processes,
+        })
     }
 
     /// The stats of one container of the pod `sb`.
@@ -153,9 +140,9 @@ impl Sampler {
                 used_bytes: value(u.used_bytes),
                 inodes_used: value(u.inodes_used),
             });
-        let (cpu, memory) = match usage {
-            Some((cpu, memory, _)) => (Some(cpu), Some(memory)),
-            None => (None, None),
+        let (cpu, memory, swap) = match usage {
+            Some(u) => (Some(u.cpu), Some(u.memory), u.swap),
+            None => (None, None, None),
         };
         cri::ContainerStats {
             attributes: Some(cri::ContainerAttributes {
@@ -167,7 +154,7 @@ impl Sampler {
             cpu,
             memory,
             writable_layer,
-            swap: None,
+            swap,
         }
     }
 
@@ -182,12 +169,12 @@ impl Sampler {
         let ts = now_nanos();
         let usage = self.cgroup_usage(&format!("pod:{}", sb.id), &sb.cgroup_path, &sb.id);
         let (cpu, memory, process) = match usage {
-            Some((cpu, memory, n)) => (
-                Some(cpu),
-                Some(memory),
+            Some(u) => (
+                Some(u.cpu),
+                Some(u.memory),
                 Some(cri::ProcessUsage {
                     timestamp: ts,
-                    process_count: value(n),
+                    process_count: value(u.processes),
                 }),
             ),
             None => (None, None, None),
@@ -212,6 +199,44 @@ impl Sampler {
             windows: None,
         }
     }
+}
+
+/// What one cgroup's files say, in CRI's terms.
+struct CgroupUsage {
+    cpu: cri::CpuUsage,
+    memory: cri::MemoryUsage,
+    swap: Option<cri::SwapUsage>,
+    processes: u64,
+}
+
+/// Memory as kubelet reads it; `available_bytes` only under a limit.
+fn memory_usage(m: &carrack_cgroups::MemoryStats, ts: i64) -> cri::MemoryUsage {
+    let limit = m.usage.limit;
+    cri::MemoryUsage {
+        timestamp: ts,
+        working_set_bytes: value(m.working_set),
+        available_bytes: (limit > 0 && limit < UNLIMITED)
+            .then(|| limit.saturating_sub(m.working_set))
+            .and_then(value),
+        usage_bytes: value(m.usage.usage),
+        rss_bytes: value(m.rss),
+        page_faults: value(m.pgfault),
+        major_page_faults: value(m.pgmajfault),
+    }
+}
+
+/// Swap in use: memory+swap minus memory (both hierarchies report the sum);
+/// None without swap accounting (v1 without memsw files reports 0). The
+/// available swap is not reported: v1 limits memory+swap, v2 swap alone.
+fn swap_usage(m: &carrack_cgroups::MemoryStats, ts: i64) -> Option<cri::SwapUsage> {
+    if m.swap_usage.usage == 0 || m.swap_usage.usage < m.usage.usage {
+        return None;
+    }
+    Some(cri::SwapUsage {
+        timestamp: ts,
+        swap_usage_bytes: value(m.swap_usage.usage - m.usage.usage),
+        swap_available_bytes: None,
+    })
 }
 
 /// The container's cgroup: `linux.cgroupsPath` of its bundle's config.json
@@ -286,6 +311,29 @@ mod tests {
         // No time passed, or the counter went back (a new cgroup): no rate.
         assert_eq!(nano_cores(Some(s(5, 0)), s(5, 10)), None);
         assert_eq!(nano_cores(Some(s(0, 10)), s(5, 5)), None);
+    }
+
+    #[test]
+    fn available_bytes_only_under_a_limit_and_swap_only_with_accounting() {
+        let mut m = carrack_cgroups::MemoryStats::default();
+        m.usage.usage = 300;
+        m.working_set = 200;
+        m.usage.limit = 1000;
+        let u = memory_usage(&m, 7);
+        assert_eq!(u.available_bytes.unwrap().value, 800);
+        assert_eq!(u.working_set_bytes.unwrap().value, 200);
+        assert_eq!(u.usage_bytes.unwrap().value, 300);
+        m.usage.limit = 9_223_372_036_854_771_712; // v1 "no limit"
+        assert!(memory_usage(&m, 7).available_bytes.is_none());
+        m.usage.limit = u64::MAX; // v2 "max"
+        assert!(memory_usage(&m, 7).available_bytes.is_none());
+
+        assert!(swap_usage(&m, 7).is_none(), "no swap accounting");
+        m.swap_usage.usage = 350;
+        assert_eq!(
+            swap_usage(&m, 7).unwrap().swap_usage_bytes.unwrap().value,
+            50
+        );
     }
 
     #[test]
