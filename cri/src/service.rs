@@ -433,6 +433,7 @@ impl Daemon {
 
     /// Removes everything a sandbox may have (idempotent, best effort).
     fn destroy_sandbox(&self, s: &SandboxRecord) {
+        self.sampler.forget(&s.id);
         let ns = self.ns_dir(&s.id);
         if !s.netns.is_empty() {
             let _ = self.network.teardown(&s.id, Path::new(&s.netns));
@@ -531,6 +532,7 @@ impl Daemon {
         let _ = std::fs::remove_dir_all(&c.bundle);
         let _ = std::fs::remove_dir_all(self.shim_dir().join(&c.id));
         let _ = self.store.delete_container(&c.id);
+        self.sampler.forget(&c.id);
     }
 
     fn sandbox_view(&self, s: &SandboxRecord) -> SandboxView {
@@ -1563,8 +1565,6 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         let stats = tokio::task::spawn_blocking(move || {
             let sandboxes = d.store.sandboxes().map_err(store_err)?;
             let all = d.store.containers().map_err(store_err)?;
-            d.sampler
-                .retain(|k| all.iter().any(|c| c.id == k) || sandboxes.iter().any(|s| s.id == k));
             Ok::<_, Status>(
                 all.iter()
                     .filter(|c| crate::stats::sampled(c.state))

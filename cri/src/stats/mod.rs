@@ -88,12 +88,11 @@ impl Sampler {
         nano_cores(prev, now)
     }
 
-    /// Forgets the samples of containers and pods that are gone.
-    pub fn retain(&self, live: impl Fn(&str) -> bool) {
-        self.last
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|k, _| live(k.strip_prefix("pod:").unwrap_or(k)));
+    /// Forgets the sample of a removed container or pod sandbox `id`.
+    pub fn forget(&self, id: &str) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.remove(id);
+        last.remove(&format!("pod:{id}"));
     }
 
     /// CPU and memory of one cgroup as CRI reports them; None when the
@@ -343,8 +342,11 @@ mod tests {
         assert_eq!(sm.rate("b", s(0, 0)), None);
         assert_eq!(sm.rate("a", s(100, 50)), Some(500_000_000));
         assert_eq!(sm.rate("a", s(200, 150)), Some(1_000_000_000));
-        sm.retain(|k| k != "a");
+        sm.forget("a");
         assert_eq!(sm.rate("a", s(300, 200)), None);
         assert_eq!(sm.rate("b", s(100, 100)), Some(1_000_000_000));
+        assert_eq!(sm.rate("pod:p", s(0, 0)), None);
+        sm.forget("p");
+        assert_eq!(sm.rate("pod:p", s(10, 10)), None);
     }
 }
