@@ -7,6 +7,7 @@
 //! socket = "/run/carrack/carrack.sock"
 //! default_runtime = "runc"
 //! cgroup_parent = "/carrack"
+//! metrics_address = "127.0.0.1:9464"   # Prometheus /metrics; unset: off
 //! [runtimes.runc]
 //! binary = "/usr/sbin/runc"
 //! root = "/run/carrack/runc"
@@ -90,6 +91,9 @@ pub struct Config {
     pub registries: RegistryConfig,
     /// Pod networking: CNI dirs and the built-in network.
     pub network: crate::pod_network::PodNetworkConfig,
+    /// Where carrackd serves Prometheus `/metrics`: `host:port`, or a bare
+    /// port for loopback; empty (the default): not served.
+    pub metrics_address: String,
 }
 
 /// Finds `name` beside the running carrackd, else returns it bare (PATH).
@@ -137,6 +141,7 @@ impl Default for Config {
             max_concurrent_downloads: 4,
             registries: RegistryConfig::default(),
             network: Default::default(),
+            metrics_address: String::new(),
         }
     }
 }
@@ -171,6 +176,14 @@ impl Config {
                     self.default_runtime,
                     self.runtimes.keys().collect::<Vec<_>>()
                 ),
+            });
+        }
+        if !self.metrics_address.is_empty()
+            && let Err(message) = crate::telemetry::parse_address(&self.metrics_address)
+        {
+            return Err(ConfigError::Invalid {
+                key: "metrics_address".into(),
+                message,
             });
         }
         for (key, p) in [
@@ -265,6 +278,10 @@ mod tests {
         assert_eq!(c.network.builtin.bridge, "carrack0");
         let e = Config::parse("[network.builtin]\nsubnet = \"x\"\n", Path::new("x")).unwrap_err();
         assert!(e.to_string().contains("network.builtin.subnet"), "{e}");
+        let e = Config::parse("metrics_address = \"nowhere\"", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("metrics_address"), "{e}");
+        let c = Config::parse("metrics_address = \"9464\"", Path::new("x")).unwrap();
+        assert_eq!(c.metrics_address, "9464");
     }
 
     #[test]

@@ -8,16 +8,22 @@
 //! - [`spec`]: the OCI spec of a container (pure logic);
 //! - [`seccomp`]: the RuntimeDefault seccomp profile;
 //! - [`service`]: the RuntimeService and ImageService;
+//! - [`stats`]: container and pod stats, CRI metrics;
+//! - [`events`]: GetContainerEvents fan-out;
+//! - [`telemetry`]: carrackd's own Prometheus `/metrics`;
 //! - [`serve`]: the gRPC server on the unix socket.
 
 pub mod check;
 pub mod config;
+pub mod events;
 pub mod pod_network;
 pub mod sandbox;
 pub mod seccomp;
 pub mod service;
 pub mod spec;
+pub mod stats;
 pub mod store;
+pub mod telemetry;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -63,12 +69,44 @@ pub async fn serve(
     let daemon = service::Daemon::open(cfg, Arc::new(network)).await?;
     daemon.recover().await?;
     let listener = bind(&socket)?;
+    let _metrics = serve_metrics(&daemon).await?;
     tracing::info!(socket = %socket.display(), "serving CRI");
     tonic::transport::Server::builder()
+        .layer(telemetry::RpcMetricsLayer(daemon.telemetry.clone()))
         .add_service(RuntimeServiceServer::new(service::Runtime(daemon.clone())))
         .add_service(ImageServiceServer::new(service::Images(daemon)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await?;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// Aborts the task it holds when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts the Prometheus endpoint when `metrics_address` is set.
+async fn serve_metrics(daemon: &Arc<service::Daemon>) -> anyhow::Result<Option<AbortOnDrop>> {
+    let text = &daemon.config().metrics_address;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let addr =
+        telemetry::parse_address(text).map_err(|e| anyhow::anyhow!("metrics_address: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics_address: binding {addr}: {e}"))?;
+    tracing::info!(%addr, "serving Prometheus /metrics");
+    let d = daemon.clone();
+    let census: Arc<dyn Fn() -> telemetry::Census + Send + Sync> = Arc::new(move || d.census());
+    Ok(Some(AbortOnDrop(tokio::spawn(telemetry::serve(
+        listener,
+        daemon.telemetry.clone(),
+        census,
+    )))))
 }

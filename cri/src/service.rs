@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use carrack_image::{ImageError, ImageStore, RegistryAuth};
 use carrack_proto::cri;
@@ -19,11 +19,13 @@ use tonic::{Code, Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::events::{ContainerEventKind, ContainerEvents};
 use crate::sandbox::{self, NsRequest, PodNetwork};
 use crate::spec::{self, SandboxView, SpecInput};
 use crate::store::{
     ContainerRecord, ContainerState, SandboxRecord, SandboxState, Store, StoreError,
 };
+use crate::telemetry::{Census, Telemetry};
 
 /// Most bytes of stdout (and of stderr) an ExecSync returns.
 pub const EXEC_SYNC_LIMIT: u64 = 16 << 20;
@@ -91,6 +93,14 @@ pub struct Daemon {
     shims: Mutex<HashMap<String, ShimClient>>,
     /// Serialises read-modify-write of records.
     records: tokio::sync::Mutex<()>,
+    /// This daemon, for building event statuses through the RuntimeService.
+    me: Weak<Daemon>,
+    /// Last CPU samples, for rates.
+    sampler: crate::stats::Sampler,
+    /// GetContainerEvents fan-out.
+    events: ContainerEvents,
+    /// Counters for the Prometheus endpoint.
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// The RuntimeService (cheap to clone).
@@ -115,14 +125,104 @@ impl Daemon {
             max_concurrent_downloads: cfg.max_concurrent_downloads,
         })
         .await?;
-        Ok(Arc::new(Daemon {
+        Ok(Arc::new_cyclic(|me| Daemon {
             cfg,
             store,
             images,
             network,
             shims: Mutex::new(HashMap::new()),
             records: tokio::sync::Mutex::new(()),
+            me: me.clone(),
+            sampler: Default::default(),
+            events: Default::default(),
+            telemetry: Default::default(),
         }))
+    }
+
+    /// The configuration the daemon runs with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Publishes a lifecycle event of `c` with its pod's statuses as they
+    /// are now. Callers hold `records`, so that events leave in the order
+    /// the records changed.
+    async fn emit(&self, kind: ContainerEventKind, c: &ContainerRecord) {
+        self.emit_event(kind, &c.id, &c.sandbox_id, None).await;
+    }
+
+    /// Publishes an event of `id` (a container, or the sandbox itself as
+    /// kubelet's evented PLEG expects) with the statuses of the pod
+    /// `sandbox_id`; `known` stands for a sandbox status no longer in the
+    /// store (a removed sandbox).
+    async fn emit_event(
+        &self,
+        kind: ContainerEventKind,
+        id: &str,
+        sandbox_id: &str,
+        known: Option<cri::PodSandboxStatus>,
+    ) {
+        if !self.events.has_subscribers() {
+            return;
+        }
+        let Some(d) = self.me.upgrade() else {
+            return;
+        };
+        let rt = Runtime(d);
+        let sandbox = match known {
+            Some(s) => Some(s),
+            None => self.sandbox_status_now(sandbox_id).await,
+        };
+        let containers = self
+            .store
+            .containers()
+            .unwrap_or_default()
+            .iter()
+            .filter(|x| x.sandbox_id == sandbox_id && x.state != ContainerState::Creating)
+            .filter_map(|x| rt.container_status(x, false).status)
+            .collect();
+        self.events
+            .publish(kind, id, now_nanos(), sandbox, containers);
+    }
+
+    /// The PodSandboxStatus of `sandbox_id` as the RPC answers it, when
+    /// someone listens to events.
+    async fn sandbox_status_now(&self, sandbox_id: &str) -> Option<cri::PodSandboxStatus> {
+        if !self.events.has_subscribers() {
+            return None;
+        }
+        let d = self.me.upgrade()?;
+        cri::runtime_service_server::RuntimeService::pod_sandbox_status(
+            &Runtime(d),
+            Request::new(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: sandbox_id.to_owned(),
+                verbose: false,
+            }),
+        )
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().status)
+    }
+
+    /// Containers, sandboxes and shims, for the Prometheus endpoint.
+    pub fn census(&self) -> Census {
+        let mut census = Census::default();
+        for c in self.store.containers().unwrap_or_default() {
+            let state = cri::ContainerState::try_from(container_state(c.state))
+                .map(|s| s.as_str_name().to_owned())
+                .unwrap_or_default();
+            *census.containers.entry(state).or_default() += 1;
+        }
+        for s in self.store.sandboxes().unwrap_or_default() {
+            let state = cri::PodSandboxState::try_from(sandbox_state(s.state))
+                .map(|s| s.as_str_name().to_owned())
+                .unwrap_or_default();
+            *census.sandboxes.entry(state).or_default() += 1;
+        }
+        census.shims = std::fs::read_dir(self.shim_dir())
+            .map(|rd| rd.flatten().filter(|e| e.path().is_dir()).count() as u64)
+            .unwrap_or(0);
+        census
     }
 
     fn shim_dir(&self) -> PathBuf {
@@ -193,6 +293,7 @@ impl Daemon {
         if let Err(e) = self.store.update_container(&c) {
             warn!(container = id, "recording exit: {e}");
         }
+        self.emit(ContainerEventKind::Stopped, &c).await;
         info!(container = id, code = exit.exit_code, "container exited");
     }
 
@@ -259,6 +360,7 @@ impl Daemon {
         c.reason = "Error".into();
         c.message = why.to_owned();
         let _ = self.store.update_container(&c);
+        self.emit(ContainerEventKind::Stopped, &c).await;
         warn!(container = id, "{why}");
     }
 
@@ -340,6 +442,7 @@ impl Daemon {
 
     /// Removes everything a sandbox may have (idempotent, best effort).
     async fn destroy_sandbox(&self, s: &SandboxRecord) {
+        self.sampler.forget(&s.id);
         let ns = self.ns_dir(&s.id);
         if !s.netns.is_empty()
             && let Err(e) = self
@@ -443,6 +546,7 @@ impl Daemon {
         let _ = std::fs::remove_dir_all(&c.bundle);
         let _ = std::fs::remove_dir_all(self.shim_dir().join(&c.id));
         let _ = self.store.delete_container(&c.id);
+        self.sampler.forget(&c.id);
     }
 
     fn sandbox_view(&self, s: &SandboxRecord) -> SandboxView {
@@ -661,6 +765,10 @@ impl Runtime {
                     let _ = d.store.delete_sandbox(&id);
                     return Err(store_err(e));
                 }
+                d.emit_event(ContainerEventKind::Created, &id, &id, None)
+                    .await;
+                d.emit_event(ContainerEventKind::Started, &id, &id, None)
+                    .await;
                 info!(sandbox = id, "sandbox ready");
                 Ok(id)
             }
@@ -868,10 +976,14 @@ impl Runtime {
         }
         let mut rec = rec;
         rec.state = ContainerState::Created;
+        let _g = d.records.lock().await;
         if let Err(e) = d.store.update_container(&rec) {
+            drop(_g);
             d.destroy_container(&rec).await;
             return Err(store_err(e));
         }
+        d.emit(ContainerEventKind::Created, &rec).await;
+        drop(_g);
         info!(container = id, sandbox = sb.id, "container created");
         Ok(id)
     }
@@ -931,6 +1043,35 @@ impl Runtime {
 
 type R<T> = Result<Response<T>, Status>;
 
+impl Runtime {
+    /// The stats of every sandbox `keep` selects (not those being made),
+    /// with their sampled containers'.
+    async fn all_pod_stats(
+        &self,
+        keep: impl Fn(&SandboxRecord) -> bool + Send + 'static,
+    ) -> Result<Vec<cri::PodSandboxStats>, Status> {
+        let d = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let sandboxes = d.store.sandboxes().map_err(store_err)?;
+            let containers = d.store.containers().map_err(store_err)?;
+            Ok(sandboxes
+                .iter()
+                .filter(|s| s.state != SandboxState::Creating && keep(s))
+                .map(|s| {
+                    let mine: Vec<ContainerRecord> = containers
+                        .iter()
+                        .filter(|c| c.sandbox_id == s.id && crate::stats::sampled(c.state))
+                        .cloned()
+                        .collect();
+                    d.sampler.pod_stats(&d.images, s, &mine)
+                })
+                .collect())
+        })
+        .await
+        .map_err(internal)?
+    }
+}
+
 #[tonic::async_trait]
 impl cri::runtime_service_server::RuntimeService for Runtime {
     async fn version(&self, _: Request<cri::VersionRequest>) -> R<cri::VersionResponse> {
@@ -977,8 +1118,13 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
                 .map_err(network_status)?;
         }
         sandbox::release_namespaces(&d.ns_dir(&id)).map_err(internal)?;
+        let was_ready = sb.state == SandboxState::Ready;
         sb.state = SandboxState::NotReady;
         d.store.update_sandbox(&sb).map_err(store_err)?;
+        if was_ready {
+            d.emit_event(ContainerEventKind::Stopped, &id, &id, None)
+                .await;
+        }
         info!(sandbox = id, "sandbox stopped");
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
@@ -1001,9 +1147,16 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         {
             d.stop_container(&c, 0).await?;
             d.destroy_container(&c).await;
+            let _g = d.records.lock().await;
+            d.emit(ContainerEventKind::Deleted, &c).await;
         }
+        let last = d.sandbox_status_now(&id).await;
         d.destroy_sandbox(&sb).await;
         d.store.delete_sandbox(&id).map_err(store_err)?;
+        if last.is_some() {
+            d.emit_event(ContainerEventKind::Deleted, &id, &id, last)
+                .await;
+        }
         info!(sandbox = id, "sandbox removed");
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
@@ -1138,6 +1291,7 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
                 c.state = ContainerState::Running;
                 c.started_at = now_nanos();
                 d.store.update_container(&c).map_err(store_err)?;
+                d.emit(ContainerEventKind::Started, &c).await;
                 drop(_g);
                 d.watch(id.clone());
                 info!(container = id, "container started");
@@ -1150,6 +1304,7 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
                 c.reason = "StartError".into();
                 c.message = e.message().to_owned();
                 d.store.update_container(&c).map_err(store_err)?;
+                d.emit(ContainerEventKind::Stopped, &c).await;
                 Err(Status::unknown(format!(
                     "starting container {id}: {}",
                     e.message()
@@ -1183,6 +1338,9 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
             )));
         }
         self.0.destroy_container(&c).await;
+        let _g = self.0.records.lock().await;
+        self.0.emit(ContainerEventKind::Deleted, &c).await;
+        drop(_g);
         info!(container = id, "container removed");
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
@@ -1402,35 +1560,98 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
     }
     async fn container_stats(
         &self,
-        _: Request<cri::ContainerStatsRequest>,
+        r: Request<cri::ContainerStatsRequest>,
     ) -> R<cri::ContainerStatsResponse> {
-        Err(Status::unimplemented(
-            "ContainerStats is not implemented yet",
-        ))
+        let id = r.into_inner().container_id;
+        if id.is_empty() {
+            return Err(invalid("container_id", "must not be empty"));
+        }
+        let c = self
+            .0
+            .container(&id)?
+            .filter(|c| c.state != ContainerState::Creating)
+            .ok_or_else(|| Status::not_found(format!("container {id:?} not found")))?;
+        let d = self.0.clone();
+        let stats = tokio::task::spawn_blocking(move || {
+            let sb = d.sandbox(&c.sandbox_id).ok().flatten();
+            d.sampler.container_stats(&d.images, &c, sb.as_ref())
+        })
+        .await
+        .map_err(internal)?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
     }
     async fn list_container_stats(
         &self,
-        _: Request<cri::ListContainerStatsRequest>,
+        r: Request<cri::ListContainerStatsRequest>,
     ) -> R<cri::ListContainerStatsResponse> {
-        Err(Status::unimplemented(
-            "ListContainerStats is not implemented yet",
-        ))
+        let f = r.into_inner().filter.unwrap_or_default();
+        let d = self.0.clone();
+        let stats = tokio::task::spawn_blocking(move || {
+            let sandboxes = d.store.sandboxes().map_err(store_err)?;
+            let all = d.store.containers().map_err(store_err)?;
+            Ok::<_, Status>(
+                all.iter()
+                    .filter(|c| crate::stats::sampled(c.state))
+                    .filter(|c| f.id.is_empty() || c.id.starts_with(&f.id))
+                    .filter(|c| {
+                        f.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&f.pod_sandbox_id)
+                    })
+                    .filter(|c| labels_match(&c.config.labels, &f.label_selector))
+                    .map(|c| {
+                        let sb = sandboxes.iter().find(|s| s.id == c.sandbox_id);
+                        d.sampler.container_stats(&d.images, c, sb)
+                    })
+                    .collect(),
+            )
+        })
+        .await
+        .map_err(internal)??;
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
     async fn pod_sandbox_stats(
         &self,
-        _: Request<cri::PodSandboxStatsRequest>,
+        r: Request<cri::PodSandboxStatsRequest>,
     ) -> R<cri::PodSandboxStatsResponse> {
-        Err(Status::unimplemented(
-            "PodSandboxStats is not implemented yet",
-        ))
+        let id = r.into_inner().pod_sandbox_id;
+        if id.is_empty() {
+            return Err(invalid("pod_sandbox_id", "must not be empty"));
+        }
+        let sb = self
+            .0
+            .sandbox(&id)?
+            .filter(|s| s.state != SandboxState::Creating)
+            .ok_or_else(|| Status::not_found(format!("pod sandbox {id:?} not found")))?;
+        let d = self.0.clone();
+        let stats = tokio::task::spawn_blocking(move || {
+            let containers: Vec<ContainerRecord> = d
+                .store
+                .containers()
+                .map_err(store_err)?
+                .into_iter()
+                .filter(|c| c.sandbox_id == sb.id && crate::stats::sampled(c.state))
+                .collect();
+            Ok::<_, Status>(d.sampler.pod_stats(&d.images, &sb, &containers))
+        })
+        .await
+        .map_err(internal)??;
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
     async fn list_pod_sandbox_stats(
         &self,
-        _: Request<cri::ListPodSandboxStatsRequest>,
+        r: Request<cri::ListPodSandboxStatsRequest>,
     ) -> R<cri::ListPodSandboxStatsResponse> {
-        Err(Status::unimplemented(
-            "ListPodSandboxStats is not implemented yet",
-        ))
+        let f = r.into_inner().filter.unwrap_or_default();
+        let stats = self
+            .all_pod_stats(move |s| {
+                (f.id.is_empty() || s.id.starts_with(&f.id))
+                    && labels_match(&s.config.labels, &f.label_selector)
+            })
+            .await?;
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
     async fn update_runtime_config(
         &self,
@@ -1507,25 +1728,27 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         &self,
         _: Request<cri::GetEventsRequest>,
     ) -> R<Self::GetContainerEventsStream> {
-        Err(Status::unimplemented(
-            "GetContainerEvents is not implemented yet",
-        ))
+        Ok(Response::new(Box::pin(self.0.events.subscribe())))
     }
     async fn list_metric_descriptors(
         &self,
         _: Request<cri::ListMetricDescriptorsRequest>,
     ) -> R<cri::ListMetricDescriptorsResponse> {
-        Err(Status::unimplemented(
-            "ListMetricDescriptors is not implemented yet",
-        ))
+        Ok(Response::new(cri::ListMetricDescriptorsResponse {
+            descriptors: crate::stats::metrics::descriptors(),
+        }))
     }
     async fn list_pod_sandbox_metrics(
         &self,
         _: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> R<cri::ListPodSandboxMetricsResponse> {
-        Err(Status::unimplemented(
-            "ListPodSandboxMetrics is not implemented yet",
-        ))
+        let stats = self.all_pod_stats(|_| true).await?;
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse {
+            pod_metrics: stats
+                .iter()
+                .map(crate::stats::metrics::pod_metrics)
+                .collect(),
+        }))
     }
     async fn runtime_config(
         &self,
@@ -1601,7 +1824,12 @@ impl cri::image_service_server::ImageService for Images {
             registry_token: a.registry_token,
             server_address: a.server_address,
         });
-        let img = self.0.images.pull(&name, auth).await.map_err(image_err)?;
+        let started = Instant::now();
+        let pulled = self.0.images.pull(&name, auth).await;
+        self.0
+            .telemetry
+            .record_pull(pulled.as_ref().ok().map(|i| i.size), started.elapsed());
+        let img = pulled.map_err(image_err)?;
         Ok(Response::new(cri::PullImageResponse { image_ref: img.id }))
     }
     async fn remove_image(

@@ -1,0 +1,352 @@
+//! Container and pod sandbox statistics, as kubelet reads them to evict,
+//! schedule and report (ContainerStats, PodSandboxStats and their List
+//! forms), and the cAdvisor-named metrics built from the same samples
+//! ([`metrics`]).
+//!
+//! CPU and memory come from the cgroups (via `carrack-cgroups`, which reads
+//! v1, v2 and hybrid hosts alike: nothing here looks at a controller file),
+//! the writable layer from the image store's `rootfs_usage`, network
+//! counters from inside the pod's network namespace ([`network`]).
+//!
+//! `usage_nano_cores` is a rate: the [`Sampler`] keeps the last CPU sample
+//! of every container and pod and divides the CPU time used since then by
+//! the wall time elapsed. The first sample of a container has no rate.
+//!
+//! This module does not decide which containers exist: the RuntimeService
+//! passes the records; nor does it know the store.
+
+pub mod metrics;
+pub mod network;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use carrack_image::ImageStore;
+use carrack_proto::cri;
+
+use crate::store::{ContainerRecord, SandboxRecord};
+
+/// The interface kubelet treats as the pod's own (`network.default_interface`).
+pub const DEFAULT_INTERFACE: &str = "eth0";
+
+/// A memory limit at or above this is "no limit" (v1 reports
+/// PAGE_COUNTER_MAX rounded to pages, v2 "max").
+const UNLIMITED: u64 = 1 << 62;
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn value(v: u64) -> Option<cri::UInt64Value> {
+    Some(cri::UInt64Value { value: v })
+}
+
+/// Whether stats are read for a container in `state`: those with a cgroup
+/// (created or running); an exited container's cgroup is gone.
+pub fn sampled(state: crate::store::ContainerState) -> bool {
+    matches!(
+        state,
+        crate::store::ContainerState::Created | crate::store::ContainerState::Running
+    )
+}
+
+/// One CPU sample: when, and the cumulative CPU time at that moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CpuSample {
+    at_nanos: i64,
+    usage_nanos: u64,
+}
+
+/// The CPU rate over the interval between two samples, in nanocores
+/// (1e9 = one core busy); None without a usable previous sample.
+fn nano_cores(prev: Option<CpuSample>, now: CpuSample) -> Option<u64> {
+    let prev = prev?;
+    let wall = now.at_nanos.checked_sub(prev.at_nanos)?;
+    if wall <= 0 || now.usage_nanos < prev.usage_nanos {
+        return None;
+    }
+    let used = (now.usage_nanos - prev.usage_nanos) as u128;
+    Some((used * 1_000_000_000 / wall as u128) as u64)
+}
+
+/// Keeps the last CPU sample per container and per pod, for rates.
+#[derive(Debug, Default)]
+pub struct Sampler {
+    last: Mutex<HashMap<String, CpuSample>>,
+}
+
+impl Sampler {
+    /// Records `now` for `key` and returns the rate since the previous one.
+    fn rate(&self, key: &str, now: CpuSample) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let prev = last.insert(key.to_owned(), now);
+        nano_cores(prev, now)
+    }
+
+    /// Forgets the sample of a removed container or pod sandbox `id`.
+    pub fn forget(&self, id: &str) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.remove(id);
+        last.remove(&format!("pod:{id}"));
+    }
+
+    /// CPU and memory of one cgroup as CRI reports them; None when the
+    /// cgroup cannot be read (not created yet, or already removed).
+    fn cgroup_usage(&self, key: &str, cgroup_path: &str, id: &str) -> Option<CgroupUsage> {
+        let cg = carrack_cgroups::Cgroup::open(cgroup_path, id).ok()?;
+        let st = cg.stats().ok()?;
+        let ts = now_nanos();
+        let sample = CpuSample {
+            at_nanos: ts,
+            usage_nanos: st.cpu.usage.total,
+        };
+        let cpu = cri::CpuUsage {
+            timestamp: ts,
+            usage_core_nano_seconds: value(st.cpu.usage.total),
+            usage_nano_cores: self.rate(key, sample).and_then(value),
+        };
+        let processes = cg.pids().map(|p| p.len() as u64).unwrap_or(0);
+        Some(CgroupUsage {
+            cpu,
+            memory: memory_usage(&st.memory, ts),
+            swap: swap_usage(&st.memory, ts),
+            processes,
+        })
+    }
+
+    /// The stats of one container of the pod `sb`.
+    pub fn container_stats(
+        &self,
+        images: &ImageStore,
+        c: &ContainerRecord,
+        sb: Option<&SandboxRecord>,
+    ) -> cri::ContainerStats {
+        let usage =
+            container_cgroup_path(c, sb).and_then(|path| self.cgroup_usage(&c.id, &path, &c.id));
+        let writable_layer = images
+            .rootfs_usage(&c.id)
+            .ok()
+            .map(|u| cri::FilesystemUsage {
+                timestamp: now_nanos(),
+                fs_id: Some(cri::FilesystemIdentifier {
+                    mountpoint: u.path.to_string_lossy().into_owned(),
+                }),
+                used_bytes: value(u.used_bytes),
+                inodes_used: value(u.inodes_used),
+            });
+        let (cpu, memory, swap) = match usage {
+            Some(u) => (Some(u.cpu), Some(u.memory), u.swap),
+            None => (None, None, None),
+        };
+        cri::ContainerStats {
+            attributes: Some(cri::ContainerAttributes {
+                id: c.id.clone(),
+                metadata: c.config.metadata.clone(),
+                labels: c.config.labels.clone(),
+                annotations: c.config.annotations.clone(),
+            }),
+            cpu,
+            memory,
+            writable_layer,
+            swap,
+        }
+    }
+
+    /// The stats of a pod sandbox: its cgroup (which holds its containers'),
+    /// its network, its process count, and `containers`' stats.
+    pub fn pod_stats(
+        &self,
+        images: &ImageStore,
+        sb: &SandboxRecord,
+        containers: &[ContainerRecord],
+    ) -> cri::PodSandboxStats {
+        let ts = now_nanos();
+        let usage = self.cgroup_usage(&format!("pod:{}", sb.id), &sb.cgroup_path, &sb.id);
+        let (cpu, memory, process) = match usage {
+            Some(u) => (
+                Some(u.cpu),
+                Some(u.memory),
+                Some(cri::ProcessUsage {
+                    timestamp: ts,
+                    process_count: value(u.processes),
+                }),
+            ),
+            None => (None, None, None),
+        };
+        cri::PodSandboxStats {
+            attributes: Some(cri::PodSandboxAttributes {
+                id: sb.id.clone(),
+                metadata: sb.config.metadata.clone(),
+                labels: sb.config.labels.clone(),
+                annotations: sb.config.annotations.clone(),
+            }),
+            linux: Some(cri::LinuxPodSandboxStats {
+                cpu,
+                memory,
+                network: pod_network(sb, ts),
+                process,
+                containers: containers
+                    .iter()
+                    .map(|c| self.container_stats(images, c, Some(sb)))
+                    .collect(),
+            }),
+            windows: None,
+        }
+    }
+}
+
+/// What one cgroup's files say, in CRI's terms.
+struct CgroupUsage {
+    cpu: cri::CpuUsage,
+    memory: cri::MemoryUsage,
+    swap: Option<cri::SwapUsage>,
+    processes: u64,
+}
+
+/// Memory as kubelet reads it; `available_bytes` only under a limit.
+fn memory_usage(m: &carrack_cgroups::MemoryStats, ts: i64) -> cri::MemoryUsage {
+    let limit = m.usage.limit;
+    cri::MemoryUsage {
+        timestamp: ts,
+        working_set_bytes: value(m.working_set),
+        available_bytes: (limit > 0 && limit < UNLIMITED)
+            .then(|| limit.saturating_sub(m.working_set))
+            .and_then(value),
+        usage_bytes: value(m.usage.usage),
+        rss_bytes: value(m.rss),
+        page_faults: value(m.pgfault),
+        major_page_faults: value(m.pgmajfault),
+    }
+}
+
+/// Swap in use: memory+swap minus memory (both hierarchies report the sum);
+/// None without swap accounting (v1 without memsw files reports 0). The
+/// available swap is not reported: v1 limits memory+swap, v2 swap alone.
+fn swap_usage(m: &carrack_cgroups::MemoryStats, ts: i64) -> Option<cri::SwapUsage> {
+    if m.swap_usage.usage == 0 || m.swap_usage.usage < m.usage.usage {
+        return None;
+    }
+    Some(cri::SwapUsage {
+        timestamp: ts,
+        swap_usage_bytes: value(m.swap_usage.usage - m.usage.usage),
+        swap_available_bytes: None,
+    })
+}
+
+/// The container's cgroup: `linux.cgroupsPath` of its bundle's config.json
+/// (what the runtime was told), else the pod cgroup's child named by the id.
+fn container_cgroup_path(c: &ContainerRecord, sb: Option<&SandboxRecord>) -> Option<String> {
+    let from_spec = std::fs::read(c.bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["linux"]["cgroupsPath"].as_str().map(str::to_owned));
+    from_spec.or_else(|| sb.map(|s| format!("{}/{}", s.cgroup_path.trim_end_matches('/'), c.id)))
+}
+
+/// The pod's interfaces other than loopback, `eth0` as the default one;
+/// None for host-network pods (their traffic is the node's) or when the
+/// namespace cannot be read.
+fn pod_network(sb: &SandboxRecord, ts: i64) -> Option<cri::NetworkUsage> {
+    if sb.netns.is_empty() {
+        return None;
+    }
+    let ifaces = match network::read_pod_interfaces(Path::new(&sb.netns)) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::debug!(sandbox = sb.id, "network stats: {e}");
+            return None;
+        }
+    };
+    let interfaces: Vec<cri::NetworkInterfaceUsage> = ifaces
+        .into_iter()
+        .filter(|i| i.name != "lo")
+        .map(|i| cri::NetworkInterfaceUsage {
+            name: i.name,
+            rx_bytes: value(i.rx_bytes),
+            rx_errors: value(i.rx_errors),
+            tx_bytes: value(i.tx_bytes),
+            tx_errors: value(i.tx_errors),
+        })
+        .collect();
+    Some(cri::NetworkUsage {
+        timestamp: ts,
+        default_interface: interfaces
+            .iter()
+            .find(|i| i.name == DEFAULT_INTERFACE)
+            .cloned(),
+        interfaces,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(at: i64, usage: u64) -> CpuSample {
+        CpuSample {
+            at_nanos: at,
+            usage_nanos: usage,
+        }
+    }
+
+    #[test]
+    fn nano_cores_is_cpu_time_over_wall_time() {
+        assert_eq!(nano_cores(None, s(10, 10)), None);
+        // Half a second of CPU in one second of wall time: half a core.
+        assert_eq!(
+            nano_cores(Some(s(0, 0)), s(1_000_000_000, 500_000_000)),
+            Some(500_000_000)
+        );
+        // Two cores busy.
+        assert_eq!(
+            nano_cores(Some(s(0, 100)), s(1_000_000_000, 2_000_000_100)),
+            Some(2_000_000_000)
+        );
+        // No time passed, or the counter went back (a new cgroup): no rate.
+        assert_eq!(nano_cores(Some(s(5, 0)), s(5, 10)), None);
+        assert_eq!(nano_cores(Some(s(0, 10)), s(5, 5)), None);
+    }
+
+    #[test]
+    fn available_bytes_only_under_a_limit_and_swap_only_with_accounting() {
+        let mut m = carrack_cgroups::MemoryStats::default();
+        m.usage.usage = 300;
+        m.working_set = 200;
+        m.usage.limit = 1000;
+        let u = memory_usage(&m, 7);
+        assert_eq!(u.available_bytes.unwrap().value, 800);
+        assert_eq!(u.working_set_bytes.unwrap().value, 200);
+        assert_eq!(u.usage_bytes.unwrap().value, 300);
+        m.usage.limit = 9_223_372_036_854_771_712; // v1 "no limit"
+        assert!(memory_usage(&m, 7).available_bytes.is_none());
+        m.usage.limit = u64::MAX; // v2 "max"
+        assert!(memory_usage(&m, 7).available_bytes.is_none());
+
+        assert!(swap_usage(&m, 7).is_none(), "no swap accounting");
+        m.swap_usage.usage = 350;
+        assert_eq!(
+            swap_usage(&m, 7).unwrap().swap_usage_bytes.unwrap().value,
+            50
+        );
+    }
+
+    #[test]
+    fn sampler_keeps_the_last_sample_per_key() {
+        let sm = Sampler::default();
+        assert_eq!(sm.rate("a", s(0, 0)), None);
+        assert_eq!(sm.rate("b", s(0, 0)), None);
+        assert_eq!(sm.rate("a", s(100, 50)), Some(500_000_000));
+        assert_eq!(sm.rate("a", s(200, 150)), Some(1_000_000_000));
+        sm.forget("a");
+        assert_eq!(sm.rate("a", s(300, 200)), None);
+        assert_eq!(sm.rate("b", s(100, 100)), Some(1_000_000_000));
+        assert_eq!(sm.rate("pod:p", s(0, 0)), None);
+        sm.forget("p");
+        assert_eq!(sm.rate("pod:p", s(10, 10)), None);
+    }
+}

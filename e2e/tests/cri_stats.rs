@@ -1,0 +1,615 @@
+//! End-to-end: stats, metrics and events through CRI, against the real
+//! carrackd, shim, runc and a registry (see `common`).
+//!
+//! Assertions are on directions and bounds (a counter grows, a rate is
+//! positive, a working set grows by at least what was written to tmpfs),
+//! never on how fast anything happens.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use carrack_proto::cri;
+use common::*;
+use cri::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
+
+async fn container_stats(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStats {
+    rt.container_stats(cri::ContainerStatsRequest {
+        container_id: id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("ContainerStats {id}: {e}"))
+    .into_inner()
+    .stats
+    .unwrap()
+}
+
+fn cpu_total(s: &cri::ContainerStats) -> u64 {
+    s.cpu
+        .as_ref()
+        .and_then(|c| c.usage_core_nano_seconds)
+        .map(|v| v.value)
+        .expect("usage_core_nano_seconds")
+}
+
+fn working_set(s: &cri::ContainerStats) -> u64 {
+    s.memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes)
+        .map(|v| v.value)
+        .expect("working_set_bytes")
+}
+
+async fn run_pod(
+    rt: &mut RuntimeServiceClient<Channel>,
+    daemon: &Daemon,
+    name: &str,
+) -> (String, cri::PodSandboxConfig) {
+    let pod = pod_config(name, &daemon.dir.join("logs"));
+    let id = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    (id, pod)
+}
+
+async fn run_container(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod_id: &str,
+    pod: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> String {
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("StartContainer");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_container_and_pod_stats() {
+    if !prerequisites() {
+        return;
+    }
+    let image = test_image();
+    let daemon = Daemon::start(&image.host);
+    let (mut rt, mut img) = daemon.clients().await;
+    pull(&mut img, &image.name).await;
+    let (pod_id, pod) = run_pod(&mut rt, &daemon, "stats").await;
+
+    let mut burn = container_config("burn", &image.name, &["sh", "-c", "while :; do :; done"]);
+    burn.labels.insert("role".into(), "burn".into());
+    let burn = run_container(&mut rt, &pod_id, &pod, burn).await;
+    let mut mem = container_config("mem", &image.name, &["sleep", "1000"]);
+    mem.labels.insert("role".into(), "mem".into());
+    const MEM_LIMIT: u64 = 256 << 20;
+    mem.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources {
+        memory_limit_in_bytes: MEM_LIMIT as i64,
+        ..Default::default()
+    });
+    let mem = run_container(&mut rt, &pod_id, &pod, mem).await;
+
+    // CPU: the loop's CPU time grows, and a sample after the first has a
+    // positive rate over the interval since the previous one.
+    let first = container_stats(&mut rt, &burn).await;
+    let a = first.attributes.as_ref().unwrap();
+    assert_eq!(a.id, burn);
+    assert_eq!(a.metadata.as_ref().unwrap().name, "burn");
+    assert_eq!(a.labels.get("role").map(String::as_str), Some("burn"));
+    let t0 = cpu_total(&first);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let later = loop {
+        let s = container_stats(&mut rt, &burn).await;
+        if cpu_total(&s) > t0 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "CPU time of the loop stays {t0}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let cpu = later.cpu.as_ref().unwrap();
+    assert!(cpu.timestamp > first.cpu.as_ref().unwrap().timestamp);
+    let rate = cpu
+        .usage_nano_cores
+        .expect("usage_nano_cores on a second sample");
+    assert!(rate.value > 0, "usage_nano_cores {}", rate.value);
+    let m = later.memory.as_ref().unwrap();
+    assert!(m.usage_bytes.unwrap().value >= m.working_set_bytes.unwrap().value);
+    assert!(m.page_faults.is_some() && m.major_page_faults.is_some() && m.rss_bytes.is_some());
+    assert!(m.available_bytes.is_none(), "no limit, no available_bytes");
+    let layer = later.writable_layer.as_ref().expect("writable_layer");
+    assert!(layer.inodes_used.is_some() && layer.used_bytes.is_some());
+
+    // Memory: 32 MiB written to tmpfs are charged to the container.
+    let before = working_set(&container_stats(&mut rt, &mem).await);
+    let (code, _, err) = exec(
+        &mut rt,
+        &mem,
+        &["sh", "-c", "head -c 33554432 /dev/zero > /dev/shm/fill"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let after = working_set(&container_stats(&mut rt, &mem).await);
+    assert!(
+        after >= before + 30 * 1024 * 1024,
+        "working set {before} -> {after}"
+    );
+    // With a limit, available is what the working set leaves of it.
+    let limited = container_stats(&mut rt, &mem).await.memory.unwrap();
+    assert_eq!(
+        limited
+            .available_bytes
+            .expect("available_bytes under a limit")
+            .value
+            + limited.working_set_bytes.unwrap().value,
+        MEM_LIMIT
+    );
+    // The writable layer grows with a file written into the rootfs.
+    let layer0 = container_stats(&mut rt, &mem).await.writable_layer.unwrap();
+    let (code, _, err) = exec(
+        &mut rt,
+        &mem,
+        &["sh", "-c", "head -c 1048576 /dev/zero > /big"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let layer1 = container_stats(&mut rt, &mem).await.writable_layer.unwrap();
+    assert!(layer1.used_bytes.unwrap().value >= layer0.used_bytes.unwrap().value + 1024 * 1024);
+    assert!(layer1.inodes_used.unwrap().value > layer0.inodes_used.unwrap().value);
+
+    // Lists and their filters.
+    let list = |f: cri::ContainerStatsFilter| {
+        let mut rt = rt.clone();
+        async move {
+            rt.list_container_stats(cri::ListContainerStatsRequest { filter: Some(f) })
+                .await
+                .unwrap()
+                .into_inner()
+                .stats
+        }
+    };
+    let ids = |v: Vec<cri::ContainerStats>| {
+        let mut v: Vec<String> = v.into_iter().map(|s| s.attributes.unwrap().id).collect();
+        v.sort();
+        v
+    };
+    let mut both = vec![burn.clone(), mem.clone()];
+    both.sort();
+    assert_eq!(
+        ids(list(cri::ContainerStatsFilter {
+            pod_sandbox_id: pod_id.clone(),
+            ..Default::default()
+        })
+        .await),
+        both
+    );
+    assert_eq!(
+        ids(list(cri::ContainerStatsFilter {
+            label_selector: [("role".to_string(), "mem".to_string())].into(),
+            ..Default::default()
+        })
+        .await),
+        vec![mem.clone()]
+    );
+    assert_eq!(
+        ids(list(cri::ContainerStatsFilter {
+            id: burn[..12].to_owned(),
+            ..Default::default()
+        })
+        .await),
+        vec![burn.clone()]
+    );
+    assert!(
+        list(cri::ContainerStatsFilter {
+            pod_sandbox_id: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .is_empty()
+    );
+
+    // Pod stats: the pod cgroup holds both containers' usage and processes.
+    let ps = rt
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!(ps.attributes.as_ref().unwrap().id, pod_id);
+    let linux = ps.linux.as_ref().unwrap();
+    let mut in_pod: Vec<String> = linux
+        .containers
+        .iter()
+        .map(|c| c.attributes.as_ref().unwrap().id.clone())
+        .collect();
+    in_pod.sort();
+    assert_eq!(in_pod, both);
+    let procs = linux.process.as_ref().unwrap().process_count.unwrap().value;
+    assert!(procs >= 2, "process_count {procs}");
+    let pod_cpu = linux
+        .cpu
+        .as_ref()
+        .unwrap()
+        .usage_core_nano_seconds
+        .unwrap()
+        .value;
+    assert!(pod_cpu >= cpu_total(&later), "pod CPU {pod_cpu}");
+    let pod_ws = linux
+        .memory
+        .as_ref()
+        .unwrap()
+        .working_set_bytes
+        .unwrap()
+        .value;
+    assert!(pod_ws >= 30 * 1024 * 1024, "pod working set {pod_ws}");
+    // A pod network namespace with loopback only: no interface reported.
+    let net = linux
+        .network
+        .as_ref()
+        .expect("network of a pod with its own netns");
+    assert!(net.interfaces.iter().all(|i| i.name != "lo"));
+    let listed = rt
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest {
+            filter: Some(cri::PodSandboxStatsFilter {
+                id: pod_id.clone(),
+                label_selector: Default::default(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert_eq!(listed.len(), 1);
+    let none = rt
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest {
+            filter: Some(cri::PodSandboxStatsFilter {
+                id: String::new(),
+                label_selector: [("app".to_string(), "other".to_string())].into(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert!(none.is_empty());
+
+    // CRI metrics: descriptors, and the same samples under cAdvisor names.
+    let descs = rt
+        .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .descriptors;
+    for name in [
+        "container_cpu_usage_seconds_total",
+        "container_memory_working_set_bytes",
+        "container_memory_usage_bytes",
+        "container_network_receive_bytes_total",
+    ] {
+        assert!(descs.iter().any(|d| d.name == name), "no descriptor {name}");
+    }
+    let pm = rt
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    let ours = pm
+        .iter()
+        .find(|p| p.pod_sandbox_id == pod_id)
+        .expect("our pod");
+    let mem_metrics = ours
+        .container_metrics
+        .iter()
+        .find(|c| c.container_id == mem)
+        .expect("mem container metrics");
+    let ws = mem_metrics
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_memory_working_set_bytes")
+        .expect("working set metric");
+    assert!(ws.value.unwrap().value >= 30 * 1024 * 1024);
+    let d = descs.iter().find(|d| d.name == ws.name).unwrap();
+    assert_eq!(d.label_keys.len(), ws.label_values.len());
+
+    // Bad input names the field; unknown ids are NotFound.
+    let e = rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("container_id"), "{}", e.message());
+    let e = rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let e = rt
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("pod_sandbox_id"), "{}", e.message());
+
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id,
+    })
+    .await
+    .unwrap();
+}
+
+/// Every event on `stream` up to and including the first of `id` with
+/// type `until`, waiting at most 60 s for it.
+async fn events_until(
+    stream: &mut tonic::Streaming<cri::ContainerEventResponse>,
+    id: &str,
+    until: cri::ContainerEventType,
+) -> Vec<cri::ContainerEventResponse> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = tokio::time::timeout(left, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("no {until:?} of {id} within 60 s; saw {seen:?}"))
+            .expect("event stream error")
+            .expect("event stream ended");
+        let last = ev.container_id == id && ev.container_event_type == until as i32;
+        seen.push(ev);
+        if last {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_container_events_in_order() {
+    if !prerequisites() {
+        return;
+    }
+    let image = test_image();
+    let daemon = Daemon::start(&image.host);
+    let (mut rt, mut img) = daemon.clients().await;
+    pull(&mut img, &image.name).await;
+    // Two subscribers at once, both before anything happens.
+    let mut first = rt
+        .clone()
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut second = rt
+        .clone()
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let (pod_id, pod) = run_pod(&mut rt, &daemon, "events").await;
+    let id = run_container(
+        &mut rt,
+        &pod_id,
+        &pod,
+        container_config("short", &image.name, &["sh", "-c", "exit 3"]),
+    )
+    .await;
+    let exited = wait_exited(&mut rt, &id, 60).await;
+    assert_eq!(exited.exit_code, 3);
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
+    // Stopping again (kubelet retries) is no new event.
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
+
+    use cri::ContainerEventType as T;
+    for stream in [&mut first, &mut second] {
+        let all = events_until(stream, &pod_id, T::ContainerDeletedEvent).await;
+        for w in all.windows(2) {
+            assert!(w[0].created_at <= w[1].created_at);
+        }
+        for e in &all {
+            let sb = e.pod_sandbox_status.as_ref().expect("pod_sandbox_status");
+            assert_eq!(sb.id, pod_id);
+            assert_eq!(sb.metadata.as_ref().unwrap().name, "events");
+        }
+        let got: Vec<&cri::ContainerEventResponse> =
+            all.iter().filter(|e| e.container_id == id).collect();
+        let kinds: Vec<i32> = got.iter().map(|e| e.container_event_type).collect();
+        assert_eq!(
+            kinds,
+            [
+                T::ContainerCreatedEvent as i32,
+                T::ContainerStartedEvent as i32,
+                T::ContainerStoppedEvent as i32,
+                T::ContainerDeletedEvent as i32,
+            ]
+        );
+        let state_of = |e: &cri::ContainerEventResponse| {
+            e.containers_statuses
+                .iter()
+                .find(|s| s.id == id)
+                .map(|s| s.state)
+        };
+        assert_eq!(
+            state_of(got[0]),
+            Some(cri::ContainerState::ContainerCreated as i32)
+        );
+        assert_eq!(
+            state_of(got[1]),
+            Some(cri::ContainerState::ContainerRunning as i32)
+        );
+        let stopped = got[2]
+            .containers_statuses
+            .iter()
+            .find(|s| s.id == id)
+            .unwrap();
+        assert_eq!(stopped.state, cri::ContainerState::ContainerExited as i32);
+        assert_eq!(stopped.exit_code, 3);
+        assert_eq!(state_of(got[3]), None, "a deleted container has no status");
+
+        // The sandbox's own events: ready (created, started), stopped,
+        // deleted (kubelet drops the pod on DELETED), around the container's.
+        let ready = cri::PodSandboxState::SandboxReady as i32;
+        let not_ready = cri::PodSandboxState::SandboxNotready as i32;
+        let pod_events: Vec<(i32, i32)> = all
+            .iter()
+            .filter(|e| e.container_id == pod_id)
+            .map(|e| {
+                (
+                    e.container_event_type,
+                    e.pod_sandbox_status.as_ref().unwrap().state,
+                )
+            })
+            .collect();
+        assert_eq!(
+            pod_events,
+            [
+                (T::ContainerCreatedEvent as i32, ready),
+                (T::ContainerStartedEvent as i32, ready),
+                (T::ContainerStoppedEvent as i32, not_ready),
+                (T::ContainerDeletedEvent as i32, not_ready),
+            ]
+        );
+        let pos = |cid: &str, t: T| {
+            all.iter()
+                .position(|e| e.container_id == cid && e.container_event_type == t as i32)
+                .unwrap()
+        };
+        assert!(pos(&pod_id, T::ContainerStartedEvent) < pos(&id, T::ContainerCreatedEvent));
+        assert!(pos(&id, T::ContainerDeletedEvent) < pos(&pod_id, T::ContainerStoppedEvent));
+    }
+}
+
+/// GET /metrics over plain HTTP/1.0; the body.
+fn scrape(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// The value of the series `line_start` (name and labels) in `text`.
+fn series(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_prometheus_metrics_endpoint() {
+    if !prerequisites() {
+        return;
+    }
+    let image = test_image();
+    // A free loopback port: bound, read, released for carrackd.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start_with(&image.host, &format!("metrics_address = \"{port}\""));
+    let (mut rt, mut img) = daemon.clients().await;
+    for _ in 0..3 {
+        rt.version(cri::VersionRequest::default()).await.unwrap();
+    }
+    let e = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: "nope".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    pull(&mut img, &image.name).await;
+    let (pod_id, _) = run_pod(&mut rt, &daemon, "metrics").await;
+
+    let text = tokio::task::spawn_blocking(move || scrape(&addr))
+        .await
+        .unwrap();
+    let version = series(
+        &text,
+        "carrack_grpc_requests_total{method=\"/runtime.v1.RuntimeService/Version\",code=\"Ok\"}",
+    )
+    .unwrap_or_else(|| panic!("no Version counter in\n{text}"));
+    assert!(version >= 3.0, "{version}");
+    let not_found = series(
+        &text,
+        "carrack_grpc_requests_total{method=\"/runtime.v1.RuntimeService/ContainerStatus\",code=\"NotFound\"}",
+    )
+    .unwrap_or_else(|| panic!("no ContainerStatus NotFound counter in\n{text}"));
+    assert!(not_found >= 1.0);
+    assert!(text.contains(
+        "carrack_grpc_request_duration_seconds_count{method=\"/runtime.v1.RuntimeService/Version\",code=\"Ok\"}"
+    ));
+    assert_eq!(
+        series(&text, "carrack_image_pulls_total{result=\"success\"}"),
+        Some(1.0)
+    );
+    assert!(series(&text, "carrack_image_pull_bytes_total").unwrap() > 0.0);
+    assert_eq!(
+        series(&text, "carrack_sandboxes{state=\"SANDBOX_READY\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(series(&text, "carrack_shims").is_some());
+
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id,
+    })
+    .await
+    .unwrap();
+}
