@@ -87,6 +87,9 @@ pub struct Daemon {
     cgroup_parent: String,
     registry_host: String,
     extra_config: String,
+    /// A bridge and subnet of this daemon's own (never the host's
+    /// /etc/cni or the default carrack0 bridge).
+    net: carrack_e2e::pod_network::TestNetwork,
 }
 
 impl Daemon {
@@ -108,6 +111,7 @@ impl Daemon {
             cgroup_parent,
             registry_host: registry_host.to_owned(),
             extra_config: extra_config.to_owned(),
+            net: carrack_e2e::pod_network::TestNetwork::new(150 + n as u8),
         };
         d.spawn();
         d
@@ -128,8 +132,11 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "default_runtime = \"runc\"\ncgroup_parent = \"{}\"\n{}\n",
-                self.cgroup_parent, self.extra_config
+                // Top-level keys first: the network's TOML opens tables.
+                "default_runtime = \"runc\"\ncgroup_parent = \"{}\"\n{}\n{}",
+                self.cgroup_parent,
+                self.extra_config,
+                self.net.carrackd_toml()
             ),
         )
         .unwrap();
