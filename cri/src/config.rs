@@ -83,6 +83,8 @@ pub struct Config {
     pub max_concurrent_downloads: usize,
     /// Per-registry settings (mirrors, insecure, ca_files, auth).
     pub registries: RegistryConfig,
+    /// The exec/attach/port-forward server (`[streaming]`).
+    pub streaming: crate::streaming::StreamingSettings,
 }
 
 /// Finds `name` beside the running carrackd, else returns it bare (PATH).
@@ -129,6 +131,7 @@ impl Default for Config {
             cgroup_parent: "/carrack".to_owned(),
             max_concurrent_downloads: 4,
             registries: RegistryConfig::default(),
+            streaming: Default::default(),
         }
     }
 }
@@ -177,6 +180,7 @@ impl Config {
                 });
             }
         }
+        self.streaming.validate()?;
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 //! - [`spec`]: the OCI spec of a container (pure logic);
 //! - [`seccomp`]: the RuntimeDefault seccomp profile;
 //! - [`service`]: the RuntimeService and ImageService;
+//! - [`streaming`]: exec, attach and port-forward (the streaming server);
 //! - [`serve`]: the gRPC server on the unix socket.
 
 pub mod config;
@@ -14,6 +15,7 @@ pub mod seccomp;
 pub mod service;
 pub mod spec;
 pub mod store;
+pub mod streaming;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -55,15 +57,19 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let socket = cfg.socket.clone();
+    let streaming_settings = cfg.streaming.clone();
     let daemon = service::Daemon::open(cfg, Arc::new(sandbox::LoopbackOnly::default())).await?;
     daemon.recover().await?;
+    let addr = streaming::Streaming::start(&daemon, &streaming_settings).await?;
+    tracing::info!(%addr, "serving exec, attach and port-forward");
     let listener = bind(&socket)?;
     tracing::info!(socket = %socket.display(), "serving CRI");
     tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(service::Runtime(daemon.clone())))
-        .add_service(ImageServiceServer::new(service::Images(daemon)))
+        .add_service(ImageServiceServer::new(service::Images(daemon.clone())))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await?;
+    daemon.streaming.stop().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
