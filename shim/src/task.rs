@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -1004,7 +1004,13 @@ impl Shim {
             .clone()
             .ok_or_else(|| Status::internal("exec without a process spec"))?;
         let pid_file = spec.with_extension("pid");
-        let console_path = spec.with_extension("console.sock");
+        // Not named after the exec id: <state>/shims/<64 hex id>/ leaves
+        // little of sun_path's 108 bytes, and exec ids may be long.
+        static NEXT_CONSOLE: AtomicU64 = AtomicU64::new(0);
+        let console_path = self.dir.join(format!(
+            "c{}.sock",
+            NEXT_CONSOLE.fetch_add(1, Ordering::Relaxed)
+        ));
         let (child_stdio, console) = self.prepare_stdio(proc, &console_path)?;
         let spec_s = spec.display().to_string();
         let pid_s = pid_file.display().to_string();
