@@ -507,6 +507,73 @@ async fn streaming_attach_output_fan_out_and_stdin() {
     let st = support::wait_exited(&mut pod.rt, &reader, 20).await;
     assert_eq!(st.exit_code, 0);
 
+    // A container with a terminal: the attached client's sizes reach its
+    // pty, its keys reach the shell (^D ends it).
+    let mut cc = container_config(
+        "terminal",
+        &image,
+        &["sh", "-c", "while read l; do stty size; done"],
+    );
+    cc.stdin = true;
+    cc.tty = true;
+    let terminal = pod.run(cc).await;
+    for (t, rows, cols) in [
+        (Transport::WebSocket, 33u16, 77u16),
+        (Transport::Spdy, 44, 88),
+    ] {
+        let url = pod.attach_url(&terminal, TTY).await;
+        let (mut stdin, client_stdin) = stdin_pipe();
+        let (sizes, resize) = mpsc::unbounded_channel();
+        let out = Output::default();
+        let mut session = tokio::spawn(run_session(
+            t,
+            url.clone(),
+            ExecIo {
+                stdin: Some(client_stdin),
+                stdout: Some(out.writer()),
+                tty: true,
+                resize: Some(resize),
+                ..Default::default()
+            },
+        ));
+        sizes
+            .send(TerminalSize {
+                width: cols,
+                height: rows,
+            })
+            .unwrap();
+        let want = format!("{rows} {cols}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if stdin.write_all(b"size?\n").await.is_err() {
+                let r = (&mut session).await.unwrap();
+                panic!("{t:?}: tty attach ended early: {r:?}: {:?}", out.text());
+            }
+            if out.wait_for(&want, 1).await {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{t:?}: attached stty never printed {want:?}: {:?}",
+                out.text()
+            );
+        }
+        if matches!(t, Transport::Spdy) {
+            stdin.write_all(b"\x04").await.unwrap();
+            let r = tokio::time::timeout(Duration::from_secs(30), session)
+                .await
+                .expect("attach ends when the shell exits on ^D")
+                .unwrap();
+            assert_eq!(r.unwrap(), 0);
+        } else {
+            // The first client leaves; the container keeps running for
+            // the next one.
+            session.abort();
+        }
+    }
+    let st = support::wait_exited(&mut pod.rt, &terminal, 20).await;
+    assert_eq!(st.exit_code, 0);
+
     // Attach to an exited container is refused.
     let e = pod
         .rt
@@ -584,6 +651,12 @@ async fn streaming_port_forward_to_httpd_in_the_pod() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // The host's loopback is another network: nothing listens there.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", 18080)).is_err(),
+        "something on the host listens on 18080: the test cannot tell the networks apart"
+    );
 
     // SPDY: two connections over one session.
     let url = pod.port_forward_url(&[18080]).await;
