@@ -382,6 +382,28 @@ async fn streaming_exec_stdin_exit_codes_tty_and_single_use() {
         drop(stdin);
     }
 
+    // Bulk output (what `kubectl cp` relies on) arrives whole.
+    let url = pod
+        .exec_url(&ctr, &["sh", "-c", "head -c 8000000 /dev/zero"], OUT)
+        .await;
+    let out = Output::default();
+    let code = client::exec(
+        &url,
+        &[],
+        ExecIo {
+            stdout: Some(out.writer()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.buf.lock().unwrap().len(),
+        8_000_000,
+        "bytes lost on the way"
+    );
+
     // A command that cannot run fails the session, not with success.
     let url = pod.exec_url(&ctr, &["/no/such/binary"], OUT).await;
     let r = client::exec(
