@@ -12,6 +12,9 @@
 //! root = "/run/carrack/runc"
 //! [registries."registry.k8s.io"]
 //! mirrors = ["http://127.0.0.1:5000"]
+//! [streaming]
+//! address = "127.0.0.1:0"
+//! token_ttl_seconds = 60
 //! ```
 
 use std::collections::BTreeMap;

@@ -437,6 +437,15 @@ async fn streaming_exec_stdin_exit_codes_tty_and_single_use() {
         !ps.contains("cat") && !ps.contains("stty"),
         "leftover exec processes:\n{ps}"
     );
+    // ... and the shim kept no exec spec, pid file or console socket.
+    let shim_dir = pod.daemon.dir.join("state/shims").join(&ctr);
+    let left: Vec<String> = std::fs::read_dir(&shim_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("exec-") || (n.starts_with('c') && n.ends_with(".sock")))
+        .collect();
+    assert!(left.is_empty(), "left in {}: {left:?}", shim_dir.display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
