@@ -242,6 +242,33 @@ fn sleeper(name: &str, image: &str) -> cri::ContainerConfig {
     container_config(name, image, &["sleep", "3600"])
 }
 
+/// Polls the container's `ps` (bounded) until `ok` holds.
+async fn wait_for_ps(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    what: &str,
+    ok: impl Fn(&str) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = rt
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.into(),
+                cmd: vec!["ps".into()],
+                timeout: 10,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let ps = String::from_utf8_lossy(&r.stdout).into_owned();
+        if ok(&ps) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "ps never showed {what}:\n{ps}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_exec_stdin_exit_codes_tty_and_single_use() {
     if !prerequisites() {
@@ -403,6 +430,27 @@ async fn streaming_exec_stdin_exit_codes_tty_and_single_use() {
         8_000_000,
         "bytes lost on the way"
     );
+
+    // A client that goes away ends its exec, even one that writes nothing
+    // (WebSocket: dropping the client closes its connection).
+    let url = pod.exec_url(&ctr, &["sleep", "1001"], OUT).await;
+    let session = tokio::spawn(run_session(
+        Transport::WebSocket,
+        url,
+        ExecIo {
+            stdout: Some(Output::default().writer()),
+            ..Default::default()
+        },
+    ));
+    wait_for_ps(&mut pod.rt, &ctr, "the exec running", |ps| {
+        ps.contains("sleep 1001")
+    })
+    .await;
+    session.abort();
+    wait_for_ps(&mut pod.rt, &ctr, "the exec ended", |ps| {
+        !ps.contains("sleep 1001")
+    })
+    .await;
 
     // A command that cannot run fails the session, not with success.
     let url = pod.exec_url(&ctr, &["/no/such/binary"], OUT).await;

@@ -68,6 +68,7 @@ pub(super) async fn run(d: &Daemon, spec: AttachSpec, io: ProcessIo) -> Result<(
     let end = tokio::select! {
         end = copy => Some(end),
         _ = left => None,
+        () = io.client_gone.wait() => None,
     };
     for t in [
         stdin.map(|t| t.abort_handle()),

@@ -1,8 +1,9 @@
 //! One streaming exec: the command runs as an exec process of the
 //! container's shim (Exec, then Attach before Start so no output is missed,
 //! then Start and Wait); its exit code, non-zero included, is the session's
-//! result. The exec process is deleted from the shim at the end, whatever
-//! happened.
+//! result. A client that goes away (its connection ends, or writing to it
+//! fails) gets its process killed. The exec process is deleted from the
+//! shim at the end, whatever happened.
 
 use carrack_proto::shim as sp;
 use carrack_shim::ShimClient;
@@ -87,15 +88,18 @@ async fn drive(
             p.clone(),
         ))
     });
-    let end = shim_stdio::copy_output(
+    let copy = shim_stdio::copy_output(
         &mut attach.output,
         ClientOutput {
             stdout: io.stdout,
             stderr: io.stderr,
             merge_stderr: tty,
         },
-    )
-    .await;
+    );
+    let end = tokio::select! {
+        end = copy => end,
+        () = io.client_gone.wait() => OutputEnd::ClientGone,
+    };
     for t in [
         stdin.map(|t| t.abort_handle()),
         resize.map(|t| t.abort_handle()),
