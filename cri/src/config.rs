@@ -18,6 +18,9 @@
 //! cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 //! [network.builtin]
 //! subnet = "10.88.0.0/16"
+//! [streaming]
+//! address = "127.0.0.1:0"
+//! token_ttl_seconds = 60
 //! ```
 
 use std::collections::BTreeMap;
@@ -94,6 +97,8 @@ pub struct Config {
     /// Where carrackd serves Prometheus `/metrics`: `host:port`, or a bare
     /// port for loopback; empty (the default): not served.
     pub metrics_address: String,
+    /// The exec/attach/port-forward server (`[streaming]`).
+    pub streaming: crate::streaming::StreamingSettings,
 }
 
 /// Finds `name` beside the running carrackd, else returns it bare (PATH).
@@ -142,6 +147,7 @@ impl Default for Config {
             registries: RegistryConfig::default(),
             network: Default::default(),
             metrics_address: String::new(),
+            streaming: Default::default(),
         }
     }
 }
@@ -201,6 +207,7 @@ impl Config {
         self.network
             .validate()
             .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        self.streaming.validate()?;
         Ok(())
     }
 

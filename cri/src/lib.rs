@@ -11,6 +11,7 @@
 //! - [`stats`]: container and pod stats, CRI metrics;
 //! - [`events`]: GetContainerEvents fan-out;
 //! - [`telemetry`]: carrackd's own Prometheus `/metrics`;
+//! - [`streaming`]: exec, attach and port-forward (the streaming server);
 //! - [`serve`]: the gRPC server on the unix socket.
 
 pub mod check;
@@ -23,6 +24,7 @@ pub mod service;
 pub mod spec;
 pub mod stats;
 pub mod store;
+pub mod streaming;
 pub mod telemetry;
 
 use std::os::unix::fs::PermissionsExt;
@@ -65,18 +67,22 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let socket = cfg.socket.clone();
+    let streaming_settings = cfg.streaming.clone();
     let network = pod_network::CniPodNetwork::open(&cfg.network, &cfg.root).await?;
     let daemon = service::Daemon::open(cfg, Arc::new(network)).await?;
     daemon.recover().await?;
+    let addr = streaming::Streaming::start(&daemon, &streaming_settings).await?;
+    tracing::info!(%addr, "serving exec, attach and port-forward");
     let listener = bind(&socket)?;
     let _metrics = serve_metrics(&daemon).await?;
     tracing::info!(socket = %socket.display(), "serving CRI");
     tonic::transport::Server::builder()
         .layer(telemetry::RpcMetricsLayer(daemon.telemetry.clone()))
         .add_service(RuntimeServiceServer::new(service::Runtime(daemon.clone())))
-        .add_service(ImageServiceServer::new(service::Images(daemon)))
+        .add_service(ImageServiceServer::new(service::Images(daemon.clone())))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await?;
+    daemon.streaming.stop().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

@@ -101,6 +101,8 @@ pub struct Daemon {
     events: ContainerEvents,
     /// Counters for the Prometheus endpoint.
     pub telemetry: Arc<Telemetry>,
+    /// The exec/attach/port-forward server.
+    pub(crate) streaming: crate::streaming::Streaming,
 }
 
 /// The RuntimeService (cheap to clone).
@@ -136,6 +138,7 @@ impl Daemon {
             sampler: Default::default(),
             events: Default::default(),
             telemetry: Default::default(),
+            streaming: Default::default(),
         }))
     }
 
@@ -235,7 +238,7 @@ impl Daemon {
         self.cfg.state.join("sandboxes").join(id).join("ns")
     }
 
-    fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, Status> {
+    pub(crate) fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, Status> {
         Ok(self
             .store
             .sandboxes()
@@ -243,7 +246,7 @@ impl Daemon {
             .into_iter()
             .find(|s| s.id == id))
     }
-    fn container(&self, id: &str) -> Result<Option<ContainerRecord>, Status> {
+    pub(crate) fn container(&self, id: &str) -> Result<Option<ContainerRecord>, Status> {
         Ok(self
             .store
             .containers()
@@ -252,7 +255,7 @@ impl Daemon {
             .find(|c| c.id == id))
     }
 
-    async fn shim(&self, id: &str) -> Result<ShimClient, Status> {
+    pub(crate) async fn shim(&self, id: &str) -> Result<ShimClient, Status> {
         if let Some(c) = self.shims.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
             return Ok(c.clone());
         }
@@ -1542,21 +1545,17 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         }))
     }
 
-    async fn exec(&self, _: Request<cri::ExecRequest>) -> R<cri::ExecResponse> {
-        Err(Status::unimplemented(
-            "Exec (streaming) is not implemented yet: use ExecSync",
-        ))
+    async fn exec(&self, r: Request<cri::ExecRequest>) -> R<cri::ExecResponse> {
+        crate::streaming::requests::exec_url(&self.0, r.into_inner()).map(Response::new)
     }
-    async fn attach(&self, _: Request<cri::AttachRequest>) -> R<cri::AttachResponse> {
-        Err(Status::unimplemented(
-            "Attach (streaming) is not implemented yet",
-        ))
+    async fn attach(&self, r: Request<cri::AttachRequest>) -> R<cri::AttachResponse> {
+        crate::streaming::requests::attach_url(&self.0, r.into_inner()).map(Response::new)
     }
     async fn port_forward(
         &self,
-        _: Request<cri::PortForwardRequest>,
+        r: Request<cri::PortForwardRequest>,
     ) -> R<cri::PortForwardResponse> {
-        Err(Status::unimplemented("PortForward is not implemented yet"))
+        crate::streaming::requests::port_forward_url(&self.0, r.into_inner()).map(Response::new)
     }
     async fn container_stats(
         &self,

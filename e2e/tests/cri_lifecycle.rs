@@ -1152,11 +1152,12 @@ async fn cri_bad_requests() {
         .exec(cri::ExecRequest {
             container_id: ok.clone(),
             cmd: vec!["sh".into()],
+            stdout: true,
             ..Default::default()
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unimplemented);
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
     rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
         pod_sandbox_id: pod,
     })

@@ -78,6 +78,10 @@ pub struct Capture {
     pub limit: usize,
 }
 
+/// Chunks of output queued for attached clients before the slowest one
+/// misses some (or, with backpressure, before the process is held back).
+pub const ATTACH_QUEUE: usize = 64;
+
 /// Where a process's output goes.
 #[derive(Debug, Clone)]
 pub struct OutputTargets {
@@ -87,9 +91,28 @@ pub struct OutputTargets {
     pub attach: broadcast::Sender<OutputChunk>,
     /// The ExecSync capture, if any.
     pub capture: Option<Arc<Mutex<Capture>>>,
+    /// When set, reading the process's output waits while attached clients
+    /// are half a queue behind (woken as they take chunks): nothing is lost
+    /// to them. Unset, a lagging client misses chunks.
+    pub backpressure: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl OutputTargets {
+    /// Waits until attached clients have room for more output.
+    async fn wait_for_room(&self) {
+        let Some(drained) = &self.backpressure else {
+            return;
+        };
+        loop {
+            // Registered before the check: a take in between still wakes us.
+            let taken = drained.notified();
+            if self.attach.len() < ATTACH_QUEUE / 2 {
+                return;
+            }
+            taken.await;
+        }
+    }
+
     fn deliver(&self, splitter: &mut LineSplitter, kind: StreamKind, data: &[u8]) {
         if let Some(log) = &self.log {
             let mut lines = Vec::with_capacity(data.len() + 64);
@@ -176,6 +199,7 @@ pub fn pump_pipe(fd: OwnedFd, kind: StreamKind, targets: OutputTargets, done: Io
         if let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
             let mut buf = vec![0u8; 8192];
             loop {
+                targets.wait_for_room().await;
                 match rx.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => targets.deliver(&mut splitter, kind, &buf[..n]),
@@ -195,6 +219,7 @@ pub fn pump_pty(master: Arc<AsyncFd<OwnedFd>>, targets: OutputTargets, done: IoD
         let mut splitter = LineSplitter::new(Stream::Stdout);
         let mut buf = vec![0u8; 8192];
         loop {
+            targets.wait_for_room().await;
             let Ok(mut guard) = master.readable().await else {
                 break;
             };

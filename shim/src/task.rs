@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,8 +21,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::reaper::{ExitCode, Reaper};
 use crate::runtime_cmd::{ChildStdio, OciRuntime, read_pid_file};
 use crate::stdio::{
-    Capture, ConsoleSocket, IoDone, LogFile, OutputChunk, OutputTargets, StdinWriter, pipe,
-    pump_pipe, pump_pty, resize_pty, set_nonblocking,
+    ATTACH_QUEUE, Capture, ConsoleSocket, IoDone, LogFile, OutputChunk, OutputTargets, StdinWriter,
+    pipe, pump_pipe, pump_pty, resize_pty, set_nonblocking,
 };
 
 /// How long an exit waits for the process's output to drain before it is
@@ -49,6 +49,8 @@ struct Proc {
     output: broadcast::Sender<OutputChunk>,
     capture: Option<Arc<Mutex<Capture>>>,
     io_done: IoDone,
+    /// Signalled each time an attached client takes a chunk of output.
+    drained: Arc<Notify>,
     spec_path: Option<PathBuf>,
 }
 
@@ -69,11 +71,20 @@ impl Proc {
             state: watch::channel(ProcState::Created).0,
             stdin: tokio::sync::Mutex::new(None),
             pty: Mutex::new(None),
-            output: broadcast::channel(64).0,
+            output: broadcast::channel(ATTACH_QUEUE).0,
             capture,
             io_done: IoDone::new(),
+            drained: Arc::new(Notify::new()),
             spec_path,
         })
+    }
+
+    /// Exec processes (what `kubectl exec` and `kubectl cp` stream) hold
+    /// their output back while attached clients are behind, so that none is
+    /// lost; the init process never waits (its log must not stall on a
+    /// slow client).
+    fn backpressure(&self) -> Option<Arc<Notify>> {
+        (!self.exec_id.is_empty()).then(|| self.drained.clone())
     }
 
     fn pid(&self) -> u32 {
@@ -234,6 +245,7 @@ impl Shim {
             },
             attach: proc.output.clone(),
             capture: proc.capture.clone(),
+            backpressure: proc.backpressure(),
         };
         if proc.stdio.terminal {
             let console = ConsoleSocket::bind(console_path).map_err(io)?;
@@ -298,6 +310,7 @@ impl Shim {
             },
             attach: proc.output.clone(),
             capture: proc.capture.clone(),
+            backpressure: proc.backpressure(),
         };
         pump_pty(master.clone(), targets, proc.io_done.clone());
         if proc.stdio.stdin {
@@ -852,6 +865,7 @@ impl Task for TaskService {
         let proc = self.process(&first.id, &first.exec_id)?;
         let mut output = proc.output.subscribe();
         let mut state = proc.state.subscribe();
+        let drained = proc.drained.clone();
         // Input: stdin bytes, resizes, close.
         let writer_proc = proc.clone();
         tokio::spawn(async move {
@@ -888,6 +902,7 @@ impl Task for TaskService {
                 tokio::select! {
                     chunk = output.recv() => match chunk {
                         Ok(c) => {
+                            drained.notify_waiters();
                             let msg = pb::AttachOutput { stream: c.stream as i32, data: c.data, exit: None };
                             if tx.send(Ok(msg)).await.is_err() { return; }
                         }
@@ -900,6 +915,7 @@ impl Task for TaskService {
                     } => {
                         // Output still buffered in the channel goes first.
                         while let Ok(c) = output.try_recv() {
+                            drained.notify_waiters();
                             let msg = pb::AttachOutput { stream: c.stream as i32, data: c.data, exit: None };
                             if tx.send(Ok(msg)).await.is_err() { return; }
                         }
@@ -1004,7 +1020,13 @@ impl Shim {
             .clone()
             .ok_or_else(|| Status::internal("exec without a process spec"))?;
         let pid_file = spec.with_extension("pid");
-        let console_path = spec.with_extension("console.sock");
+        // Not named after the exec id: <state>/shims/<64 hex id>/ leaves
+        // little of sun_path's 108 bytes, and exec ids may be long.
+        static NEXT_CONSOLE: AtomicU64 = AtomicU64::new(0);
+        let console_path = self.dir.join(format!(
+            "c{}.sock",
+            NEXT_CONSOLE.fetch_add(1, Ordering::Relaxed)
+        ));
         let (child_stdio, console) = self.prepare_stdio(proc, &console_path)?;
         let spec_s = spec.display().to_string();
         let pid_s = pid_file.display().to_string();

@@ -125,6 +125,37 @@ pub struct ProcessIo {
     pub stderr: Option<BoxWriter>,
     /// Terminal sizes, with a terminal only.
     pub resize: Option<mpsc::UnboundedReceiver<TerminalSize>>,
+    /// Fires when the client's connection ends before the session does.
+    pub client_gone: ClientGone,
+}
+
+/// Tells a backend that the client went away (its connection ended), so an
+/// exec can be ended and an attach detached even when nothing is written.
+#[derive(Debug)]
+pub struct ClientGone(Option<tokio::sync::oneshot::Receiver<()>>);
+
+impl ClientGone {
+    /// A pair: the server fires the sender when the connection ends.
+    pub(crate) fn new() -> (tokio::sync::oneshot::Sender<()>, ClientGone) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (tx, ClientGone(Some(rx)))
+    }
+
+    /// One that never fires.
+    pub fn never() -> ClientGone {
+        ClientGone(None)
+    }
+
+    /// Resolves once the client's connection has ended; never resolves if
+    /// it does not end while the session runs.
+    pub async fn wait(self) {
+        if let Some(rx) = self.0
+            && rx.await.is_ok()
+        {
+            return;
+        }
+        std::future::pending().await
+    }
 }
 
 /// A backend failure, reported to the client on the error stream.

@@ -21,7 +21,7 @@ use crate::spdy::{IncomingStream, Session, Stream};
 use crate::token::{Pending, Tokens};
 use crate::ws;
 use crate::{
-    AttachSpec, BackendError, BoxReader, BoxWriter, CHANNEL_PROTOCOLS, ExecSpec,
+    AttachSpec, BackendError, BoxReader, BoxWriter, CHANNEL_PROTOCOLS, ClientGone, ExecSpec,
     PORT_FORWARD_PROTOCOL, PortForwardSpec, ProcessIo, StreamingBackend, StreamingConfig,
     StreamingError, TerminalSize,
 };
@@ -451,6 +451,7 @@ where
     };
     let (stdin_tx, stdin_rx) = mpsc::unbounded_channel::<Bytes>();
     let (resize_tx, resize_rx) = mpsc::unbounded_channel::<TerminalSize>();
+    let (gone_tx, client_gone) = ClientGone::new();
     let out = |channel| {
         Box::new(ws::ChannelWriter {
             tx: out_tx.clone(),
@@ -469,9 +470,11 @@ where
         stdout: stdout_flag.then(|| out(ws::channel::STDOUT)),
         stderr: (stderr_flag && !tty).then(|| out(ws::channel::STDERR)),
         resize: tty.then_some(resize_rx),
+        client_gone,
     };
     let pong_tx = out_tx.clone();
     let reader = tokio::spawn(async move {
+        let _gone = Fire(Some(gone_tx));
         let mut stdin_tx = Some(stdin_tx);
         while let Ok(Some(m)) = ws::read_message(&mut rd).await {
             match m {
@@ -600,17 +603,33 @@ async fn collect_streams(
     Some(s)
 }
 
-/// Streams opened after the session's set is complete are refused.
-fn refuse_late_streams(mut incoming: mpsc::UnboundedReceiver<IncomingStream>) {
+/// Streams opened after the session's set is complete are refused; the end
+/// of `incoming` (the connection ended) fires `gone`.
+fn refuse_late_streams(
+    mut incoming: mpsc::UnboundedReceiver<IncomingStream>,
+    gone: oneshot::Sender<()>,
+) {
     tokio::spawn(async move {
         while let Some(mut i) = incoming.recv().await {
             tracing::warn!(headers = ?i.headers, "stream opened after the session started");
             i.stream.reset(crate::spdy::frame::rst::REFUSED_STREAM);
         }
+        let _ = gone.send(());
     });
 }
 
-fn process_io(s: &mut Streams) -> ProcessIo {
+/// Fires a [`ClientGone`] sender when dropped (the reader task ended).
+struct Fire(Option<oneshot::Sender<()>>);
+
+impl Drop for Fire {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn process_io(s: &mut Streams, client_gone: ClientGone) -> ProcessIo {
     let resize = s.resize.take().map(|r| {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(read_resizes(r, tx));
@@ -621,6 +640,7 @@ fn process_io(s: &mut Streams) -> ProcessIo {
         stdout: s.stdout.take().map(|x| Box::new(x) as BoxWriter),
         stderr: s.stderr.take().map(|x| Box::new(x) as BoxWriter),
         resize,
+        client_gone,
     }
 }
 
@@ -711,8 +731,9 @@ async fn serve_exec(
     let Some(mut s) = collect_streams(&ctx, &session, &mut incoming, wanted).await else {
         return;
     };
-    let io = process_io(&mut s);
-    refuse_late_streams(incoming);
+    let (gone, client_gone) = ClientGone::new();
+    let io = process_io(&mut s, client_gone);
+    refuse_late_streams(incoming, gone);
     let result = ctx.backend.exec(spec, io).await;
     finish(session, s.error, status_message(version, &result)).await;
 }
@@ -729,8 +750,9 @@ async fn serve_attach(
     let Some(mut s) = collect_streams(&ctx, &session, &mut incoming, wanted).await else {
         return;
     };
-    let io = process_io(&mut s);
-    refuse_late_streams(incoming);
+    let (gone, client_gone) = ClientGone::new();
+    let io = process_io(&mut s, client_gone);
+    refuse_late_streams(incoming, gone);
     let result = ctx.backend.attach(spec, io).await.map(|()| 0);
     finish(session, s.error, status_message(version, &result)).await;
 }
