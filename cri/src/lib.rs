@@ -1,6 +1,7 @@
 //! carrackd: the CRI v1 daemon of Carrack.
 //!
 //! - [`config`]: the TOML configuration (every key has a default);
+//! - [`config_doc`]: the documented TOML of `carrackd config default`;
 //! - [`check`]: `carrackd check`, what this node has and lacks;
 //! - [`store`]: sandboxes and containers in SQLite (WAL), intent first;
 //! - [`sandbox`]: pinned namespaces, pod files, the pod network seam;
@@ -16,6 +17,7 @@
 
 pub mod check;
 pub mod config;
+pub mod config_doc;
 pub mod events;
 pub mod pod_network;
 pub mod sandbox;

@@ -47,7 +47,7 @@ enum Cmd {
 
 #[derive(Subcommand, Debug)]
 enum ConfigCmd {
-    /// Prints the effective configuration as TOML.
+    /// Prints the effective configuration as TOML, every key documented.
     Default,
 }
 
@@ -87,7 +87,7 @@ fn main() -> anyhow::Result<()> {
         Some(Cmd::Config {
             what: ConfigCmd::Default,
         }) => {
-            print!("{}", cfg.to_toml());
+            print!("{}", cfg.to_documented_toml());
             return Ok(());
         }
         Some(Cmd::Check) => {
