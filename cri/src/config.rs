@@ -238,6 +238,21 @@ impl Config {
             .map(|(k, v)| (k.as_str(), v))
     }
 
+    /// The SQLite database of sandboxes, containers and images.
+    pub fn db_path(&self) -> PathBuf {
+        self.root.join("carrack.db")
+    }
+
+    /// The image store's settings: under `root`, sharing the database.
+    pub fn image_store_config(&self) -> carrack_image::ImageStoreConfig {
+        carrack_image::ImageStoreConfig {
+            root: self.root.clone(),
+            db_path: self.db_path(),
+            registries: self.registries.clone(),
+            max_concurrent_downloads: self.max_concurrent_downloads,
+        }
+    }
+
     /// The effective configuration as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print: {e}\n"))

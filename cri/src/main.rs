@@ -39,10 +39,27 @@ enum Cmd {
         #[command(subcommand)]
         what: ConfigCmd,
     },
+    /// Image commands for air-gapped nodes.
+    Image {
+        #[command(subcommand)]
+        what: ImageCmd,
+    },
     /// Checks this node (kernel features, cgroups, seccomp, binaries,
     /// directories) and says what is missing and how to fix it; exits 1
     /// when anything Carrack needs is missing.
     Check,
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCmd {
+    /// Loads OCI archives (`skopeo copy … oci-archive:`, `ctr export`) or
+    /// docker-archive tars (`docker save`) into the image store under the
+    /// configured root; a running carrackd lists them at once.
+    Import {
+        /// The archive files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -80,6 +97,31 @@ fn effective(args: &Args) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+/// `carrackd image import`: every archive into the store, each image's id
+/// and names printed.
+async fn import_images(cfg: &Config, files: &[PathBuf]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.root)
+        .with_context(|| format!("creating root {}", cfg.root.display()))?;
+    let store = carrack_image::ImageStore::open(cfg.image_store_config())
+        .await
+        .context("opening the image store")?;
+    for file in files {
+        let images = store
+            .import_archive(file)
+            .await
+            .with_context(|| format!("importing {}", file.display()))?;
+        for image in images {
+            let names = if image.repo_tags.is_empty() {
+                "(no name)".to_owned()
+            } else {
+                image.repo_tags.join(", ")
+            };
+            println!("{} {names}", image.id);
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = effective(&args)?;
@@ -89,6 +131,15 @@ fn main() -> anyhow::Result<()> {
         }) => {
             print!("{}", cfg.to_documented_toml());
             return Ok(());
+        }
+        Some(Cmd::Image {
+            what: ImageCmd::Import { files },
+        }) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting tokio")?;
+            return rt.block_on(import_images(&cfg, &files));
         }
         Some(Cmd::Check) => {
             let (text, failed) = carrackd::check::render(&carrackd::check::check_node(&cfg));

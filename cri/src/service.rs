@@ -118,15 +118,8 @@ impl Daemon {
     pub async fn open(cfg: Config, network: Arc<dyn PodNetwork>) -> anyhow::Result<Arc<Daemon>> {
         std::fs::create_dir_all(&cfg.root)?;
         std::fs::create_dir_all(&cfg.state)?;
-        let db = cfg.root.join("carrack.db");
-        let store = Store::open(&db)?;
-        let images = ImageStore::open(carrack_image::ImageStoreConfig {
-            root: cfg.root.clone(),
-            db_path: db,
-            registries: cfg.registries.clone(),
-            max_concurrent_downloads: cfg.max_concurrent_downloads,
-        })
-        .await?;
+        let store = Store::open(&cfg.db_path())?;
+        let images = ImageStore::open(cfg.image_store_config()).await?;
         Ok(Arc::new_cyclic(|me| Daemon {
             cfg,
             store,
