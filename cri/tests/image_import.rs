@@ -45,8 +45,10 @@ async fn import_an_oci_archive_then_resolve_it_by_name() {
         format!("{} docker.io/library/offline:v1", built.config_digest)
     );
 
-    let mut cfg = carrackd::config::Config::default();
-    cfg.root = root.clone();
+    let cfg = carrackd::config::Config {
+        root: root.clone(),
+        ..Default::default()
+    };
     let store = carrack_image::ImageStore::open(cfg.image_store_config())
         .await
         .unwrap();
