@@ -1,5 +1,5 @@
 //! carrack-shim driven over its gRPC API with real busybox containers, as
-//! root, with runc (and crun) as the OCI runtime.
+//! root, with runc and with carrack-runtime as the OCI runtime.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,6 +18,31 @@ struct Fixture {
     state_dir: PathBuf,
     runtime: String,
     client: Option<ShimClient>,
+}
+
+/// carrack-runtime beside the test's target dir (`cargo build --workspace
+/// --bins` puts it there): the shim drives it as it drives runc.
+fn carrack_runtime() -> String {
+    let exe = std::env::current_exe().unwrap();
+    // <target>/debug/deps/<test> → <target>/debug/carrack-runtime
+    let dir = exe.parent().unwrap().parent().unwrap();
+    dir.join("carrack-runtime").display().to_string()
+}
+
+fn carrack_runtime_present() -> bool {
+    carrack_e2e::prerequisite::check(
+        Path::new(&carrack_runtime()).exists(),
+        "carrack-runtime in the target dir (cargo build --workspace --bins)",
+    )
+}
+
+/// A fixture name that differs per runtime, so both runs can go at once.
+fn fixture_name(name: &str, runtime: &str) -> String {
+    if runtime == RUNC {
+        name.to_owned()
+    } else {
+        format!("{name}-c")
+    }
 }
 
 fn prerequisites() -> bool {
@@ -157,11 +182,22 @@ fn parse_log(text: &str) -> Vec<(String, String, String)> {
 
 #[tokio::test]
 async fn cri_log_bytes_streams_and_partial_lines() {
+    cri_log_bytes_streams_and_partial_lines_with(RUNC).await;
+}
+
+#[tokio::test]
+async fn cri_log_bytes_streams_and_partial_lines_with_carrack_runtime() {
+    if carrack_runtime_present() {
+        cri_log_bytes_streams_and_partial_lines_with(&carrack_runtime()).await;
+    }
+}
+
+async fn cri_log_bytes_streams_and_partial_lines_with(runtime: &str) {
     if !prerequisites() {
         return;
     }
     let script = "echo out; echo err >&2; printf '%20000s\\n' x | tr ' ' y; printf partial";
-    let mut f = Fixture::new("log", RUNC, script, |_| {}).await;
+    let mut f = Fixture::new(&fixture_name("log", runtime), runtime, script, |_| {}).await;
     f.create(f.logged_stdio()).await.unwrap();
     f.start("").await;
     let exit = f.wait("").await.exit.unwrap();
@@ -194,10 +230,27 @@ async fn cri_log_bytes_streams_and_partial_lines() {
 
 #[tokio::test]
 async fn attach_forwards_stdin_and_fans_out_output() {
+    attach_forwards_stdin_and_fans_out_output_with(RUNC).await;
+}
+
+#[tokio::test]
+async fn attach_forwards_stdin_and_fans_out_output_with_carrack_runtime() {
+    if carrack_runtime_present() {
+        attach_forwards_stdin_and_fans_out_output_with(&carrack_runtime()).await;
+    }
+}
+
+async fn attach_forwards_stdin_and_fans_out_output_with(runtime: &str) {
     if !prerequisites() {
         return;
     }
-    let mut f = Fixture::new("attach", RUNC, "read line; echo got:$line", |_| {}).await;
+    let mut f = Fixture::new(
+        &fixture_name("attach", runtime),
+        runtime,
+        "read line; echo got:$line",
+        |_| {},
+    )
+    .await;
     let stdio = pb::Stdio {
         stdin: true,
         stdin_once: true,
@@ -244,10 +297,27 @@ async fn attach_forwards_stdin_and_fans_out_output() {
 
 #[tokio::test]
 async fn exec_exit_codes_and_captured_output() {
+    exec_exit_codes_and_captured_output_with(RUNC).await;
+}
+
+#[tokio::test]
+async fn exec_exit_codes_and_captured_output_with_carrack_runtime() {
+    if carrack_runtime_present() {
+        exec_exit_codes_and_captured_output_with(&carrack_runtime()).await;
+    }
+}
+
+async fn exec_exit_codes_and_captured_output_with(runtime: &str) {
     if !prerequisites() {
         return;
     }
-    let mut f = Fixture::new("exec", RUNC, "exec sleep 60", |_| {}).await;
+    let mut f = Fixture::new(
+        &fixture_name("exec", runtime),
+        runtime,
+        "exec sleep 60",
+        |_| {},
+    )
+    .await;
     f.create(f.logged_stdio()).await.unwrap();
     f.start("").await;
     for (exec_id, script, code, out) in [
@@ -295,10 +365,27 @@ async fn exec_exit_codes_and_captured_output() {
 
 #[tokio::test]
 async fn kill_then_wait_reports_the_signal() {
+    kill_then_wait_reports_the_signal_with(RUNC).await;
+}
+
+#[tokio::test]
+async fn kill_then_wait_reports_the_signal_with_carrack_runtime() {
+    if carrack_runtime_present() {
+        kill_then_wait_reports_the_signal_with(&carrack_runtime()).await;
+    }
+}
+
+async fn kill_then_wait_reports_the_signal_with(runtime: &str) {
     if !prerequisites() {
         return;
     }
-    let mut f = Fixture::new("kill", RUNC, "exec sleep 60", |_| {}).await;
+    let mut f = Fixture::new(
+        &fixture_name("kill", runtime),
+        runtime,
+        "exec sleep 60",
+        |_| {},
+    )
+    .await;
     f.create(f.logged_stdio()).await.unwrap();
     f.start("").await;
     let state = f
@@ -370,10 +457,27 @@ async fn kill_then_wait_reports_the_signal() {
 
 #[tokio::test]
 async fn exit_while_no_client_is_connected_is_kept_and_replayed() {
+    exit_while_no_client_is_connected_is_kept_and_replayed_with(RUNC).await;
+}
+
+#[tokio::test]
+async fn exit_while_no_client_is_connected_is_kept_and_replayed_with_carrack_runtime() {
+    if carrack_runtime_present() {
+        exit_while_no_client_is_connected_is_kept_and_replayed_with(&carrack_runtime()).await;
+    }
+}
+
+async fn exit_while_no_client_is_connected_is_kept_and_replayed_with(runtime: &str) {
     if !prerequisites() {
         return;
     }
-    let mut f = Fixture::new("noclient", RUNC, "read x; exit 7", |_| {}).await;
+    let mut f = Fixture::new(
+        &fixture_name("noclient", runtime),
+        runtime,
+        "read x; exit 7",
+        |_| {},
+    )
+    .await;
     f.create(pb::Stdio {
         stdin: true,
         ..f.logged_stdio()
@@ -428,10 +532,27 @@ async fn exit_while_no_client_is_connected_is_kept_and_replayed() {
 
 #[tokio::test]
 async fn reopen_log_after_rename() {
+    reopen_log_after_rename_with(RUNC).await;
+}
+
+#[tokio::test]
+async fn reopen_log_after_rename_with_carrack_runtime() {
+    if carrack_runtime_present() {
+        reopen_log_after_rename_with(&carrack_runtime()).await;
+    }
+}
+
+async fn reopen_log_after_rename_with(runtime: &str) {
     if !prerequisites() {
         return;
     }
-    let mut f = Fixture::new("reopen", RUNC, "echo one; read x; echo two", |_| {}).await;
+    let mut f = Fixture::new(
+        &fixture_name("reopen", runtime),
+        runtime,
+        "echo one; read x; echo two",
+        |_| {},
+    )
+    .await;
     f.create(pb::Stdio {
         stdin: true,
         ..f.logged_stdio()
@@ -476,13 +597,24 @@ async fn reopen_log_after_rename() {
 
 #[tokio::test]
 async fn oom_kill_is_reported() {
+    oom_kill_is_reported_with(RUNC).await;
+}
+
+#[tokio::test]
+async fn oom_kill_is_reported_with_carrack_runtime() {
+    if carrack_runtime_present() {
+        oom_kill_is_reported_with(&carrack_runtime()).await;
+    }
+}
+
+async fn oom_kill_is_reported_with(runtime: &str) {
     if !prerequisites() {
         return;
     }
     let limit = 16 << 20;
     let mut f = Fixture::new(
-        "oom",
-        RUNC,
+        &fixture_name("oom", runtime),
+        runtime,
         "dd if=/dev/zero of=/dev/null bs=64M count=1",
         |c| {
             c["linux"]["resources"]["memory"] = json!({"limit": limit, "swap": limit});
