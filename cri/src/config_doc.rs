@@ -114,7 +114,7 @@ const DOCS: &[(&str, &str)] = &[
     ),
     (
         "streaming",
-        "The exec / attach / port-forward server whose one-time URLs the\nExec, Attach and PortForward calls return.",
+        "The exec / attach / port-forward server whose one-time URLs the\nExec, Attach and PortForward calls return. For HTTPS (https:// URLs):\ntls_cert_file = \"/etc/carrack/streaming.pem\"\ntls_key_file = \"/etc/carrack/streaming.key\"",
     ),
     (
         "streaming.address",
@@ -123,6 +123,14 @@ const DOCS: &[(&str, &str)] = &[
     (
         "streaming.token_ttl_seconds",
         "How long a returned URL stays usable (single use).",
+    ),
+    (
+        "streaming.tls_cert_file",
+        "The server's certificate chain (PEM); with tls_key_file, HTTPS.",
+    ),
+    (
+        "streaming.tls_key_file",
+        "The certificate's private key (PEM).",
     ),
 ];
 

@@ -10,3 +10,4 @@ pub mod pod_network;
 pub mod prerequisite;
 pub mod registry;
 pub mod rootfs;
+pub mod tls;

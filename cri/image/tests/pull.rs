@@ -695,86 +695,13 @@ async fn import_oci_and_docker_archives() {
     assert!(s.import_archive(&junk).await.is_err());
 }
 
-/// Makes a CA and a server certificate for 127.0.0.1 with openssl; returns
-/// (ca.pem, server.pem, server.key).
-fn make_certs(
-    dir: &std::path::Path,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=carrack test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "server.pem",
-    ]);
-    (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_registry_needs_its_ca() {
     if !prerequisites() || !carrack_e2e::prerequisite::require_file("/usr/bin/openssl", "openssl") {
         return;
     }
     let dir = TestDir::new("tls");
-    let (ca, cert, key) = make_certs(dir.path());
+    let (ca, cert, key) = carrack_e2e::tls::make_certs(dir.path());
     let reg = Registry::start_with_tls(&cert, &key).unwrap();
     let spec = ImageSpec::new(vec![
         Layer::new(Compression::Gzip).file("tls", b"yes", 0o644),

@@ -7,10 +7,13 @@
 //! token_ttl_seconds = 60
 //! ```
 //!
-//! TLS is not offered: `carrack-streaming` serves plain HTTP only, so the
-//! default address is loopback (kubelet on the same node reaches it).
+//! With `tls_cert_file` and `tls_key_file` (PEM) the server speaks HTTPS
+//! and its URLs are `https://`; without them it serves plain HTTP, which is
+//! why the default address is loopback (kubelet on the same node reaches
+//! it).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +28,12 @@ pub struct StreamingSettings {
     pub address: SocketAddr,
     /// How long a URL returned by Exec, Attach or PortForward stays usable.
     pub token_ttl_seconds: u64,
+    /// The server's certificate chain (PEM); with `tls_key_file`, HTTPS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for StreamingSettings {
@@ -32,6 +41,8 @@ impl Default for StreamingSettings {
         StreamingSettings {
             address: SocketAddr::from(([127, 0, 0, 1], 0)),
             token_ttl_seconds: 60,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -43,6 +54,17 @@ impl StreamingSettings {
             return Err(ConfigError::Invalid {
                 key: "streaming.token_ttl_seconds".into(),
                 message: format!("expected 1 to 3600 seconds, got {}", self.token_ttl_seconds),
+            });
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            let missing = if self.tls_cert_file.is_none() {
+                "streaming.tls_cert_file"
+            } else {
+                "streaming.tls_key_file"
+            };
+            return Err(ConfigError::Invalid {
+                key: missing.into(),
+                message: "TLS needs both tls_cert_file and tls_key_file".into(),
             });
         }
         if self.address.ip().is_unspecified() {
@@ -64,6 +86,11 @@ impl StreamingSettings {
         carrack_streaming::StreamingConfig {
             addr: self.address,
             token_ttl: Duration::from_secs(self.token_ttl_seconds),
+            tls: self
+                .tls_cert_file
+                .clone()
+                .zip(self.tls_key_file.clone())
+                .map(|(cert, key)| carrack_streaming::tls::TlsFiles { cert, key }),
             ..Default::default()
         }
     }
@@ -101,5 +128,21 @@ mod tests {
         assert!(e.to_string().contains("streaming.address"), "{e}");
         let e = Config::parse("[streaming]\naddress = \"nope\"\n", Path::new("x")).unwrap_err();
         assert!(e.to_string().contains("address"), "{e}");
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_reaches_the_server_config() {
+        assert!(Config::default().streaming.server_config().tls.is_none());
+        let c = Config::parse(
+            "[streaming]\ntls_cert_file = \"/c.pem\"\ntls_key_file = \"/k.pem\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        let tls = c.streaming.server_config().tls.unwrap();
+        assert_eq!(tls.cert, Path::new("/c.pem"));
+        assert_eq!(tls.key, Path::new("/k.pem"));
+        let e =
+            Config::parse("[streaming]\ntls_cert_file = \"/c.pem\"\n", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("streaming.tls_key_file"), "{e}");
     }
 }

@@ -18,8 +18,8 @@ use crate::{CHANNEL_PROTOCOLS, PORT_FORWARD_PROTOCOL, TerminalSize};
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The URL is not `http://host:port/path`.
-    #[error("streaming URL {0:?} is not http://host:port/path")]
+    /// The URL is not `http(s)://host:port/path`.
+    #[error("streaming URL {0:?} is not http(s)://host:port/path")]
     Url(String),
     /// Connecting or talking to the server failed.
     #[error("streaming connection to {url}: {source}")]
@@ -50,6 +50,19 @@ pub enum ClientError {
     Remote(String),
 }
 
+/// The CA the SPDY client trusts for `https://` URLs, process-wide (the
+/// client's entry points take a URL, as kubectl's do).
+static TLS_CONNECTOR: std::sync::RwLock<Option<tokio_rustls::TlsConnector>> =
+    std::sync::RwLock::new(None);
+
+/// Trusts the PEM CA certificates in `ca_file` for `https://` streaming
+/// URLs (SPDY; the WebSocket client speaks plain HTTP only).
+pub fn trust_ca_file(ca_file: &std::path::Path) -> Result<(), crate::tls::TlsError> {
+    let connector = crate::tls::connector(ca_file)?;
+    *TLS_CONNECTOR.write().expect("TLS connector lock") = Some(connector);
+    Ok(())
+}
+
 /// Streams for an exec or attach. `None` streams are not requested.
 #[derive(Default)]
 pub struct ExecIo {
@@ -68,9 +81,11 @@ pub struct ExecIo {
 /// Upgrades `url` to SPDY/3.1 offering `protocols`; returns the session and
 /// the protocol the server chose.
 pub async fn connect(url: &str, protocols: &[&str]) -> Result<(Session, String), ClientError> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| ClientError::Url(url.into()))?;
+    let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (false, rest),
+        (None, Some(rest)) => (true, rest),
+        (None, None) => return Err(ClientError::Url(url.into())),
+    };
     let (hostport, path) = rest
         .split_once('/')
         .ok_or_else(|| ClientError::Url(url.into()))?;
@@ -85,7 +100,24 @@ pub async fn connect(url: &str, protocols: &[&str]) -> Result<(Session, String),
     let tcp = tokio::net::TcpStream::connect(hostport)
         .await
         .map_err(io_err)?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    let io: Box<dyn crate::AsyncReadWrite> = if tls {
+        let connector = TLS_CONNECTOR
+            .read()
+            .expect("TLS connector lock")
+            .clone()
+            .ok_or_else(|| ClientError::Http {
+                url: url.into(),
+                message: "an https URL needs client::trust_ca_file first".into(),
+            })?;
+        let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| ClientError::Url(format!("{url}: {e}")))?;
+        Box::new(connector.connect(name, tcp).await.map_err(io_err)?)
+    } else {
+        Box::new(tcp)
+    };
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(http_err)?;
     tokio::spawn(conn.with_upgrades());

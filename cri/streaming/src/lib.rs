@@ -34,11 +34,15 @@
 //! Port-forward over WebSocket (`portforward.k8s.io`) takes its ports from
 //! the URL's `port` query parameters.
 //!
-//! Not done yet: TLS and the base64 WebSocket variants.
+//! With [`StreamingConfig::tls`] the server speaks HTTPS ([`tls`]) and
+//! hands out `https://` URLs.
+//!
+//! Not done yet: the base64 WebSocket variants.
 
 pub mod client;
 mod server;
 pub mod spdy;
+pub mod tls;
 mod token;
 pub mod ws;
 
@@ -197,6 +201,8 @@ pub struct StreamingConfig {
     pub token_ttl: Duration,
     /// How long to wait for the client to open all its streams.
     pub stream_creation_timeout: Duration,
+    /// Serve HTTPS with this certificate and key (URLs are then `https://`).
+    pub tls: Option<tls::TlsFiles>,
 }
 
 impl Default for StreamingConfig {
@@ -205,6 +211,7 @@ impl Default for StreamingConfig {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             token_ttl: Duration::from_secs(60),
             stream_creation_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -223,6 +230,9 @@ pub enum StreamingError {
     /// A request field is unusable.
     #[error("invalid streaming request: {0}")]
     InvalidRequest(String),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Exec and attach subprotocols, newest first.

@@ -29,6 +29,8 @@ use crate::{
 /// The running streaming server.
 pub struct StreamingServer {
     addr: SocketAddr,
+    /// `http` or `https`, for the URLs.
+    scheme: &'static str,
     tokens: Arc<Tokens>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -38,6 +40,21 @@ struct Ctx {
     tokens: Arc<Tokens>,
     backend: Arc<dyn StreamingBackend>,
     cfg: StreamingConfig,
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one accepted connection, plain or TLS.
+async fn serve_connection<I>(ctx: Arc<Ctx>, io: I)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handle(ctx, req)) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades()
+        .await;
 }
 
 impl StreamingServer {
@@ -59,6 +76,8 @@ impl StreamingServer {
                 addr: cfg.addr,
                 source,
             })?;
+        let acceptor = cfg.tls.as_ref().map(crate::tls::acceptor).transpose()?;
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
         let tokens = Arc::new(Tokens::new(cfg.token_ttl));
         let ctx = Arc::new(Ctx {
             tokens: tokens.clone(),
@@ -79,20 +98,21 @@ impl StreamingServer {
                     },
                 };
                 let ctx = ctx.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let ctx = ctx.clone();
-                        async move { Ok::<_, Infallible>(handle(ctx, req)) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .with_upgrades()
-                        .await;
+                    match acceptor {
+                        None => serve_connection(ctx, tcp).await,
+                        Some(a) => match a.accept(tcp).await {
+                            Ok(tls) => serve_connection(ctx, tls).await,
+                            Err(e) => tracing::debug!(error = %e, "streaming TLS handshake failed"),
+                        },
+                    }
                 });
             }
         });
         Ok(Self {
             addr,
+            scheme,
             tokens,
             stop: Some(stop_tx),
             task,
@@ -105,7 +125,12 @@ impl StreamingServer {
     }
 
     fn url(&self, kind: &str, p: Pending) -> String {
-        format!("http://{}/{kind}/{}", self.addr, self.tokens.insert(p))
+        format!(
+            "{}://{}/{kind}/{}",
+            self.scheme,
+            self.addr,
+            self.tokens.insert(p)
+        )
     }
 
     /// A single-use URL for an exec.

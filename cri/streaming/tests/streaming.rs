@@ -696,3 +696,69 @@ async fn large_output_arrives_whole_over_both_transports() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn exec_over_tls_with_the_servers_ca_and_plain_http_refused() {
+    if !carrack_e2e::prerequisite::require_file("/usr/bin/openssl", "openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = carrack_e2e::tls::make_certs(dir.path());
+    let s = server(StreamingConfig {
+        tls: Some(carrack_streaming::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        ..Default::default()
+    })
+    .await;
+    let url = s.exec_url(&spec(&["cat"], true, false)).unwrap();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    client::trust_ca_file(&ca).unwrap();
+    let (code, out, _) = exec_capture(&url, &[], Some(b"hello over tls\n")).await;
+    assert_eq!(code.unwrap(), 0);
+    assert_eq!(out, "hello over tls\n");
+
+    // The same server does not answer plain HTTP.
+    let plain = s
+        .exec_url(&spec(&["true"], false, false))
+        .unwrap()
+        .replacen("https://", "http://", 1);
+    let (code, _, _) = exec_capture(&plain, &[], None).await;
+    assert!(code.is_err(), "plain HTTP to a TLS server must fail");
+    s.shutdown().await;
+
+    // A key that is not the certificate's is refused, naming the file.
+    let other = tempfile::tempdir().unwrap();
+    let (_, _, other_key) = carrack_e2e::tls::make_certs(other.path());
+    let e = StreamingServer::start(
+        StreamingConfig {
+            tls: Some(carrack_streaming::tls::TlsFiles {
+                cert: cert.clone(),
+                key: other_key,
+            }),
+            ..Default::default()
+        },
+        Arc::new(HostBackend),
+    )
+    .await
+    .err()
+    .expect("mismatched key refused")
+    .to_string();
+    assert!(e.contains(cert.to_str().unwrap()), "{e}");
+    let e = StreamingServer::start(
+        StreamingConfig {
+            tls: Some(carrack_streaming::tls::TlsFiles {
+                cert: dir.path().join("missing.pem"),
+                key,
+            }),
+            ..Default::default()
+        },
+        Arc::new(HostBackend),
+    )
+    .await
+    .err()
+    .expect("missing cert refused")
+    .to_string();
+    assert!(e.contains("missing.pem"), "{e}");
+}
