@@ -54,6 +54,7 @@ impl TestCgroup {
             .collect();
         let mut cmd = Command::new("/bin/busybox");
         cmd.args(["sh", "-c", script])
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // SAFETY: the closure only writes to files (async-signal-safe enough
@@ -418,4 +419,44 @@ fn io_throttle_hugetlb_and_unified_keys() {
         let err = t.cg.apply(&resources(|b| b.unified(bad))).unwrap_err();
         assert!(err.to_string().contains("unified.../cgroup.procs"), "{err}");
     }
+}
+
+/// What kubelet's stats read (through carrackd) moves with the load: CPU
+/// time with a busy loop, the working set with a 16 MiB tmpfs file held
+/// open, process counts; on v1 here and on v2 in the VM.
+#[test]
+fn cpu_and_memory_stats_follow_the_load() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestCgroup::new("load");
+    let before = t.cg.stats().unwrap();
+    let shm = format!("/dev/shm/carrack-test-load-{}", std::process::id());
+    // A fixed amount of work (not a duration), then 16 MiB of shmem charged
+    // to the cgroup, then it waits for its stdin to close.
+    let script = format!(
+        "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; \
+         head -c 16777216 /dev/zero > {shm}; echo ready; read x"
+    );
+    let child = t.spawn(&script);
+    let mut stdout = child.stdout.take().unwrap();
+    let mut ready = [0u8; 6];
+    stdout.read_exact(&mut ready).unwrap();
+    assert_eq!(&ready, b"ready\n");
+    let after = t.cg.stats().unwrap();
+    let _ = std::fs::remove_file(&shm);
+    assert!(
+        after.cpu.usage.total > before.cpu.usage.total + 10_000_000,
+        "a busy loop adds CPU time: {} -> {}",
+        before.cpu.usage.total,
+        after.cpu.usage.total
+    );
+    assert!(
+        after.memory.working_set >= before.memory.working_set + (15 << 20),
+        "16 MiB of shmem is in the working set: {} -> {}",
+        before.memory.working_set,
+        after.memory.working_set
+    );
+    assert!(after.memory.usage.usage >= after.memory.working_set);
+    assert_eq!(after.pids.current, 1);
 }
