@@ -20,7 +20,8 @@
 # Usage: run-cgroup2-tests.sh [-p PACKAGE [--test NAME]]... [--no-build]
 #                             [TEST-EXECUTABLE...] [-- TEST-ARGS...]
 #   Without executables or packages, builds and runs the tests of
-#   carrack-cgroups and, when it exists, carrack-runtime's `cgroups` test
+#   carrack-cgroups and, when they exist, carrack-runtime's `cgroups` and
+#   `lifecycle` tests
 #   (CARGO_TARGET_DIR is honoured). `-p`/`--test` select what
 #   `cargo test --no-run` builds instead. Arguments after `--` are passed to
 #   every test binary (e.g. a test name filter).
@@ -190,6 +191,11 @@ elif ((build)); then
     fi
     if ((${#cargo_args[@]} == 0)) && [[ -f $repo/runtime/tests/cgroups.rs ]]; then
         add_tests -p carrack-runtime --test cgroups
+    fi
+    # The whole container lifecycle (namespaces, mounts, seccomp, hooks,
+    # pause/resume through the v2 freezer) on a pure cgroup v2 kernel too.
+    if ((${#cargo_args[@]} == 0)) && [[ -f $repo/runtime/tests/lifecycle.rs ]]; then
+        add_tests -p carrack-runtime --test lifecycle
     fi
 else
     die "--no-build needs test executables as arguments"
