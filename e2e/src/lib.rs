@@ -6,6 +6,7 @@
 
 pub mod carrackd;
 pub mod image_builder;
+pub mod oci;
 pub mod pod_network;
 pub mod prerequisite;
 pub mod registry;

@@ -39,45 +39,21 @@ impl Container {
         // Top level: a shared parent removed by one test's Drop would race
         // with another test's create.
         let cgroups_path = format!("/{id}");
-        let config = json!({
-            "ociVersion": "1.0.2",
-            "process": {
-                "terminal": false,
-                "user": {"uid": 0, "gid": 0},
-                "args": ["/bin/sh", "-c", script],
-                "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
-                "cwd": "/",
-                "capabilities": {
-                    "bounding": ["CAP_KILL", "CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE"],
-                    "effective": ["CAP_KILL", "CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE"],
-                    "permitted": ["CAP_KILL", "CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE"]
-                },
-                "noNewPrivileges": true
-            },
-            "root": {"path": "rootfs", "readonly": false},
-            "hostname": "cgroups",
-            "mounts": [
-                {"destination": "/proc", "type": "proc", "source": "proc"},
-                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-                {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-                 "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-                {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-                 "options": ["nosuid", "noexec", "nodev", "ro"]},
-                // A host device no rule allows: runtimes add cgroup rules for
-                // their default devices and (some) for linux.devices, never
-                // for bind mounts, so only `resources.devices` decides here.
-                {"destination": "/dev/kmsg", "type": "bind", "source": "/dev/kmsg",
-                 "options": ["bind"]}
-            ],
-            "linux": {
-                "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
-                "cgroupsPath": cgroups_path,
-                "resources": resources
-            }
-        });
+        let mut config =
+            carrack_e2e::oci::busybox_config("rootfs", &["/bin/sh", "-c", script], &cgroups_path);
+        let caps = json!(["CAP_KILL", "CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE"]);
+        for set in ["bounding", "effective", "permitted"] {
+            config["process"]["capabilities"][set] = caps.clone();
+        }
+        config["hostname"] = json!("cgroups");
+        config["linux"]["resources"] = resources;
+        // A host device no rule allows: runtimes add cgroup rules for
+        // their default devices and (some) for linux.devices, never for
+        // bind mounts, so only `resources.devices` decides here.
+        carrack_e2e::oci::add_mount(
+            &mut config,
+            json!({"destination": "/dev/kmsg", "type": "bind", "source": "/dev/kmsg", "options": ["bind"]}),
+        );
         std::fs::write(
             dir.join("bundle/config.json"),
             serde_json::to_vec_pretty(&config).unwrap(),

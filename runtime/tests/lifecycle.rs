@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use carrack_e2e::oci::{add_mount, add_namespace, busybox_config};
 use carrack_e2e::prerequisite::require_root;
 use serde_json::{Value, json};
 
@@ -21,42 +22,16 @@ struct Container {
 }
 
 fn base_config(id: &str, args: &[&str]) -> Value {
-    json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": {"uid": 0, "gid": 0},
-            "args": args,
-            "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
-            "cwd": "/",
-            "capabilities": {
-                "bounding": ["CAP_KILL", "CAP_CHOWN", "CAP_NET_BIND_SERVICE"],
-                "effective": ["CAP_KILL", "CAP_CHOWN", "CAP_NET_BIND_SERVICE"],
-                "permitted": ["CAP_KILL", "CAP_CHOWN", "CAP_NET_BIND_SERVICE"]
-            },
-            "noNewPrivileges": true
-        },
-        "root": {"path": "rootfs", "readonly": true},
-        "hostname": "carrack-box",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-             "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}
-        ],
-        "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}],
-            "cgroupsPath": format!("/{PREFIX}/{id}"),
-            "maskedPaths": ["/proc/kcore", "/proc/timer_list", "/proc/bus"],
-            "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"]
-        }
-    })
+    let mut config = busybox_config("rootfs", args, &format!("/{PREFIX}/{id}"));
+    config["root"]["readonly"] = json!(true);
+    add_mount(
+        &mut config,
+        json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}),
+    );
+    add_namespace(&mut config, "network");
+    config["linux"]["maskedPaths"] = json!(["/proc/kcore", "/proc/timer_list", "/proc/bus"]);
+    config["linux"]["readonlyPaths"] = json!(["/proc/sys", "/proc/sysrq-trigger"]);
+    config
 }
 
 impl Container {
@@ -536,10 +511,7 @@ fn time_namespace_offsets_and_personality() {
             "cat /proc/self/timens_offsets; echo arch=$(uname -m); cut -d' ' -f1 /proc/uptime",
         ],
         |cfg| {
-            cfg["linux"]["namespaces"]
-                .as_array_mut()
-                .unwrap()
-                .push(json!({"type": "time"}));
+            add_namespace(cfg, "time");
             cfg["linux"]["timeOffsets"] = json!({
                 "boottime": {"secs": 86400 * 365, "nanosecs": 0},
                 "monotonic": {"secs": 1000, "nanosecs": 5}
