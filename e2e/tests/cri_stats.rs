@@ -1,19 +1,31 @@
 //! End-to-end: stats, metrics and events through CRI, against the real
-//! carrackd, shim, runc and a registry (see `common`).
+//! carrackd, shim, runc and a registry (`carrack_e2e::carrackd`).
 //!
 //! Assertions are on directions and bounds (a counter grows, a rate is
 //! positive, a working set grows by at least what was written to tmpfs),
 //! never on how fast anything happens.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use carrack_e2e::carrackd::{Carrackd, CarrackdOptions, require_carrackd_stack, test_image};
+use carrack_e2e::cri_client::{container_config, exec, pod_config, pull, wait_exited};
 use carrack_proto::cri;
-use common::*;
 use cri::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
+
+/// The test network indices of this file's daemons start here (other test
+/// files use other ranges).
+const NETWORK_BASE: u8 = 150;
+
+fn prerequisites() -> bool {
+    require_carrackd_stack(&["carrackd", "carrack-shim"])
+}
+
+/// Options for a daemon of this file: runc, on a network of its own.
+fn daemon_options() -> CarrackdOptions {
+    Carrackd::options().test_network(NETWORK_BASE)
+}
 
 async fn container_stats(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStats {
     rt.container_stats(cri::ContainerStatsRequest {
@@ -44,7 +56,7 @@ fn working_set(s: &cri::ContainerStats) -> u64 {
 
 async fn run_pod(
     rt: &mut RuntimeServiceClient<Channel>,
-    daemon: &Daemon,
+    daemon: &Carrackd,
     name: &str,
 ) -> (String, cri::PodSandboxConfig) {
     let pod = pod_config(name, &daemon.dir.join("logs"));
@@ -90,7 +102,7 @@ async fn cri_container_and_pod_stats() {
         return;
     }
     let image = test_image();
-    let daemon = Daemon::start(&image.host);
+    let daemon = daemon_options().start(&image.host);
     let (mut rt, mut img) = daemon.clients().await;
     pull(&mut img, &image.name).await;
     let (pod_id, pod) = run_pod(&mut rt, &daemon, "stats").await;
@@ -399,7 +411,7 @@ async fn cri_container_events_in_order() {
         return;
     }
     let image = test_image();
-    let daemon = Daemon::start(&image.host);
+    let daemon = daemon_options().start(&image.host);
     let (mut rt, mut img) = daemon.clients().await;
     pull(&mut img, &image.name).await;
     // Two subscribers at once, both before anything happens.
@@ -561,7 +573,9 @@ async fn cri_prometheus_metrics_endpoint() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let daemon = Daemon::start_with(&image.host, &format!("metrics_address = \"{port}\""));
+    let daemon = daemon_options()
+        .config(&format!("metrics_address = \"{port}\""))
+        .start(&image.host);
     let (mut rt, mut img) = daemon.clients().await;
     for _ in 0..3 {
         rt.version(cri::VersionRequest::default()).await.unwrap();
