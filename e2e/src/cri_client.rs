@@ -159,3 +159,57 @@ pub async fn wait_exited(rt: &mut Rt, id: &str, secs: u64) -> cri::ContainerStat
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// RunPodSandbox of `config` with the default runtime handler; returns the
+/// pod's id. Panics when the RPC fails.
+pub async fn run_pod(rt: &mut Rt, config: cri::PodSandboxConfig) -> String {
+    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(config),
+        runtime_handler: String::new(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
+    .into_inner()
+    .pod_sandbox_id
+}
+
+/// CreateContainer of `config` in pod `pod_id` (with the pod's config when
+/// given, as kubelet sends it); returns the container's id. Panics when the
+/// RPC fails.
+pub async fn create_container(
+    rt: &mut Rt,
+    pod_id: &str,
+    config: cri::ContainerConfig,
+    sandbox: Option<&cri::PodSandboxConfig>,
+) -> String {
+    rt.create_container(cri::CreateContainerRequest {
+        pod_sandbox_id: pod_id.into(),
+        config: Some(config),
+        sandbox_config: sandbox.cloned(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
+    .into_inner()
+    .container_id
+}
+
+/// StartContainer of container `id`. Panics when the RPC fails.
+pub async fn start_container(rt: &mut Rt, id: &str) {
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer {id}: {e}"));
+}
+
+/// [`create_container`] then [`start_container`]; returns the id.
+pub async fn run_container(
+    rt: &mut Rt,
+    pod_id: &str,
+    config: cri::ContainerConfig,
+    sandbox: Option<&cri::PodSandboxConfig>,
+) -> String {
+    let id = create_container(rt, pod_id, config, sandbox).await;
+    start_container(rt, &id).await;
+    id
+}

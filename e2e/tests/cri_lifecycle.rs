@@ -11,7 +11,10 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use carrack_e2e::carrackd::{Carrackd, require_carrackd_stack, test_image};
-use carrack_e2e::cri_client::{container_config, exec, pod_config, pull, status, wait_exited};
+use carrack_e2e::cri_client::{
+    container_config, create_container, exec, pod_config, pull, run_container, run_pod,
+    start_container, status, wait_exited,
+};
 use carrack_proto::cri;
 
 /// The test network indices of this file's daemons start here (other test
@@ -110,15 +113,7 @@ async fn pod_lifecycle(runtime: &'static str) {
 
     // Pod.
     let logs = daemon.dir.join("logs");
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config("web", &logs)),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&mut rt, pod_config("web", &logs)).await;
     let ps = rt
         .pod_sandbox_status(cri::PodSandboxStatusRequest {
             pod_sandbox_id: pod.clone(),
@@ -207,23 +202,10 @@ async fn pod_lifecycle(runtime: &'static str) {
         cpu_shares: 256,
         ..Default::default()
     });
-    let ctr = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(cc),
-            sandbox_config: Some(pod_config("web", &logs)),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
+    let ctr = create_container(&mut rt, &pod, cc, Some(&pod_config("web", &logs))).await;
     let s = status(&mut rt, &ctr).await;
     assert_eq!(s.state, cri::ContainerState::ContainerCreated as i32);
-    rt.start_container(cri::StartContainerRequest {
-        container_id: ctr.clone(),
-    })
-    .await
-    .unwrap();
+    start_container(&mut rt, &ctr).await;
     let s = status(&mut rt, &ctr).await;
     assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
     assert!(s.started_at >= s.created_at && s.created_at > 0);
@@ -330,21 +312,13 @@ async fn pod_lifecycle(runtime: &'static str) {
     assert_eq!(exited.len(), 1);
 
     // A container that completes.
-    let done = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container_config("done", &image.name, &["true"])),
-            sandbox_config: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: done.clone(),
-    })
-    .await
-    .unwrap();
+    let done = run_container(
+        &mut rt,
+        &pod,
+        container_config("done", &image.name, &["true"]),
+        None,
+    )
+    .await;
     let s = wait_exited(&mut rt, &done, 20).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
 
@@ -432,15 +406,7 @@ async fn cri_sigkill_and_restart_keeps_containers() {
     let (mut rt, mut img) = daemon.clients().await;
     pull(&mut img, &image.name).await;
     let logs = daemon.dir.join("logs");
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config("restart", &logs)),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&mut rt, pod_config("restart", &logs)).await;
     let signal_dir = daemon.dir.join("signal");
     std::fs::create_dir_all(&signal_dir).unwrap();
     let mut ids = Vec::new();
@@ -461,41 +427,13 @@ async fn cri_sigkill_and_restart_keeps_containers() {
             host_path: signal_dir.to_string_lossy().into_owned(),
             ..Default::default()
         }];
-        let id = rt
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(cc),
-                sandbox_config: None,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .container_id;
-        rt.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
+        let id = run_container(&mut rt, &pod, cc, None).await;
         ids.push(id);
     }
     // 17 more, so that 20 containers run when carrackd is killed.
     for i in 0..17 {
         let cc = container_config(&format!("extra-{i}"), &image.name, &["sleep", "1000"]);
-        let id = rt
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(cc),
-                sandbox_config: None,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .container_id;
-        rt.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
+        let id = run_container(&mut rt, &pod, cc, None).await;
         ids.push(id);
     }
     let before: Vec<_> = {
@@ -636,15 +574,7 @@ async fn cri_bad_requests() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("runtime_handler"), "{e}");
 
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config("x", &logs)),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&mut rt, pod_config("x", &logs)).await;
     let e = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(pod_config("x", &logs)),
@@ -708,16 +638,13 @@ async fn cri_bad_requests() {
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // The name is free again.
-    let ok = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container_config("c", &image.name, &["sleep", "100"])),
-            sandbox_config: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
+    let ok = create_container(
+        &mut rt,
+        &pod,
+        container_config("c", &image.name, &["sleep", "100"]),
+        None,
+    )
+    .await;
     let e = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
@@ -793,30 +720,14 @@ async fn cri_dead_shim_reported_exited() {
     let daemon = start_daemon(&image.host, "runc");
     let (mut rt, mut img) = daemon.clients().await;
     pull(&mut img, &image.name).await;
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config("shimless", &daemon.dir.join("logs"))),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container_config("c", &image.name, &["sleep", "1000"])),
-            sandbox_config: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
+    let pod = run_pod(&mut rt, pod_config("shimless", &daemon.dir.join("logs"))).await;
+    let id = run_container(
+        &mut rt,
+        &pod,
+        container_config("c", &image.name, &["sleep", "1000"]),
+        None,
+    )
+    .await;
     // SIGKILL the container's shim.
     let mut killed = 0;
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -861,25 +772,14 @@ async fn cri_half_created_cleaned_up_at_restart() {
     let mut daemon = start_daemon(&image.host, "runc");
     let (mut rt, mut img) = daemon.clients().await;
     pull(&mut img, &image.name).await;
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config("half", &daemon.dir.join("logs"))),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container_config("c", &image.name, &["sleep", "1000"])),
-            sandbox_config: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
+    let pod = run_pod(&mut rt, pod_config("half", &daemon.dir.join("logs"))).await;
+    let id = create_container(
+        &mut rt,
+        &pod,
+        container_config("c", &image.name, &["sleep", "1000"]),
+        None,
+    )
+    .await;
     daemon.kill();
     drop(rt);
     {

@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use carrack_e2e::carrackd::{Carrackd, TestImage, require_carrackd_stack, test_image};
-use carrack_e2e::cri_client::{Rt, exec, pull};
+use carrack_e2e::cri_client::{Rt, exec, pull, run_container};
 use carrack_e2e::pod_network::{TestNetwork, leases};
 use carrack_e2e::prerequisite::require_file;
 use carrack_proto::cri;
@@ -114,31 +114,6 @@ async fn stop_and_remove(rt: &mut Rt, id: &str) {
     })
     .await
     .unwrap_or_else(|e| panic!("remove {id}: {e}"));
-}
-
-/// Creates and starts a container in `pod`.
-async fn start_container(
-    rt: &mut Rt,
-    pod: &str,
-    config: cri::ContainerConfig,
-    sandbox: cri::PodSandboxConfig,
-) -> String {
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(sandbox),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
-    id
 }
 
 /// An HTTP GET of `/index.html` from container `client` to `ip`:80 with
@@ -252,7 +227,7 @@ async fn two_pods_talk(
     assert_ne!(server_ip, client_ip);
     assert_eq!(net.veths(), before.veths + 2);
 
-    start_container(
+    run_container(
         &mut rt,
         &server,
         container_config(
@@ -264,14 +239,14 @@ async fn two_pods_talk(
                 "mkdir -p /www && echo hello-from-server > /www/index.html && exec httpd -f -p 80 -h /www",
             ],
         ),
-        server_cfg,
+        Some(&server_cfg),
     )
     .await;
-    let client_ctr = start_container(
+    let client_ctr = run_container(
         &mut rt,
         &client,
         container_config("client", &image, &["sleep", "1000"]),
-        client_cfg,
+        Some(&client_cfg),
     )
     .await;
     let (_, addr, _) = exec(

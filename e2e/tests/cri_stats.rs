@@ -9,7 +9,9 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use carrack_e2e::carrackd::{Carrackd, CarrackdOptions, require_carrackd_stack, test_image};
-use carrack_e2e::cri_client::{container_config, exec, pod_config, pull, wait_exited};
+use carrack_e2e::cri_client::{
+    self, container_config, exec, pod_config, pull, run_container, wait_exited,
+};
 use carrack_proto::cri;
 use cri::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
@@ -60,40 +62,8 @@ async fn run_pod(
     name: &str,
 ) -> (String, cri::PodSandboxConfig) {
     let pod = pod_config(name, &daemon.dir.join("logs"));
-    let id = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
+    let id = cri_client::run_pod(rt, pod.clone()).await;
     (id, pod)
-}
-
-async fn run_container(
-    rt: &mut RuntimeServiceClient<Channel>,
-    pod_id: &str,
-    pod: &cri::PodSandboxConfig,
-    config: cri::ContainerConfig,
-) -> String {
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod_id.into(),
-            config: Some(config),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("StartContainer");
-    id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,7 +79,7 @@ async fn cri_container_and_pod_stats() {
 
     let mut burn = container_config("burn", &image.name, &["sh", "-c", "while :; do :; done"]);
     burn.labels.insert("role".into(), "burn".into());
-    let burn = run_container(&mut rt, &pod_id, &pod, burn).await;
+    let burn = run_container(&mut rt, &pod_id, burn, Some(&pod)).await;
     let mut mem = container_config("mem", &image.name, &["sleep", "1000"]);
     mem.labels.insert("role".into(), "mem".into());
     const MEM_LIMIT: u64 = 256 << 20;
@@ -117,7 +87,7 @@ async fn cri_container_and_pod_stats() {
         memory_limit_in_bytes: MEM_LIMIT as i64,
         ..Default::default()
     });
-    let mem = run_container(&mut rt, &pod_id, &pod, mem).await;
+    let mem = run_container(&mut rt, &pod_id, mem, Some(&pod)).await;
 
     // CPU: the loop's CPU time grows, and a sample after the first has a
     // positive rate over the interval since the previous one.
@@ -431,8 +401,8 @@ async fn cri_container_events_in_order() {
     let id = run_container(
         &mut rt,
         &pod_id,
-        &pod,
         container_config("short", &image.name, &["sh", "-c", "exit 3"]),
+        Some(&pod),
     )
     .await;
     let exited = wait_exited(&mut rt, &id, 60).await;
