@@ -213,3 +213,49 @@ pub async fn run_container(
     start_container(rt, &id).await;
     id
 }
+
+/// StopPodSandbox of pod `id`. Panics when the RPC fails.
+pub async fn stop_pod(rt: &mut Rt, id: &str) {
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StopPodSandbox {id}: {e}"));
+}
+
+/// RemovePodSandbox of pod `id`. Panics when the RPC fails.
+pub async fn remove_pod(rt: &mut Rt, id: &str) {
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RemovePodSandbox {id}: {e}"));
+}
+
+/// RemoveContainer of container `id`. Panics when the RPC fails.
+pub async fn remove_container(rt: &mut Rt, id: &str) {
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RemoveContainer {id}: {e}"));
+}
+
+/// Every container the daemon lists (no filter). Panics when the RPC fails.
+pub async fn list_containers(rt: &mut Rt) -> Vec<cri::Container> {
+    rt.list_containers(cri::ListContainersRequest { filter: None })
+        .await
+        .unwrap_or_else(|e| panic!("ListContainers: {e}"))
+        .into_inner()
+        .containers
+}
+
+/// Every pod sandbox the daemon lists (no filter). Panics when the RPC
+/// fails.
+pub async fn list_pods(rt: &mut Rt) -> Vec<cri::PodSandbox> {
+    rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap_or_else(|e| panic!("ListPodSandbox: {e}"))
+        .into_inner()
+        .items
+}

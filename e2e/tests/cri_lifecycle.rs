@@ -12,8 +12,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use carrack_e2e::carrackd::{Carrackd, require_carrackd_stack, test_image};
 use carrack_e2e::cri_client::{
-    container_config, create_container, exec, pod_config, pull, run_container, run_pod,
-    start_container, status, wait_exited,
+    container_config, create_container, exec, list_containers, list_pods, pod_config, pull,
+    remove_container, remove_pod, run_container, run_pod, start_container, status, stop_pod,
+    wait_exited,
 };
 use carrack_proto::cri;
 
@@ -324,11 +325,7 @@ async fn pod_lifecycle(runtime: &'static str) {
 
     // Remove everything; repeated calls succeed.
     for _ in 0..2 {
-        rt.remove_container(cri::RemoveContainerRequest {
-            container_id: ctr.clone(),
-        })
-        .await
-        .unwrap();
+        remove_container(&mut rt, &ctr).await;
     }
     let e = rt
         .container_status(cri::ContainerStatusRequest {
@@ -339,11 +336,7 @@ async fn pod_lifecycle(runtime: &'static str) {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
     for _ in 0..2 {
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
+        stop_pod(&mut rt, &pod).await;
     }
     let ps = rt
         .pod_sandbox_status(cri::PodSandboxStatusRequest {
@@ -358,28 +351,10 @@ async fn pod_lifecycle(runtime: &'static str) {
         cri::PodSandboxState::SandboxNotready as i32
     );
     for _ in 0..2 {
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
+        remove_pod(&mut rt, &pod).await;
     }
-    assert!(
-        rt.list_containers(cri::ListContainersRequest { filter: None })
-            .await
-            .unwrap()
-            .into_inner()
-            .containers
-            .is_empty()
-    );
-    assert!(
-        rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-            .await
-            .unwrap()
-            .into_inner()
-            .items
-            .is_empty()
-    );
+    assert!(list_containers(&mut rt).await.is_empty());
+    assert!(list_pods(&mut rt).await.is_empty());
     assert_eq!(daemon.mounts(), Vec::<String>::new(), "mounts left");
     assert!(!daemon.root().join("sandboxes").join(&pod).exists());
     assert!(!daemon.root().join("containers").join(&ctr).exists());
@@ -527,18 +502,10 @@ async fn cri_sigkill_and_restart_keeps_containers() {
         cri::PodSandboxState::SandboxReady as i32
     );
 
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
+    stop_pod(&mut rt, &pod).await;
     let s0 = status(&mut rt, &ids[0]).await;
     assert_eq!(s0.state, cri::ContainerState::ContainerExited as i32);
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut rt, &pod).await;
     assert_eq!(daemon.mounts(), Vec::<String>::new(), "mounts left");
 }
 
@@ -620,14 +587,7 @@ async fn cri_bad_requests() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("config.mounts[0].host_path"), "{e}");
-    assert!(
-        rt.list_containers(cri::ListContainersRequest { filter: None })
-            .await
-            .unwrap()
-            .into_inner()
-            .containers
-            .is_empty()
-    );
+    assert!(list_containers(&mut rt).await.is_empty());
     assert!(
         daemon.mounts().iter().all(|m| !m.contains("/containers/")),
         "rootfs left mounted: {:?}",
@@ -703,11 +663,7 @@ async fn cri_bad_requests() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut rt, &pod).await;
     assert_eq!(daemon.mounts(), Vec::<String>::new(), "mounts left");
 }
 
@@ -747,16 +703,8 @@ async fn cri_dead_shim_reported_exited() {
     let s = wait_exited(&mut rt, &id, 20).await;
     assert_eq!(s.reason, "Error");
     assert!(s.message.contains("shim"), "{}", s.message);
-    rt.remove_container(cri::RemoveContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_container(&mut rt, &id).await;
+    remove_pod(&mut rt, &pod).await;
     assert_eq!(daemon.mounts(), Vec::<String>::new(), "mounts left");
 }
 
@@ -802,22 +750,8 @@ async fn cri_half_created_cleaned_up_at_restart() {
     assert!(daemon.state().join("runc").join(&id).exists());
     daemon.spawn();
     let (mut rt, _img) = daemon.clients().await;
-    assert!(
-        rt.list_containers(cri::ListContainersRequest { filter: None })
-            .await
-            .unwrap()
-            .into_inner()
-            .containers
-            .is_empty()
-    );
-    assert!(
-        rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-            .await
-            .unwrap()
-            .into_inner()
-            .items
-            .is_empty()
-    );
+    assert!(list_containers(&mut rt).await.is_empty());
+    assert!(list_pods(&mut rt).await.is_empty());
     assert_eq!(daemon.mounts(), Vec::<String>::new(), "mounts left");
     assert!(
         !daemon.state().join("runc").join(&id).exists(),

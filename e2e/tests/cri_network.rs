@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use carrack_e2e::carrackd::{Carrackd, TestImage, require_carrackd_stack, test_image};
-use carrack_e2e::cri_client::{Rt, exec, pull, run_container};
+use carrack_e2e::cri_client::{Rt, exec, pull, remove_pod, run_container, stop_pod};
 use carrack_e2e::pod_network::{TestNetwork, leases};
 use carrack_e2e::prerequisite::require_file;
 use carrack_proto::cri;
@@ -104,16 +104,8 @@ async fn pod_network(rt: &mut Rt, id: &str) -> cri::PodSandboxNetworkStatus {
 }
 
 async fn stop_and_remove(rt: &mut Rt, id: &str) {
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("stop {id}: {e}"));
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("remove {id}: {e}"));
+    stop_pod(rt, id).await;
+    remove_pod(rt, id).await;
 }
 
 /// An HTTP GET of `/index.html` from container `client` to `ip`:80 with

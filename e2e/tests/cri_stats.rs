@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use carrack_e2e::carrackd::{Carrackd, CarrackdOptions, require_carrackd_stack, test_image};
 use carrack_e2e::cri_client::{
-    self, container_config, exec, pod_config, pull, run_container, wait_exited,
+    self, container_config, exec, pod_config, pull, remove_container, remove_pod, run_container,
+    stop_pod, wait_exited,
 };
 use carrack_proto::cri;
 use cri::runtime_service_client::RuntimeServiceClient;
@@ -339,16 +340,8 @@ async fn cri_container_and_pod_stats() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("pod_sandbox_id"), "{}", e.message());
 
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod_id.clone(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod_id,
-    })
-    .await
-    .unwrap();
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
 }
 
 /// Every event on `stream` up to and including the first of `id` with
@@ -407,27 +400,11 @@ async fn cri_container_events_in_order() {
     .await;
     let exited = wait_exited(&mut rt, &id, 60).await;
     assert_eq!(exited.exit_code, 3);
-    rt.remove_container(cri::RemoveContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod_id.clone(),
-    })
-    .await
-    .unwrap();
+    remove_container(&mut rt, &id).await;
+    stop_pod(&mut rt, &pod_id).await;
     // Stopping again (kubelet retries) is no new event.
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod_id.clone(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod_id.clone(),
-    })
-    .await
-    .unwrap();
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
 
     use cri::ContainerEventType as T;
     for stream in [&mut first, &mut second] {
@@ -591,9 +568,5 @@ async fn cri_prometheus_metrics_endpoint() {
     );
     assert!(series(&text, "carrack_shims").is_some());
 
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod_id,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut rt, &pod_id).await;
 }
