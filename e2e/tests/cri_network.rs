@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use carrack_e2e::carrackd::{Carrackd, TestImage, require_carrackd_stack, test_image};
-use carrack_e2e::cri_client::{Rt, exec, pull, remove_pod, run_container, stop_pod};
+use carrack_e2e::cri_client::{self, Rt, exec, pull, remove_pod, run_container, stop_pod};
 use carrack_e2e::pod_network::{TestNetwork, leases};
 use carrack_e2e::prerequisite::require_file;
 use carrack_proto::cri;
@@ -50,20 +50,12 @@ fn pod_config(name: &str, d: &Carrackd, host_port: Option<(i32, i32)>) -> cri::P
     }
 }
 
+/// The shared container config, in the pod's PID namespace (no
+/// namespace options).
 fn container_config(name: &str, image: &str, args: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: args.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}/0.log"),
         linux: Some(cri::LinuxContainerConfig::default()),
-        ..Default::default()
+        ..cri_client::container_config(name, image, args)
     }
 }
 
