@@ -20,8 +20,12 @@ use crate::pod_network::TestNetwork;
 use crate::prerequisite::{check, require_file, require_root};
 use crate::registry::Registry;
 
-/// Numbers the daemons (and temporary dirs) of this test process.
-static COUNTER: AtomicU32 = AtomicU32::new(0);
+/// Numbers the daemons of this test process (their dirs, cgroups and
+/// test networks).
+static DAEMONS: AtomicU32 = AtomicU32::new(0);
+
+/// Numbers the other temporary dirs of this test process.
+static TEMP_DIRS: AtomicU32 = AtomicU32::new(0);
 
 /// The directory of the workspace binaries, from a test executable
 /// (`<target>/debug/deps/<test>` → `<target>/debug`).
@@ -98,7 +102,7 @@ mod tempfile_dir {
 
     impl Dir {
         pub fn new(prefix: &str) -> Dir {
-            let n = super::COUNTER.fetch_add(1, super::Ordering::SeqCst);
+            let n = super::TEMP_DIRS.fetch_add(1, super::Ordering::SeqCst);
             let p = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
             std::fs::create_dir_all(&p).expect("temp dir");
             Dir(p)
@@ -157,7 +161,7 @@ impl CarrackdOptions {
     /// Starts carrackd that trusts the registry at `registry_host` over
     /// plain HTTP, and waits (bounded) for its socket.
     pub fn start(self, registry_host: &str) -> Carrackd {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let n = DAEMONS.fetch_add(1, Ordering::SeqCst);
         // Short: the shim's socket path (<state>/shims/<64 hex>/shim.sock)
         // must fit in sun_path (108 bytes).
         let dir = PathBuf::from(format!("/tmp/ct{}-{n}", std::process::id()));
