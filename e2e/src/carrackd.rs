@@ -7,7 +7,7 @@
 //! prerequisites of a test that runs the whole stack.
 //!
 //! Process handling only (std + libc); the gRPC clients and CRI request
-//! helpers are in [`crate::cri_client`] behind the `cri` feature, so that
+//! helpers are in `cri_client`, behind the `cri` feature, so that
 //! crates taking this library as a dev-dependency do not build tonic.
 
 use std::path::{Path, PathBuf};
