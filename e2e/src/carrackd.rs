@@ -1,11 +1,14 @@
 //! A real `carrackd` process for end-to-end tests: temporary root, state
-//! and socket, a TOML config the test extends, restart after SIGKILL, and a
-//! Drop that kills it and everything it started (runc containers, shims)
-//! and removes its mounts, cgroups and files. Also the busybox test image in
-//! a real registry that these tests pull.
+//! and socket, a TOML config the test extends, the default runtime handler,
+//! optionally a pod network of the daemon's own, restart after SIGKILL, and
+//! a Drop that kills it and everything it started (containers of runc and
+//! carrack-runtime, shims) and removes its mounts, cgroups and files. Also
+//! the busybox test image in a real registry that these tests pull, and the
+//! prerequisites of a test that runs the whole stack.
 //!
-//! Process handling only (std + libc): the gRPC clients live in the tests,
-//! so that crates taking this library as a dev-dependency do not build tonic.
+//! Process handling only (std + libc); the gRPC clients and CRI request
+//! helpers are in `cri_client`, behind the `cri` feature, so that
+//! crates taking this library as a dev-dependency do not build tonic.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,9 +16,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::image_builder::{Compression, ImageConfig, ImageSpec, Layer, OciLayout};
+use crate::pod_network::TestNetwork;
+use crate::prerequisite::{check, require_file, require_root};
 use crate::registry::Registry;
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
+/// Numbers the daemons of this test process (their dirs, cgroups and
+/// test networks).
+static DAEMONS: AtomicU32 = AtomicU32::new(0);
+
+/// Numbers the other temporary dirs of this test process.
+static TEMP_DIRS: AtomicU32 = AtomicU32::new(0);
 
 /// The directory of the workspace binaries, from a test executable
 /// (`<target>/debug/deps/<test>` → `<target>/debug`).
@@ -27,8 +37,29 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// A registry holding one busybox image (`sh` as its command).
-pub struct BusyboxImage {
+/// The prerequisites of a test that runs carrackd with runc against a
+/// registry: root, runc, docker-registry, skopeo and the workspace
+/// `binaries` (e.g. `carrackd`, `carrack-shim`) built. See
+/// [`crate::prerequisite::check`] for what a missing one does.
+pub fn require_carrackd_stack(binaries: &[&str]) -> bool {
+    let dir = bin_dir();
+    require_root()
+        && require_file("/usr/sbin/runc", "runc")
+        && require_file("/usr/bin/docker-registry", "docker-registry")
+        && require_file("/usr/bin/skopeo", "skopeo")
+        && check(
+            binaries.iter().all(|b| dir.join(b).exists()),
+            &format!(
+                "{} in {} (cargo build --workspace --bins)",
+                binaries.join(", "),
+                dir.display()
+            ),
+        )
+}
+
+/// A registry holding one busybox image: `sh` as its command,
+/// `FROM_IMAGE=yes` in its environment and `/etc/motd` reading `carrack`.
+pub struct TestImage {
     _registry: Registry,
     _layout_dir: tempfile_dir::Dir,
     /// The image reference to pull.
@@ -37,22 +68,24 @@ pub struct BusyboxImage {
     pub host: String,
 }
 
-/// Starts a registry and pushes a busybox image into it.
-pub fn busybox_image() -> BusyboxImage {
+/// Starts a registry and pushes the busybox [`TestImage`] into it.
+pub fn test_image() -> TestImage {
     let registry = Registry::start().expect("start registry");
     let layout_dir = tempfile_dir::Dir::new("carrack-e2e-layout");
     let mut layout = OciLayout::create(&layout_dir.0.join("layout")).expect("OCI layout");
     let spec = ImageSpec::new(vec![
         Layer::busybox(Compression::Gzip).expect("busybox layer"),
+        Layer::new(Compression::Gzip).file("etc/motd", b"carrack\n", 0o644),
     ])
     .config(ImageConfig {
         cmd: vec!["sh".into()],
+        env: vec!["FROM_IMAGE=yes".into()],
         ..Default::default()
     });
     layout.add_image("v1", &spec).expect("add image");
     let name = format!("{}/test/busybox:v1", registry.host());
     layout.push("v1", &name, None, false).expect("push image");
-    BusyboxImage {
+    TestImage {
         host: registry.host(),
         _registry: registry,
         _layout_dir: layout_dir,
@@ -69,7 +102,7 @@ mod tempfile_dir {
 
     impl Dir {
         pub fn new(prefix: &str) -> Dir {
-            let n = super::COUNTER.fetch_add(1, super::Ordering::SeqCst);
+            let n = super::TEMP_DIRS.fetch_add(1, super::Ordering::SeqCst);
             let p = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
             std::fs::create_dir_all(&p).expect("temp dir");
             Dir(p)
@@ -83,6 +116,73 @@ mod tempfile_dir {
     }
 }
 
+/// How to start a [`Carrackd`]: `Carrackd::options().…start(host)`.
+#[derive(Debug, Clone)]
+pub struct CarrackdOptions {
+    runtime: String,
+    extra_config: String,
+    network_base: Option<u8>,
+}
+
+impl Default for CarrackdOptions {
+    fn default() -> Self {
+        CarrackdOptions {
+            runtime: "runc".into(),
+            extra_config: String::new(),
+            network_base: None,
+        }
+    }
+}
+
+impl CarrackdOptions {
+    /// The runtime handler pods get by default (`default_runtime`):
+    /// "runc" (the default) or "carrack".
+    pub fn runtime(mut self, handler: &str) -> Self {
+        handler.clone_into(&mut self.runtime);
+        self
+    }
+
+    /// TOML appended to the config after the top-level keys carrackd gets
+    /// from the harness (so it may open tables of its own).
+    pub fn config(mut self, toml: &str) -> Self {
+        self.extra_config.push_str(toml);
+        self
+    }
+
+    /// Gives the daemon a [`TestNetwork`] of its own (never the host's
+    /// /etc/cni or the default carrack0 bridge), numbered `base` + the
+    /// daemon's number in this test process. Each test file picks a base
+    /// of its own so that no two daemons share a bridge or subnet.
+    pub fn test_network(mut self, base: u8) -> Self {
+        self.network_base = Some(base);
+        self
+    }
+
+    /// Starts carrackd that trusts the registry at `registry_host` over
+    /// plain HTTP, and waits (bounded) for its socket.
+    pub fn start(self, registry_host: &str) -> Carrackd {
+        let n = DAEMONS.fetch_add(1, Ordering::SeqCst);
+        // Short: the shim's socket path (<state>/shims/<64 hex>/shim.sock)
+        // must fit in sun_path (108 bytes).
+        let dir = PathBuf::from(format!("/tmp/ct{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("daemon dir");
+        let network = self.network_base.map(|base| {
+            let index = u8::try_from(u32::from(base) + n).expect("test network index over 255");
+            TestNetwork::new(index)
+        });
+        let mut d = Carrackd {
+            child: None,
+            dir,
+            cgroup_parent: format!("/carrack-test-{}-{n}", std::process::id()),
+            registry_host: registry_host.to_owned(),
+            options: self,
+            network,
+        };
+        d.spawn();
+        d
+    }
+}
+
 /// A running carrackd; dropping it kills it and removes everything it made.
 pub struct Carrackd {
     child: Option<Child>,
@@ -90,28 +190,21 @@ pub struct Carrackd {
     pub dir: PathBuf,
     cgroup_parent: String,
     registry_host: String,
-    extra_config: String,
+    options: CarrackdOptions,
+    /// Dropped after the daemon's cleanup (fields drop after `drop`).
+    network: Option<TestNetwork>,
 }
 
 impl Carrackd {
-    /// Starts carrackd with runc, its own cgroup parent, the registry at
-    /// `registry_host` allowed over HTTP, and `extra_config` (TOML) appended
-    /// to its config file.
-    pub fn start(registry_host: &str, extra_config: &str) -> Carrackd {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        // Short: the shim's socket path (<state>/shims/<64 hex>/shim.sock)
-        // must fit in sun_path (108 bytes).
-        let dir = PathBuf::from(format!("/tmp/ctnet{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("daemon dir");
-        let mut d = Carrackd {
-            child: None,
-            dir,
-            cgroup_parent: format!("/carrack-test-net-{}-{n}", std::process::id()),
-            registry_host: registry_host.to_owned(),
-            extra_config: extra_config.to_owned(),
-        };
-        d.spawn();
-        d
+    /// Options for a daemon: runc by default, no extra config, no network
+    /// of its own.
+    pub fn options() -> CarrackdOptions {
+        CarrackdOptions::default()
+    }
+
+    /// Starts carrackd with the default options; see [`CarrackdOptions`].
+    pub fn start(registry_host: &str) -> Carrackd {
+        Carrackd::options().start(registry_host)
     }
 
     /// The CRI socket.
@@ -126,15 +219,31 @@ impl Carrackd {
     pub fn state(&self) -> PathBuf {
         self.dir.join("state")
     }
+    /// The runtime handler pods get by default.
+    pub fn runtime(&self) -> &str {
+        &self.options.runtime
+    }
+    /// The daemon's own test network, when its options asked for one.
+    pub fn network(&self) -> Option<&TestNetwork> {
+        self.network.as_ref()
+    }
 
-    /// Starts the process and waits (bounded) for its socket.
+    /// Starts the process (again, after [`Self::kill`]) and waits (bounded)
+    /// for its socket.
     pub fn spawn(&mut self) {
         let config = self.dir.join("carrackd.toml");
+        let network = self
+            .network
+            .as_ref()
+            .map(TestNetwork::carrackd_toml)
+            .unwrap_or_default();
         std::fs::write(
             &config,
             format!(
-                "default_runtime = \"runc\"\ncgroup_parent = \"{}\"\n{}",
-                self.cgroup_parent, self.extra_config
+                // Top-level keys first: the extra config and the network's
+                // TOML may open tables.
+                "default_runtime = \"{}\"\ncgroup_parent = \"{}\"\n{}\n{}",
+                self.options.runtime, self.cgroup_parent, self.options.extra_config, network
             ),
         )
         .expect("write config");
@@ -191,8 +300,8 @@ impl Carrackd {
         }
     }
 
-    /// Mount points under our directory, deepest first.
-    fn mounts(&self) -> Vec<String> {
+    /// Mount points under the daemon's directory, deepest first.
+    pub fn mounts(&self) -> Vec<String> {
         let prefix = self.dir.to_string_lossy().into_owned();
         let mut v: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
@@ -203,8 +312,57 @@ impl Carrackd {
         v.sort_by_key(|m| std::cmp::Reverse(m.len()));
         v
     }
+
+    /// Kills and deletes every container of ours, runc's and
+    /// carrack-runtime's (both speak runc's command line).
+    fn delete_containers(&self) {
+        for (binary, root) in [
+            (PathBuf::from("runc"), self.state().join("runc")),
+            (
+                bin_dir().join("carrack-runtime"),
+                self.state().join("runtime"),
+            ),
+        ] {
+            for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                let id = e.file_name();
+                let _ = Command::new(&binary)
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["kill", "-a"])
+                    .arg(&id)
+                    .arg("KILL")
+                    .stderr(Stdio::null())
+                    .status();
+                let _ = Command::new(&binary)
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "-f"])
+                    .arg(&id)
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+
+    /// SIGKILLs every process whose command line names our directory
+    /// (the shims).
+    fn kill_processes(&self) {
+        let marker = self.dir.to_string_lossy().into_owned();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmd).contains(&marker) {
+                // SAFETY: kill(2) on a pid we just read; a recycled pid would
+                // not carry our unique directory in its command line.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
 }
 
+/// Removes a cgroup directory and its children, deepest first.
 fn remove_cgroup_tree(dir: &Path) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
@@ -226,39 +384,8 @@ fn remove_cgroup_tree(dir: &Path) {
 impl Drop for Carrackd {
     fn drop(&mut self) {
         self.kill();
-        let runc_root = self.state().join("runc");
-        if let Ok(rd) = std::fs::read_dir(&runc_root) {
-            for e in rd.flatten() {
-                let id = e.file_name();
-                let _ = Command::new("runc")
-                    .arg("--root")
-                    .arg(&runc_root)
-                    .args(["kill", "-a"])
-                    .arg(&id)
-                    .arg("KILL")
-                    .status();
-                let _ = Command::new("runc")
-                    .arg("--root")
-                    .arg(&runc_root)
-                    .args(["delete", "-f"])
-                    .arg(&id)
-                    .status();
-            }
-        }
-        let marker = self.dir.to_string_lossy().into_owned();
-        if let Ok(rd) = std::fs::read_dir("/proc") {
-            for e in rd.flatten() {
-                let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                    continue;
-                };
-                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmd).contains(&marker) {
-                    // SAFETY: kill(2) on a pid we just read; a recycled pid would
-                    // not carry our unique directory in its command line.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
+        self.delete_containers();
+        self.kill_processes();
         for m in self.mounts() {
             if let Ok(c) = std::ffi::CString::new(m) {
                 // SAFETY: umount2 with a valid NUL-terminated path.

@@ -7,409 +7,31 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use carrack_e2e::image_builder::{Compression, ImageConfig, ImageSpec, Layer, OciLayout};
-use carrack_e2e::prerequisite::{check, require_file, require_root};
-use carrack_e2e::registry::Registry;
+use carrack_e2e::carrackd::{Carrackd, require_carrackd_stack, test_image};
+use carrack_e2e::cri_client::{
+    container_config, create_container, exec, list_containers, list_pods, pod_config, pull,
+    remove_container, remove_pod, run_container, run_pod, start_container, status, stop_pod,
+    wait_exited,
+};
 use carrack_proto::cri;
-use cri::image_service_client::ImageServiceClient;
-use cri::runtime_service_client::RuntimeServiceClient;
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint};
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn bin_dir() -> PathBuf {
-    // <target>/debug/deps/<test> → <target>/debug
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
-}
+/// The test network indices of this file's daemons start here (other test
+/// files use other ranges).
+const NETWORK_BASE: u8 = 100;
 
 fn prerequisites() -> bool {
-    let dir = bin_dir();
-    require_root()
-        && require_file("/usr/sbin/runc", "runc")
-        && require_file("/usr/bin/docker-registry", "docker-registry")
-        && require_file("/usr/bin/skopeo", "skopeo")
-        && check(
-            dir.join("carrackd").exists()
-                && dir.join("carrack-shim").exists()
-                && dir.join("carrack-runtime").exists(),
-            &format!(
-                "carrackd, carrack-shim and carrack-runtime in {} (cargo build --workspace --bins)",
-                dir.display()
-            ),
-        )
+    require_carrackd_stack(&["carrackd", "carrack-shim", "carrack-runtime"])
 }
 
-/// A registry holding one busybox image, and its name.
-struct TestImage {
-    _registry: Registry,
-    _layout_dir: tempfile::TempDir,
-    name: String,
-    host: String,
-}
-
-fn test_image() -> TestImage {
-    let registry = Registry::start().expect("start registry");
-    let layout_dir = tempfile::tempdir().unwrap();
-    let mut layout = OciLayout::create(&layout_dir.path().join("layout")).unwrap();
-    let spec = ImageSpec::new(vec![
-        Layer::busybox(Compression::Gzip).unwrap(),
-        Layer::new(Compression::Gzip).file("etc/motd", b"carrack\n", 0o644),
-    ])
-    .config(ImageConfig {
-        cmd: vec!["sh".into()],
-        env: vec!["FROM_IMAGE=yes".into()],
-        ..Default::default()
-    });
-    layout.add_image("v1", &spec).unwrap();
-    let name = format!("{}/test/busybox:v1", registry.host());
-    layout.push("v1", &name, None, false).unwrap();
-    TestImage {
-        host: registry.host(),
-        _registry: registry,
-        _layout_dir: layout_dir,
-        name,
-    }
-}
-
-/// A running carrackd; dropping it kills it and removes everything it made.
-struct Daemon {
-    /// The runtime handler pods get by default: "runc" or "carrack".
-    runtime: &'static str,
-    child: Option<Child>,
-    dir: PathBuf,
-    cgroup_parent: String,
-    registry_host: String,
-    /// The built-in pod network on a bridge and /24 of this daemon's own.
-    net: carrack_e2e::pod_network::TestNetwork,
-}
-
-impl Daemon {
-    fn start(registry_host: &str) -> Daemon {
-        Daemon::start_with(registry_host, "runc")
-    }
-
-    /// A daemon whose default runtime handler is `runtime`.
-    fn start_with(registry_host: &str, runtime: &'static str) -> Daemon {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        // Short: the shim's socket path (<state>/shims/<64 hex>/shim.sock)
-        // must fit in sun_path (108 bytes).
-        let dir = PathBuf::from(format!("/tmp/ctcri{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cgroup_parent = format!("/carrack-test-cri-{}-{n}", std::process::id());
-        let mut d = Daemon {
-            runtime,
-            child: None,
-            dir,
-            cgroup_parent,
-            registry_host: registry_host.to_owned(),
-            net: carrack_e2e::pod_network::TestNetwork::new(100 + n as u8),
-        };
-        d.spawn();
-        d
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("state/carrack.sock")
-    }
-    fn root(&self) -> PathBuf {
-        self.dir.join("root")
-    }
-    fn state(&self) -> PathBuf {
-        self.dir.join("state")
-    }
-
-    fn spawn(&mut self) {
-        let config = self.dir.join("carrackd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "default_runtime = \"{}\"\ncgroup_parent = \"{}\"\n{}",
-                self.runtime,
-                self.cgroup_parent,
-                self.net.carrackd_toml()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("carrackd.log"))
-            .unwrap();
-        let _ = std::fs::remove_file(self.socket());
-        let child = Command::new(bin_dir().join("carrackd"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--root")
-            .arg(self.root())
-            .arg("--state")
-            .arg(self.state())
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("--registry-insecure")
-            .arg(&self.registry_host)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("run carrackd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.socket().exists() {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("carrackd exited {st}: {}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no socket after 20 s: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("carrackd.log")).unwrap_or_default()
-    }
-
-    /// SIGKILL, as a crash.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    async fn clients(&self) -> (RuntimeServiceClient<Channel>, ImageServiceClient<Channel>) {
-        let path = self.socket();
-        let ch = Endpoint::try_from("http://[::]:0")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
-            .await
-            .unwrap_or_else(|e| panic!("connect to carrackd: {e}\n{}", self.log()));
-        (
-            RuntimeServiceClient::new(ch.clone()),
-            ImageServiceClient::new(ch),
-        )
-    }
-
-    /// Mount points under our directory, deepest first.
-    fn mounts(&self) -> Vec<String> {
-        let prefix = self.dir.to_string_lossy().into_owned();
-        let mut v: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
-            .filter(|m| m.starts_with(&prefix))
-            .collect();
-        v.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        v
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-        // Containers and shims: kill every container of ours (runc's and
-        // carrack-runtime's), then the shims.
-        for (binary, root) in [
-            (PathBuf::from("runc"), self.state().join("runc")),
-            (
-                bin_dir().join("carrack-runtime"),
-                self.state().join("runtime"),
-            ),
-        ] {
-            for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-                let id = e.file_name();
-                let _ = Command::new(&binary)
-                    .arg("--root")
-                    .arg(&root)
-                    .args(["kill", "-a"])
-                    .arg(&id)
-                    .arg("KILL")
-                    .status();
-                let _ = Command::new(&binary)
-                    .arg("--root")
-                    .arg(&root)
-                    .args(["delete", "-f"])
-                    .arg(&id)
-                    .status();
-            }
-        }
-        let marker = self.dir.to_string_lossy().into_owned();
-        if let Ok(rd) = std::fs::read_dir("/proc") {
-            for e in rd.flatten() {
-                let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                    continue;
-                };
-                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmd).contains(&marker) {
-                    // SAFETY: kill(2) on a pid we just read; a recycled pid would
-                    // not carry our unique directory in its command line.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-        for m in self.mounts() {
-            let c = std::ffi::CString::new(m).unwrap();
-            // SAFETY: umount2 with a valid NUL-terminated path.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
-        for ctrl in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            remove_cgroup_tree(&ctrl.path().join(self.cgroup_parent.trim_start_matches('/')));
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn remove_cgroup_tree(dir: &Path) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                remove_cgroup_tree(&e.path());
-            }
-        }
-    }
-    for _ in 0..50 {
-        match std::fs::remove_dir(dir) {
-            Ok(()) => return,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            namespace: "default".into(),
-            uid: format!("uid-{name}"),
-            attempt: 0,
-        }),
-        hostname: format!("{name}-host"),
-        log_directory: log_dir.to_string_lossy().into_owned(),
-        dns_config: Some(cri::DnsConfig {
-            servers: vec!["10.96.0.10".into()],
-            searches: vec!["default.svc.cluster.local".into()],
-            options: vec!["ndots:5".into()],
-        }),
-        labels: HashMap::from([("app".into(), name.into())]),
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    }
-}
-
-fn container_config(name: &str, image: &str, args: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: args.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}/0.log"),
-        linux: Some(cri::LinuxContainerConfig {
-            security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    pid: cri::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            resources: None,
-        }),
-        ..Default::default()
-    }
-}
-
-async fn exec(
-    rt: &mut RuntimeServiceClient<Channel>,
-    id: &str,
-    cmd: &[&str],
-) -> (i32, String, String) {
-    let r = rt
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 10,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("exec {cmd:?}: {e}"))
-        .into_inner();
-    (
-        r.exit_code,
-        String::from_utf8_lossy(&r.stdout).into_owned(),
-        String::from_utf8_lossy(&r.stderr).into_owned(),
-    )
-}
-
-async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
-    rt.container_status(cri::ContainerStatusRequest {
-        container_id: id.into(),
-        verbose: false,
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .status
-    .unwrap()
-}
-
-async fn pull(img: &mut ImageServiceClient<Channel>, name: &str) -> String {
-    img.pull_image(cri::PullImageRequest {
-        image: Some(cri::ImageSpec {
-            image: name.into(),
-            ..Default::default()
-        }),
-        auth: None,
-        sandbox_config: None,
-    })
-    .await
-    .expect("pull")
-    .into_inner()
-    .image_ref
-}
-
-/// Waits for the container to be exited, polling its status (carrackd has
-/// no event stream yet), up to `secs`.
-async fn wait_exited(
-    rt: &mut RuntimeServiceClient<Channel>,
-    id: &str,
-    secs: u64,
-) -> cri::ContainerStatus {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let s = status(rt, id).await;
-        if s.state == cri::ContainerState::ContainerExited as i32 {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "container {id} still {:?}",
-            s.state
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// A carrackd whose pods get `runtime` by default, on a network of its own.
+fn start_daemon(registry_host: &str, runtime: &str) -> Carrackd {
+    Carrackd::options()
+        .runtime(runtime)
+        .test_network(NETWORK_BASE)
+        .start(registry_host)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,7 +50,7 @@ async fn pod_lifecycle(runtime: &'static str) {
         return;
     }
     let image = test_image();
-    let daemon = Daemon::start_with(&image.host, runtime);
+    let daemon = start_daemon(&image.host, runtime);
     let (mut rt, mut img) = daemon.clients().await;
 
     let v = rt
@@ -492,15 +114,7 @@ async fn pod_lifecycle(runtime: &'static str) {
 
     // Pod.
     let logs = daemon.dir.join("logs");
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config("web", &logs)),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&mut rt, pod_config("web", &logs)).await;
     let ps = rt
         .pod_sandbox_status(cri::PodSandboxStatusRequest {
             pod_sandbox_id: pod.clone(),
@@ -589,23 +203,10 @@ async fn pod_lifecycle(runtime: &'static str) {
         cpu_shares: 256,
         ..Default::default()
     });
-    let ctr = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(cc),
-            sandbox_config: Some(pod_config("web", &logs)),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
+    let ctr = create_container(&mut rt, &pod, cc, Some(&pod_config("web", &logs))).await;
     let s = status(&mut rt, &ctr).await;
     assert_eq!(s.state, cri::ContainerState::ContainerCreated as i32);
-    rt.start_container(cri::StartContainerRequest {
-        container_id: ctr.clone(),
-    })
-    .await
-    .unwrap();
+    start_container(&mut rt, &ctr).await;
     let s = status(&mut rt, &ctr).await;
     assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
     assert!(s.started_at >= s.created_at && s.created_at > 0);
@@ -712,31 +313,19 @@ async fn pod_lifecycle(runtime: &'static str) {
     assert_eq!(exited.len(), 1);
 
     // A container that completes.
-    let done = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container_config("done", &image.name, &["true"])),
-            sandbox_config: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: done.clone(),
-    })
-    .await
-    .unwrap();
+    let done = run_container(
+        &mut rt,
+        &pod,
+        container_config("done", &image.name, &["true"]),
+        None,
+    )
+    .await;
     let s = wait_exited(&mut rt, &done, 20).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
 
     // Remove everything; repeated calls succeed.
     for _ in 0..2 {
-        rt.remove_container(cri::RemoveContainerRequest {
-            container_id: ctr.clone(),
-        })
-        .await
-        .unwrap();
+        remove_container(&mut rt, &ctr).await;
     }
     let e = rt
         .container_status(cri::ContainerStatusRequest {
@@ -747,11 +336,7 @@ async fn pod_lifecycle(runtime: &'static str) {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
     for _ in 0..2 {
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
+        stop_pod(&mut rt, &pod).await;
     }
     let ps = rt
         .pod_sandbox_status(cri::PodSandboxStatusRequest {
@@ -766,28 +351,10 @@ async fn pod_lifecycle(runtime: &'static str) {
         cri::PodSandboxState::SandboxNotready as i32
     );
     for _ in 0..2 {
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
+        remove_pod(&mut rt, &pod).await;
     }
-    assert!(
-        rt.list_containers(cri::ListContainersRequest { filter: None })
-            .await
-            .unwrap()
-            .into_inner()
-            .containers
-            .is_empty()
-    );
-    assert!(
-        rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-            .await
-            .unwrap()
-            .into_inner()
-            .items
-            .is_empty()
-    );
+    assert!(list_containers(&mut rt).await.is_empty());
+    assert!(list_pods(&mut rt).await.is_empty());
     assert_eq!(daemon.mounts(), Vec::<String>::new(), "mounts left");
     assert!(!daemon.root().join("sandboxes").join(&pod).exists());
     assert!(!daemon.root().join("containers").join(&ctr).exists());
@@ -810,19 +377,11 @@ async fn cri_sigkill_and_restart_keeps_containers() {
         return;
     }
     let image = test_image();
-    let mut daemon = Daemon::start(&image.host);
+    let mut daemon = start_daemon(&image.host, "runc");
     let (mut rt, mut img) = daemon.clients().await;
     pull(&mut img, &image.name).await;
     let logs = daemon.dir.join("logs");
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config("restart", &logs)),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&mut rt, pod_config("restart", &logs)).await;
     let signal_dir = daemon.dir.join("signal");
     std::fs::create_dir_all(&signal_dir).unwrap();
     let mut ids = Vec::new();
@@ -843,41 +402,13 @@ async fn cri_sigkill_and_restart_keeps_containers() {
             host_path: signal_dir.to_string_lossy().into_owned(),
             ..Default::default()
         }];
-        let id = rt
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(cc),
-                sandbox_config: None,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .container_id;
-        rt.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
+        let id = run_container(&mut rt, &pod, cc, None).await;
         ids.push(id);
     }
     // 17 more, so that 20 containers run when carrackd is killed.
     for i in 0..17 {
         let cc = container_config(&format!("extra-{i}"), &image.name, &["sleep", "1000"]);
-        let id = rt
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(cc),
-                sandbox_config: None,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .container_id;
-        rt.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
+        let id = run_container(&mut rt, &pod, cc, None).await;
         ids.push(id);
     }
     let before: Vec<_> = {
@@ -971,18 +502,10 @@ async fn cri_sigkill_and_restart_keeps_containers() {
         cri::PodSandboxState::SandboxReady as i32
     );
 
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
+    stop_pod(&mut rt, &pod).await;
     let s0 = status(&mut rt, &ids[0]).await;
     assert_eq!(s0.state, cri::ContainerState::ContainerExited as i32);
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut rt, &pod).await;
     assert_eq!(daemon.mounts(), Vec::<String>::new(), "mounts left");
 }
 
@@ -992,7 +515,7 @@ async fn cri_bad_requests() {
         return;
     }
     let image = test_image();
-    let daemon = Daemon::start(&image.host);
+    let daemon = start_daemon(&image.host, "runc");
     let (mut rt, mut img) = daemon.clients().await;
     pull(&mut img, &image.name).await;
     let logs = daemon.dir.join("logs");
@@ -1018,15 +541,7 @@ async fn cri_bad_requests() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("runtime_handler"), "{e}");
 
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config("x", &logs)),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&mut rt, pod_config("x", &logs)).await;
     let e = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(pod_config("x", &logs)),
@@ -1072,14 +587,7 @@ async fn cri_bad_requests() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("config.mounts[0].host_path"), "{e}");
-    assert!(
-        rt.list_containers(cri::ListContainersRequest { filter: None })
-            .await
-            .unwrap()
-            .into_inner()
-            .containers
-            .is_empty()
-    );
+    assert!(list_containers(&mut rt).await.is_empty());
     assert!(
         daemon.mounts().iter().all(|m| !m.contains("/containers/")),
         "rootfs left mounted: {:?}",
@@ -1090,16 +598,13 @@ async fn cri_bad_requests() {
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // The name is free again.
-    let ok = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container_config("c", &image.name, &["sleep", "100"])),
-            sandbox_config: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
+    let ok = create_container(
+        &mut rt,
+        &pod,
+        container_config("c", &image.name, &["sleep", "100"]),
+        None,
+    )
+    .await;
     let e = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
@@ -1158,11 +663,7 @@ async fn cri_bad_requests() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut rt, &pod).await;
     assert_eq!(daemon.mounts(), Vec::<String>::new(), "mounts left");
 }
 
@@ -1172,33 +673,17 @@ async fn cri_dead_shim_reported_exited() {
         return;
     }
     let image = test_image();
-    let daemon = Daemon::start(&image.host);
+    let daemon = start_daemon(&image.host, "runc");
     let (mut rt, mut img) = daemon.clients().await;
     pull(&mut img, &image.name).await;
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config("shimless", &daemon.dir.join("logs"))),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container_config("c", &image.name, &["sleep", "1000"])),
-            sandbox_config: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
+    let pod = run_pod(&mut rt, pod_config("shimless", &daemon.dir.join("logs"))).await;
+    let id = run_container(
+        &mut rt,
+        &pod,
+        container_config("c", &image.name, &["sleep", "1000"]),
+        None,
+    )
+    .await;
     // SIGKILL the container's shim.
     let mut killed = 0;
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -1218,16 +703,8 @@ async fn cri_dead_shim_reported_exited() {
     let s = wait_exited(&mut rt, &id, 20).await;
     assert_eq!(s.reason, "Error");
     assert!(s.message.contains("shim"), "{}", s.message);
-    rt.remove_container(cri::RemoveContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_container(&mut rt, &id).await;
+    remove_pod(&mut rt, &pod).await;
     assert_eq!(daemon.mounts(), Vec::<String>::new(), "mounts left");
 }
 
@@ -1240,28 +717,17 @@ async fn cri_half_created_cleaned_up_at_restart() {
         return;
     }
     let image = test_image();
-    let mut daemon = Daemon::start(&image.host);
+    let mut daemon = start_daemon(&image.host, "runc");
     let (mut rt, mut img) = daemon.clients().await;
     pull(&mut img, &image.name).await;
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config("half", &daemon.dir.join("logs"))),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container_config("c", &image.name, &["sleep", "1000"])),
-            sandbox_config: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
+    let pod = run_pod(&mut rt, pod_config("half", &daemon.dir.join("logs"))).await;
+    let id = create_container(
+        &mut rt,
+        &pod,
+        container_config("c", &image.name, &["sleep", "1000"]),
+        None,
+    )
+    .await;
     daemon.kill();
     drop(rt);
     {
@@ -1284,22 +750,8 @@ async fn cri_half_created_cleaned_up_at_restart() {
     assert!(daemon.state().join("runc").join(&id).exists());
     daemon.spawn();
     let (mut rt, _img) = daemon.clients().await;
-    assert!(
-        rt.list_containers(cri::ListContainersRequest { filter: None })
-            .await
-            .unwrap()
-            .into_inner()
-            .containers
-            .is_empty()
-    );
-    assert!(
-        rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-            .await
-            .unwrap()
-            .into_inner()
-            .items
-            .is_empty()
-    );
+    assert!(list_containers(&mut rt).await.is_empty());
+    assert!(list_pods(&mut rt).await.is_empty());
     assert_eq!(daemon.mounts(), Vec::<String>::new(), "mounts left");
     assert!(
         !daemon.state().join("runc").join(&id).exists(),

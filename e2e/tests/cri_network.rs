@@ -12,51 +12,17 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use carrack_e2e::carrackd::{Carrackd, bin_dir, busybox_image};
+use carrack_e2e::carrackd::{Carrackd, TestImage, require_carrackd_stack, test_image};
+use carrack_e2e::cri_client::{self, Rt, exec, pull, remove_pod, run_container, stop_pod};
 use carrack_e2e::pod_network::{TestNetwork, leases};
-use carrack_e2e::prerequisite::{check, require_file, require_root};
+use carrack_e2e::prerequisite::require_file;
 use carrack_proto::cri;
-use cri::image_service_client::ImageServiceClient;
-use cri::runtime_service_client::RuntimeServiceClient;
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint};
-
-type Rt = RuntimeServiceClient<Channel>;
 
 fn prerequisites() -> bool {
-    let dir = bin_dir();
-    require_root()
-        && require_file("/usr/sbin/runc", "runc")
-        && require_file("/usr/bin/docker-registry", "docker-registry")
-        && require_file("/usr/bin/skopeo", "skopeo")
+    require_carrackd_stack(&["carrackd", "carrack-shim"])
         && require_file("/usr/lib/cni/bridge", "containernetworking-plugins")
         && require_file("/usr/sbin/iptables-save", "iptables")
         && require_file("/usr/bin/ip", "iproute2")
-        && check(
-            dir.join("carrackd").exists() && dir.join("carrack-shim").exists(),
-            &format!(
-                "carrackd and carrack-shim in {} (cargo build --workspace --bins)",
-                dir.display()
-            ),
-        )
-}
-
-async fn clients(d: &Carrackd) -> (Rt, ImageServiceClient<Channel>) {
-    let path = d.socket();
-    let ch = Endpoint::try_from("http://[::]:0")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .unwrap_or_else(|e| panic!("connect to carrackd: {e}\n{}", d.log()));
-    (
-        RuntimeServiceClient::new(ch.clone()),
-        ImageServiceClient::new(ch),
-    )
 }
 
 fn pod_config(name: &str, d: &Carrackd, host_port: Option<(i32, i32)>) -> cri::PodSandboxConfig {
@@ -84,20 +50,12 @@ fn pod_config(name: &str, d: &Carrackd, host_port: Option<(i32, i32)>) -> cri::P
     }
 }
 
+/// The shared container config, in the pod's PID namespace (no
+/// namespace options).
 fn container_config(name: &str, image: &str, args: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: args.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}/0.log"),
         linux: Some(cri::LinuxContainerConfig::default()),
-        ..Default::default()
+        ..cri_client::container_config(name, image, args)
     }
 }
 
@@ -112,19 +70,6 @@ async fn network_ready(rt: &mut Rt) -> cri::RuntimeCondition {
         .into_iter()
         .find(|c| c.r#type == "NetworkReady")
         .expect("a NetworkReady condition")
-}
-
-async fn pull(img: &mut ImageServiceClient<Channel>, name: &str) {
-    img.pull_image(cri::PullImageRequest {
-        image: Some(cri::ImageSpec {
-            image: name.into(),
-            ..Default::default()
-        }),
-        auth: None,
-        sandbox_config: None,
-    })
-    .await
-    .expect("pull");
 }
 
 async fn run_pod(rt: &mut Rt, config: cri::PodSandboxConfig) -> Result<String, tonic::Status> {
@@ -151,58 +96,8 @@ async fn pod_network(rt: &mut Rt, id: &str) -> cri::PodSandboxNetworkStatus {
 }
 
 async fn stop_and_remove(rt: &mut Rt, id: &str) {
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("stop {id}: {e}"));
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("remove {id}: {e}"));
-}
-
-/// Creates and starts a container in `pod`.
-async fn start_container(
-    rt: &mut Rt,
-    pod: &str,
-    config: cri::ContainerConfig,
-    sandbox: cri::PodSandboxConfig,
-) -> String {
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(sandbox),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
-    id
-}
-
-async fn exec(rt: &mut Rt, id: &str, cmd: &[&str]) -> (i32, String, String) {
-    let r = rt
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 10,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("exec {cmd:?}: {e}"))
-        .into_inner();
-    (
-        r.exit_code,
-        String::from_utf8_lossy(&r.stdout).into_owned(),
-        String::from_utf8_lossy(&r.stderr).into_owned(),
-    )
+    stop_pod(rt, id).await;
+    remove_pod(rt, id).await;
 }
 
 /// An HTTP GET of `/index.html` from container `client` to `ip`:80 with
@@ -297,7 +192,7 @@ async fn two_pods_talk(
     lease_dir: &std::path::Path,
 ) {
     let image = busybox_image_name(d);
-    let (mut rt, mut img) = clients(d).await;
+    let (mut rt, mut img) = d.clients().await;
     let ready = network_ready(&mut rt).await;
     assert!(ready.status, "NetworkReady: {ready:?}\n{}", d.log());
     pull(&mut img, &image).await;
@@ -316,7 +211,7 @@ async fn two_pods_talk(
     assert_ne!(server_ip, client_ip);
     assert_eq!(net.veths(), before.veths + 2);
 
-    start_container(
+    run_container(
         &mut rt,
         &server,
         container_config(
@@ -328,14 +223,14 @@ async fn two_pods_talk(
                 "mkdir -p /www && echo hello-from-server > /www/index.html && exec httpd -f -p 80 -h /www",
             ],
         ),
-        server_cfg,
+        Some(&server_cfg),
     )
     .await;
-    let client_ctr = start_container(
+    let client_ctr = run_container(
         &mut rt,
         &client,
         container_config("client", &image, &["sleep", "1000"]),
-        client_cfg,
+        Some(&client_cfg),
     )
     .await;
     let (_, addr, _) = exec(
@@ -353,7 +248,7 @@ async fn two_pods_talk(
     // A restart keeps the IPs, and the network still goes on Stop/Remove.
     d.kill();
     d.spawn();
-    let (mut rt, _) = clients(d).await;
+    let (mut rt, _) = d.clients().await;
     assert_eq!(pod_network(&mut rt, &server).await.ip, server_ip);
     assert_eq!(pod_network(&mut rt, &client).await.ip, client_ip);
     let page = fetch_from(&mut rt, &client_ctr, &server_ip).await;
@@ -369,9 +264,11 @@ fn busybox_image_name(d: &Carrackd) -> String {
 }
 
 /// Starts a registry with busybox and carrackd on `net` (plus `extra` TOML).
-fn start(net: &TestNetwork, extra: &str) -> (carrack_e2e::carrackd::BusyboxImage, Carrackd) {
-    let image = busybox_image();
-    let d = Carrackd::start(&image.host, &format!("{}{extra}", net.carrackd_toml()));
+fn start(net: &TestNetwork, extra: &str) -> (TestImage, Carrackd) {
+    let image = test_image();
+    let d = Carrackd::options()
+        .config(&format!("{}{extra}", net.carrackd_toml()))
+        .start(&image.host);
     std::fs::write(d.dir.join("image"), &image.name).unwrap();
     (image, d)
 }
@@ -411,7 +308,7 @@ async fn debian_conflist_appears_then_pods_talk() {
     }
     let net = TestNetwork::new(2);
     let (_image, mut d) = start(&net, "enabled = false\n");
-    let (mut rt, _) = clients(&d).await;
+    let (mut rt, _) = d.clients().await;
     // No config yet and the built-in network off: not ready, and a pod is refused.
     let ready = network_ready(&mut rt).await;
     assert!(!ready.status);
@@ -450,7 +347,7 @@ async fn failed_add_leaves_nothing_and_names_the_plugin() {
         "10-carrack-e2e.conflist",
         &debian_conflist(&net, &lease_dir, r#", {"type": "carrack-no-such-plugin"}"#),
     );
-    let (mut rt, _) = clients(&d).await;
+    let (mut rt, _) = d.clients().await;
     let ready = network_ready(&mut rt).await;
     assert!(!ready.status);
     assert!(
@@ -507,7 +404,7 @@ async fn hundred_pod_cycles_leak_nothing() {
     let net = TestNetwork::new(4);
     let (_image, d) = start(&net, "");
     let lease_dir = d.root().join("network/leases");
-    let (mut rt, _) = clients(&d).await;
+    let (mut rt, _) = d.clients().await;
     let before = host_trace(&net, &d, &lease_dir, &[]);
     let mut ids = Vec::new();
     let mut annotations = HashMap::new();
@@ -549,7 +446,7 @@ async fn dual_stack_pod_gets_additional_ip() {
     let net = TestNetwork::new(5);
     let (_image, d) = start(&net, &format!("subnet_v6 = \"{}\"\n", net.subnet_v6()));
     let lease_dir = d.root().join("network/leases");
-    let (mut rt, _) = clients(&d).await;
+    let (mut rt, _) = d.clients().await;
     let before = host_trace(&net, &d, &lease_dir, &[]);
     let pod = run_pod(&mut rt, pod_config("dual", &d, None))
         .await

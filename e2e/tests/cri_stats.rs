@@ -1,19 +1,34 @@
 //! End-to-end: stats, metrics and events through CRI, against the real
-//! carrackd, shim, runc and a registry (see `common`).
+//! carrackd, shim, runc and a registry (`carrack_e2e::carrackd`).
 //!
 //! Assertions are on directions and bounds (a counter grows, a rate is
 //! positive, a working set grows by at least what was written to tmpfs),
 //! never on how fast anything happens.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use carrack_e2e::carrackd::{Carrackd, CarrackdOptions, require_carrackd_stack, test_image};
+use carrack_e2e::cri_client::{
+    self, container_config, exec, pod_config, pull, remove_container, remove_pod, run_container,
+    stop_pod, wait_exited,
+};
 use carrack_proto::cri;
-use common::*;
 use cri::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
+
+/// The test network indices of this file's daemons start here (other test
+/// files use other ranges).
+const NETWORK_BASE: u8 = 150;
+
+fn prerequisites() -> bool {
+    require_carrackd_stack(&["carrackd", "carrack-shim"])
+}
+
+/// Options for a daemon of this file: runc, on a network of its own.
+fn daemon_options() -> CarrackdOptions {
+    Carrackd::options().test_network(NETWORK_BASE)
+}
 
 async fn container_stats(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStats {
     rt.container_stats(cri::ContainerStatsRequest {
@@ -44,44 +59,12 @@ fn working_set(s: &cri::ContainerStats) -> u64 {
 
 async fn run_pod(
     rt: &mut RuntimeServiceClient<Channel>,
-    daemon: &Daemon,
+    daemon: &Carrackd,
     name: &str,
 ) -> (String, cri::PodSandboxConfig) {
     let pod = pod_config(name, &daemon.dir.join("logs"));
-    let id = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
+    let id = cri_client::run_pod(rt, pod.clone()).await;
     (id, pod)
-}
-
-async fn run_container(
-    rt: &mut RuntimeServiceClient<Channel>,
-    pod_id: &str,
-    pod: &cri::PodSandboxConfig,
-    config: cri::ContainerConfig,
-) -> String {
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod_id.into(),
-            config: Some(config),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("StartContainer");
-    id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,14 +73,14 @@ async fn cri_container_and_pod_stats() {
         return;
     }
     let image = test_image();
-    let daemon = Daemon::start(&image.host);
+    let daemon = daemon_options().start(&image.host);
     let (mut rt, mut img) = daemon.clients().await;
     pull(&mut img, &image.name).await;
     let (pod_id, pod) = run_pod(&mut rt, &daemon, "stats").await;
 
     let mut burn = container_config("burn", &image.name, &["sh", "-c", "while :; do :; done"]);
     burn.labels.insert("role".into(), "burn".into());
-    let burn = run_container(&mut rt, &pod_id, &pod, burn).await;
+    let burn = run_container(&mut rt, &pod_id, burn, Some(&pod)).await;
     let mut mem = container_config("mem", &image.name, &["sleep", "1000"]);
     mem.labels.insert("role".into(), "mem".into());
     const MEM_LIMIT: u64 = 256 << 20;
@@ -105,7 +88,7 @@ async fn cri_container_and_pod_stats() {
         memory_limit_in_bytes: MEM_LIMIT as i64,
         ..Default::default()
     });
-    let mem = run_container(&mut rt, &pod_id, &pod, mem).await;
+    let mem = run_container(&mut rt, &pod_id, mem, Some(&pod)).await;
 
     // CPU: the loop's CPU time grows, and a sample after the first has a
     // positive rate over the interval since the previous one.
@@ -357,16 +340,8 @@ async fn cri_container_and_pod_stats() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("pod_sandbox_id"), "{}", e.message());
 
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod_id.clone(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod_id,
-    })
-    .await
-    .unwrap();
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
 }
 
 /// Every event on `stream` up to and including the first of `id` with
@@ -399,7 +374,7 @@ async fn cri_container_events_in_order() {
         return;
     }
     let image = test_image();
-    let daemon = Daemon::start(&image.host);
+    let daemon = daemon_options().start(&image.host);
     let (mut rt, mut img) = daemon.clients().await;
     pull(&mut img, &image.name).await;
     // Two subscribers at once, both before anything happens.
@@ -419,33 +394,17 @@ async fn cri_container_events_in_order() {
     let id = run_container(
         &mut rt,
         &pod_id,
-        &pod,
         container_config("short", &image.name, &["sh", "-c", "exit 3"]),
+        Some(&pod),
     )
     .await;
     let exited = wait_exited(&mut rt, &id, 60).await;
     assert_eq!(exited.exit_code, 3);
-    rt.remove_container(cri::RemoveContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod_id.clone(),
-    })
-    .await
-    .unwrap();
+    remove_container(&mut rt, &id).await;
+    stop_pod(&mut rt, &pod_id).await;
     // Stopping again (kubelet retries) is no new event.
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod_id.clone(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod_id.clone(),
-    })
-    .await
-    .unwrap();
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
 
     use cri::ContainerEventType as T;
     for stream in [&mut first, &mut second] {
@@ -561,7 +520,9 @@ async fn cri_prometheus_metrics_endpoint() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let daemon = Daemon::start_with(&image.host, &format!("metrics_address = \"{port}\""));
+    let daemon = daemon_options()
+        .config(&format!("metrics_address = \"{port}\""))
+        .start(&image.host);
     let (mut rt, mut img) = daemon.clients().await;
     for _ in 0..3 {
         rt.version(cri::VersionRequest::default()).await.unwrap();
@@ -607,9 +568,5 @@ async fn cri_prometheus_metrics_endpoint() {
     );
     assert!(series(&text, "carrack_shims").is_some());
 
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod_id,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut rt, &pod_id).await;
 }

@@ -5,21 +5,28 @@
 //! Needs root, runc, docker-registry, skopeo and busybox-static, and the
 //! binaries built first (`cargo build --workspace --bins`).
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use carrack_e2e::carrackd::{Carrackd, TestImage, require_carrackd_stack, test_image};
+use carrack_e2e::cri_client::{container_config, pod_config, pull, wait_exited};
 use carrack_proto::cri;
 use carrack_streaming::TerminalSize;
 use carrack_streaming::client::{self, ClientError, ExecIo, PortForwarder};
 use cri::image_service_client::ImageServiceClient;
 use cri::runtime_service_client::RuntimeServiceClient;
-use support::{Daemon, container_config, pod_config, prerequisites, pull, test_image};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{Notify, mpsc};
 use tonic::Code;
 use tonic::transport::Channel;
+
+/// The test network indices of this file's daemons start here (other test
+/// files use other ranges).
+const NETWORK_BASE: u8 = 170;
+
+fn prerequisites() -> bool {
+    require_carrackd_stack(&["carrackd", "carrack-shim"])
+}
 
 /// Output received by the client: collected, with a wake-up on each write.
 #[derive(Clone, Default)]
@@ -106,14 +113,16 @@ struct Pod {
     pod_id: String,
     config: cri::PodSandboxConfig,
     // Dropped last: kills the daemon and removes what it made.
-    daemon: Daemon,
-    _registry: support::TestImage,
+    daemon: Carrackd,
+    _registry: TestImage,
 }
 
 impl Pod {
     async fn start(name: &str) -> Pod {
         let registry = test_image();
-        let daemon = Daemon::start(&registry.host);
+        let daemon = Carrackd::options()
+            .test_network(NETWORK_BASE)
+            .start(&registry.host);
         let (mut rt, mut img) = daemon.clients().await;
         pull(&mut img, &registry.name).await;
         let config = pod_config(name, &daemon.dir.join("logs"));
@@ -583,7 +592,7 @@ async fn streaming_attach_output_fan_out_and_stdin() {
         .expect("StdinOnce: cat ends when the attached stdin closes")
         .unwrap();
     assert_eq!(r.unwrap(), 0);
-    let st = support::wait_exited(&mut pod.rt, &reader, 20).await;
+    let st = wait_exited(&mut pod.rt, &reader, 20).await;
     assert_eq!(st.exit_code, 0);
 
     // A container with a terminal: the attached client's sizes reach its
@@ -650,7 +659,7 @@ async fn streaming_attach_output_fan_out_and_stdin() {
             session.abort();
         }
     }
-    let st = support::wait_exited(&mut pod.rt, &terminal, 20).await;
+    let st = wait_exited(&mut pod.rt, &terminal, 20).await;
     assert_eq!(st.exit_code, 0);
 
     // Attach to an exited container is refused.
