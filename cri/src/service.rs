@@ -623,22 +623,20 @@ impl Daemon {
     }
 }
 
+/// The pod's hostname: the config's, else (and always for host-network
+/// pods) the node's, as containerd does (a pod name may be longer than the
+/// 64 bytes a hostname can hold).
 fn hostname_of(c: &cri::PodSandboxConfig) -> String {
-    let host_net = host_network(c);
-    if host_net || c.hostname.is_empty() {
-        if host_net || c.metadata.is_none() {
-            return nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default();
-        }
-        return c
-            .metadata
-            .as_ref()
-            .map(|m| m.name.clone())
+    if host_network(c) || c.hostname.is_empty() {
+        return nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
     }
     c.hostname.clone()
 }
+
+/// Linux's HOST_NAME_MAX.
+const HOSTNAME_MAX: usize = 64;
 
 fn ns_options(c: &cri::PodSandboxConfig) -> cri::NamespaceOption {
     c.linux
@@ -728,6 +726,16 @@ impl Runtime {
         }
         if !host_network(&config) {
             crate::pod_network::validate_pod(&config).map_err(|e| invalid(&e.field, e.message))?;
+        }
+        if config.hostname.len() > HOSTNAME_MAX {
+            return Err(invalid(
+                "config.hostname",
+                format!(
+                    "{:?} is {} bytes; a hostname holds at most {HOSTNAME_MAX}",
+                    config.hostname,
+                    config.hostname.len()
+                ),
+            ));
         }
         let id = new_id();
         let name = format!(
@@ -1328,11 +1336,14 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         let Some(c) = self.0.container(&id)? else {
             return Ok(Response::new(cri::RemoveContainerResponse {}));
         };
-        if c.state == ContainerState::Running {
-            return Err(Status::failed_precondition(format!(
-                "container {id} is running: stop it first"
-            )));
-        }
+        // CRI: removing a running container kills it first (no grace
+        // period), as containerd and CRI-O do.
+        let c = if c.state == ContainerState::Running {
+            self.0.stop_container(&c, 0).await?;
+            self.0.container(&id)?.unwrap_or(c)
+        } else {
+            c
+        };
         self.0.destroy_container(&c).await;
         let _g = self.0.records.lock().await;
         self.0.emit(ContainerEventKind::Deleted, &c).await;

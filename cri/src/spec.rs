@@ -100,6 +100,25 @@ pub const ALL_CAPS: &[&str] = &[
     "CAP_CHECKPOINT_RESTORE",
 ];
 
+/// The capabilities "ALL" and privileged grant: [`ALL_CAPS`] (in kernel
+/// number order) less those outside carrackd's own bounding set, which no
+/// child of it can hold (containerd likewise grants its current set; a
+/// nested node often lacks CAP_SYS_RESOURCE).
+pub fn grantable_caps() -> Vec<String> {
+    static BOUNDING: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let bounding = *BOUNDING.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
+        u64::from_str_radix(hex.trim(), 16).ok()
+    });
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bounding.is_none_or(|b| b & (1u64 << bit) != 0))
+        .map(|(_, c)| c.to_string())
+        .collect()
+}
+
 /// Paths masked in unprivileged containers when the request names none.
 pub const DEFAULT_MASKED: &[&str] = &[
     "/proc/acpi",
@@ -623,7 +642,7 @@ pub fn generate(input: &SpecInput<'_>, files: &dyn RootfsFiles) -> Result<Value,
 
     // Capabilities.
     let caps: Vec<String> = if privileged {
-        ALL_CAPS.iter().map(|s| s.to_string()).collect()
+        grantable_caps()
     } else {
         let mut set: Vec<String> = DEFAULT_CAPS.iter().map(|s| s.to_string()).collect();
         if let Some(cap) = sc.and_then(|s| s.capabilities.as_ref()) {
@@ -642,7 +661,7 @@ pub fn generate(input: &SpecInput<'_>, files: &dyn RootfsFiles) -> Result<Value,
                 .iter()
                 .any(|a| a.eq_ignore_ascii_case("ALL"))
             {
-                set = ALL_CAPS.iter().map(|s| s.to_string()).collect();
+                set = grantable_caps();
             }
             if cap
                 .drop_capabilities
@@ -870,15 +889,19 @@ pub fn generate(input: &SpecInput<'_>, files: &dyn RootfsFiles) -> Result<Value,
     for (k, v) in &c.annotations {
         annotations.insert(k.clone(), json!(v));
     }
-    let spec = json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": process,
         "root": {"path": input.rootfs, "readonly": sc.map(|s| s.readonly_rootfs).unwrap_or(false)},
-        "hostname": sb.hostname,
         "mounts": mounts,
         "annotations": annotations,
         "linux": linux_v,
     });
+    // A hostname needs a UTS namespace of the pod's own: in the host's
+    // (host-network pods) runtimes refuse to set one.
+    if !sb.utsns.is_empty() {
+        spec["hostname"] = json!(sb.hostname);
+    }
     // The spec must be one oci-spec reads back (catches shape mistakes).
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
         .map_err(|e| invalid("config", format!("generated spec is not valid OCI: {e}")))?;
@@ -1192,7 +1215,7 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .len(),
-            ALL_CAPS.len()
+            grantable_caps().len()
         );
         assert!(s["linux"]["maskedPaths"].as_array().unwrap().is_empty());
         assert!(s["linux"].get("seccomp").is_none());

@@ -660,3 +660,26 @@ fn seccomp_runtime_default_follows_the_containers_capabilities() {
                 && r["args"][0]["value"] == json!(0x1000_0000u64))
     );
 }
+
+#[test]
+fn all_capabilities_are_those_the_daemon_can_grant() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .unwrap();
+    let bounding = u64::from_str_radix(hex.trim(), 16).unwrap();
+    let known = carrackd::spec::ALL_CAPS.len();
+    let grantable = carrackd::spec::grantable_caps();
+    for (bit, name) in carrackd::spec::ALL_CAPS.iter().enumerate() {
+        assert_eq!(
+            grantable.contains(&name.to_string()),
+            bounding & (1 << bit) != 0,
+            "{name} (bit {bit}) against CapBnd {hex}"
+        );
+    }
+    assert_eq!(
+        grantable.len() as u32,
+        (bounding & ((1u64 << known) - 1)).count_ones()
+    );
+}

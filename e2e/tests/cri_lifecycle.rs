@@ -770,3 +770,45 @@ async fn cri_half_created_cleaned_up_at_restart() {
         "pod files left"
     );
 }
+
+/// RemoveContainer of a running container kills it and removes it (as
+/// containerd and CRI-O do); a pod with no hostname gets the node's, and a
+/// pod name longer than a hostname can hold still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_remove_running_container_and_long_pod_name() {
+    if !prerequisites() {
+        return;
+    }
+    let image = test_image();
+    let daemon = start_daemon(&image.host, "carrack");
+    let (mut rt, mut img) = daemon.clients().await;
+    pull(&mut img, &image.name).await;
+    let long = format!("create-podsandbox-for-container-{}", "x".repeat(48));
+    let mut config = pod_config(&long, &daemon.dir.join("logs"));
+    config.hostname = String::new();
+    let pod = run_pod(&mut rt, config).await;
+    let id = run_container(
+        &mut rt,
+        &pod,
+        container_config("c", &image.name, &["sleep", "1000"]),
+        None,
+    )
+    .await;
+    let (code, out, _) = exec(&mut rt, &id, &["hostname"]).await;
+    assert_eq!(code, 0);
+    let node = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(out.trim(), node.trim(), "the node's hostname");
+    let pid_of_sleep = daemon.state().join("runtime").join(&id);
+    assert!(pid_of_sleep.exists(), "carrack-runtime holds the container");
+    remove_container(&mut rt, &id).await;
+    assert!(
+        list_containers(&mut rt).await.iter().all(|c| c.id != id),
+        "removed"
+    );
+    assert!(
+        !pid_of_sleep.exists(),
+        "the runtime's container state is deleted with it"
+    );
+    remove_pod(&mut rt, &pod).await;
+    assert_eq!(daemon.mounts(), Vec::<String>::new(), "mounts left");
+}
