@@ -238,7 +238,8 @@ fn create_init(b: &Bundle, ch: &Channel, args: InitArgs) -> Result<Infallible> {
     let spec = &b.spec;
     let has_userns = b.has_namespace(LinuxNamespaceType::User);
     nix::unistd::setsid().map_err(sys("setsid"))?;
-    if b.has_namespace(LinuxNamespaceType::Mount) {
+    let has_mntns = b.has_namespace(LinuxNamespaceType::Mount);
+    if has_mntns {
         crate::rootfs::setup(spec, &b.rootfs, has_userns)?;
     }
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
@@ -255,6 +256,9 @@ fn create_init(b: &Bundle, ch: &Channel, args: InitArgs) -> Result<Infallible> {
     {
         let path = format!("/proc/sys/{}", k.replace('.', "/"));
         std::fs::write(&path, v).map_err(io(format!("linux.sysctl {k}={v}")))?;
+    }
+    if has_mntns {
+        crate::rootfs::finalize(spec)?;
     }
     let process = spec.process().as_ref().expect("validated");
     set_personality(b)?;

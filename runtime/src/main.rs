@@ -1,7 +1,7 @@
 //! The `carrack-runtime` command line: runc's sub-commands, flags, exit
 //! codes and state JSON, over the carrack-runtime library.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -161,14 +161,35 @@ fn reexec_sealed() -> anyhow::Result<()> {
     )
     .context("memfd_create")?;
     let mut copy = std::fs::File::from(memfd);
-    std::io::copy(&mut exe, &mut copy).context("copying the runtime binary")?;
+    // Through a buffer, not std::io::copy: its sendfile/splice path can
+    // leave page references behind that make F_SEAL_WRITE fail with EBUSY
+    // for a moment (seen intermittently under load).
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = exe.read(&mut buf).context("reading the runtime binary")?;
+        if n == 0 {
+            break;
+        }
+        copy.write_all(&buf[..n])
+            .context("copying the runtime binary")?;
+    }
     let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
-    // SAFETY: fcntl on our own memfd with the seal flags.
-    if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-        bail!(
-            "sealing the runtime copy: {}",
-            std::io::Error::last_os_error()
-        );
+    // F_SEAL_WRITE fails with EBUSY while the kernel still holds an extra
+    // reference on a page of the file (page migration under memory
+    // pressure, for one); the kernel already waits a little, so a few more
+    // tries are enough. No event says when the references are gone.
+    let mut tries = 0;
+    loop {
+        // SAFETY: fcntl on our own memfd with the seal flags.
+        if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } == 0 {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        tries += 1;
+        if err.raw_os_error() != Some(libc::EBUSY) || tries == 5 {
+            bail!("sealing the runtime copy: {err}");
+        }
+        std::thread::yield_now();
     }
     let args: Vec<std::ffi::CString> = std::env::args_os()
         .map(|a| std::ffi::CString::new(a.into_encoded_bytes()).expect("no NUL in argv"))

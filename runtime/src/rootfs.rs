@@ -135,10 +135,10 @@ fn mnt(what: String) -> impl FnOnce(nix::Error) -> RuntimeError {
 /// in a network namespace we own; without one /sys is bind-mounted.
 pub fn setup(spec: &Spec, rootfs: &Path, has_userns: bool) -> Result<()> {
     let linux = spec.linux().as_ref();
-    let prop = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
-        Some(p) => parse_propagation(p)?,
-        None => MsFlags::MS_SLAVE | MsFlags::MS_REC,
-    };
+    // A bad rootfsPropagation fails before anything is mounted.
+    if let Some(p) = linux.and_then(|l| l.rootfs_propagation().as_deref()) {
+        parse_propagation(p)?;
+    }
     // Nothing we mount may propagate back to the host.
     mount(
         None::<&str>,
@@ -186,7 +186,18 @@ pub fn setup(spec: &Spec, rootfs: &Path, has_userns: bool) -> Result<()> {
     umount2(".", MntFlags::MNT_DETACH).map_err(mnt("detaching the old root".into()))?;
     chdir("/").map_err(mnt("chdir /".into()))?;
     drop(root_fd);
+    Ok(())
+}
 
+/// After sysctls are written (they need /proc/sys writable): read-only and
+/// masked paths, the read-only root, and `rootfsPropagation`, as runc
+/// orders them.
+pub fn finalize(spec: &Spec) -> Result<()> {
+    let linux = spec.linux().as_ref();
+    let prop = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
+        Some(p) => parse_propagation(p)?,
+        None => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+    };
     for p in linux
         .and_then(|l| l.readonly_paths().as_ref())
         .into_iter()

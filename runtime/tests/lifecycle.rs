@@ -542,3 +542,27 @@ fn time_namespace_offsets_and_personality() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("linux.timeOffsets"), "{err}");
 }
+
+#[test]
+fn sysctls_are_written_before_proc_sys_turns_readonly() {
+    if !require_root() {
+        return;
+    }
+    // /proc/sys is in readonlyPaths (as kubelet's defaults have it); the
+    // namespaced sysctls must still be applied.
+    let c = Container::new(
+        "sysctl",
+        &[
+            "/bin/sh",
+            "-c",
+            "cat /proc/sys/kernel/shm_rmid_forced /proc/sys/fs/mqueue/msg_max; echo 1 > /proc/sys/kernel/shm_rmid_forced 2>/dev/null && echo sysrw || echo sysro",
+        ],
+        |cfg| {
+            cfg["linux"]["sysctl"] =
+                json!({"kernel.shm_rmid_forced": "1", "fs.mqueue.msg_max": "17"});
+        },
+    );
+    let out = c.run();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, ["1", "17", "sysro"], "{out}");
+}
