@@ -358,7 +358,11 @@ fn setup_console(sock: RawFd) -> Result<()> {
     drop(master);
     for fd in 0..3 {
         // SAFETY: fd is 0, 1 or 2, which we mean to replace; nothing else owns them here.
-        unsafe { nix::unistd::dup2_raw(&slave, fd) }.map_err(sys("dup2 of the pty slave"))?;
+        let stdio =
+            unsafe { nix::unistd::dup2_raw(&slave, fd) }.map_err(sys("dup2 of the pty slave"))?;
+        // The new fd is the process's stdio from now on: dropping the
+        // OwnedFd would close it again.
+        let _ = std::os::fd::IntoRawFd::into_raw_fd(stdio);
     }
     // SAFETY: TIOCSCTTY on a valid tty fd with an integer argument.
     let r = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) };

@@ -566,3 +566,68 @@ fn sysctls_are_written_before_proc_sys_turns_readonly() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines, ["1", "17", "sysro"], "{out}");
 }
+
+/// process.terminal: the init's stdio is a pty whose master arrives over
+/// the console socket (SCM_RIGHTS); what the process writes is read there.
+#[test]
+fn terminal_through_the_console_socket() {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::io::IoSliceMut;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    if !require_root() {
+        return;
+    }
+    let c = Container::new("tty", &["/bin/sh", "-c", "tty; echo hi"], |cfg| {
+        cfg["process"]["terminal"] = json!(true);
+    });
+    let sock = c.dir.join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let b = c.bundle();
+    let mut child = c
+        .cmd(&[
+            "run",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--console-socket",
+            sock.to_str().unwrap(),
+            &c.id,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    let mut name = [0u8; 128];
+    let mut iov = [IoSliceMut::new(&mut name)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    let mut master = None;
+    for cmsg in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            // SAFETY: the fd was just received over SCM_RIGHTS and is ours alone.
+            master = Some(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+        }
+    }
+    let master = std::fs::File::from(master.expect("the pty master arrived"));
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        use std::io::Read;
+        match (&master).read(&mut chunk) {
+            Ok(0) | Err(_) => break, // EIO once the slave side is closed
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let status = child.wait().unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(status.success(), "{status}: {out}");
+    assert!(out.contains("/dev/pts/"), "stdio is the pty: {out}");
+    assert!(out.contains("hi"), "{out}");
+}
