@@ -263,6 +263,15 @@ pub fn resolve_user(
     let (uid, mut gid, name): (u32, u32, Option<String>);
     let username = sc.map(|s| s.run_as_username.as_str()).unwrap_or("");
     let run_as_user = sc.and_then(|s| s.run_as_user.as_ref()).map(|v| v.value);
+    // As containerd: a group alone would run as the image's user with a
+    // group it did not ask for.
+    if sc.is_some_and(|s| s.run_as_group.is_some()) && run_as_user.is_none() && username.is_empty()
+    {
+        return Err(invalid(
+            &format!("{field}.run_as_group"),
+            "is set without run_as_user or run_as_username",
+        ));
+    }
     if !username.is_empty() {
         let (n, u, g) = passwd_lookup(files, &|n, _| n == username).ok_or_else(|| {
             invalid(
@@ -1056,6 +1065,12 @@ mod tests {
                 additional_gids: vec![]
             }
         );
+        let group_alone = cri::LinuxContainerSecurityContext {
+            run_as_group: Some(cri::Int64Value { value: 99 }),
+            ..Default::default()
+        };
+        let e = resolve_user(Some(&group_alone), "www", &f).unwrap_err();
+        assert!(e.to_string().contains("run_as_group"), "{e}");
         let sc = cri::LinuxContainerSecurityContext {
             run_as_username: "ghost".into(),
             ..Default::default()
