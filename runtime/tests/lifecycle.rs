@@ -22,7 +22,9 @@ struct Container {
 }
 
 fn base_config(id: &str, args: &[&str]) -> Value {
-    let mut config = busybox_config("rootfs", args, &format!("/{PREFIX}/{id}"));
+    // A top-level cgroup per container (the id starts with PREFIX): a
+    // shared parent would be left behind, or race with another test's.
+    let mut config = busybox_config("rootfs", args, &format!("/{id}"));
     config["root"]["readonly"] = json!(true);
     add_mount(
         &mut config,
