@@ -1514,22 +1514,7 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
             match tokio::time::timeout(Duration::from_secs(r.timeout as u64), wait).await {
                 Ok(w) => w,
                 Err(_) => {
-                    let _ = shim
-                        .task
-                        .kill(sp::KillRequest {
-                            id: id.clone(),
-                            exec_id: exec_id.clone(),
-                            signal: 9,
-                            all: false,
-                        })
-                        .await;
-                    let _ = shim
-                        .task
-                        .wait(sp::WaitRequest {
-                            id: id.clone(),
-                            exec_id: exec_id.clone(),
-                        })
-                        .await;
+                    shim.kill_and_reap(&id, &exec_id).await;
                     cleanup(shim, id.clone(), exec_id).await;
                     return Err(Status::deadline_exceeded(format!(
                         "command {:?} in {id} timed out after {}s",

@@ -121,6 +121,29 @@ impl ShimClient {
             socket: socket.to_path_buf(),
         })
     }
+
+    /// SIGKILLs process `exec_id` of container `id` and waits until the
+    /// shim has reaped it. Best effort: for cleanup paths, where an error
+    /// (the process already gone) changes nothing.
+    pub async fn kill_and_reap(&mut self, id: &str, exec_id: &str) {
+        use carrack_proto::shim::{KillRequest, WaitRequest};
+        let _ = self
+            .task
+            .kill(KillRequest {
+                id: id.to_owned(),
+                exec_id: exec_id.to_owned(),
+                signal: 9,
+                all: false,
+            })
+            .await;
+        let _ = self
+            .task
+            .wait(WaitRequest {
+                id: id.to_owned(),
+                exec_id: exec_id.to_owned(),
+            })
+            .await;
+    }
 }
 
 /// Starts the shim of `opts.id` (`carrack-shim start …`) and connects to it.

@@ -154,22 +154,7 @@ async fn remove(shim: &mut ShimClient, p: &ProcessRef) {
     };
     match shim.task.delete(del.clone()).await {
         Err(e) if e.code() == tonic::Code::FailedPrecondition => {
-            let _ = shim
-                .task
-                .kill(sp::KillRequest {
-                    id: p.id.clone(),
-                    exec_id: p.exec_id.clone(),
-                    signal: 9,
-                    all: false,
-                })
-                .await;
-            let _ = shim
-                .task
-                .wait(sp::WaitRequest {
-                    id: p.id.clone(),
-                    exec_id: p.exec_id.clone(),
-                })
-                .await;
+            shim.kill_and_reap(&p.id, &p.exec_id).await;
             let _ = shim.task.delete(del).await;
         }
         _ => {}
