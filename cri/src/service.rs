@@ -231,21 +231,17 @@ impl Daemon {
         self.cfg.state.join("sandboxes").join(id).join("ns")
     }
 
+    /// The sandbox `id` names: its full id or a unique prefix of it, as
+    /// crictl users type them (containerd accepts prefixes too). An
+    /// ambiguous prefix is InvalidArgument listing the candidates.
     pub(crate) fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, Status> {
-        Ok(self
-            .store
-            .sandboxes()
-            .map_err(store_err)?
-            .into_iter()
-            .find(|s| s.id == id))
+        let all = self.store.sandboxes().map_err(store_err)?;
+        by_id_or_prefix(all, id, |s| &s.id, "pod sandbox")
     }
+    /// The container `id` names: its full id or a unique prefix of it.
     pub(crate) fn container(&self, id: &str) -> Result<Option<ContainerRecord>, Status> {
-        Ok(self
-            .store
-            .containers()
-            .map_err(store_err)?
-            .into_iter()
-            .find(|c| c.id == id))
+        let all = self.store.containers().map_err(store_err)?;
+        by_id_or_prefix(all, id, |c| &c.id, "container")
     }
 
     pub(crate) async fn shim(&self, id: &str) -> Result<ShimClient, Status> {
@@ -621,6 +617,37 @@ impl Daemon {
             ))),
         }
     }
+}
+
+/// The record whose id is `id`, or else the only one whose id starts with
+/// it; an empty id names nothing, and a prefix shared by several records is
+/// InvalidArgument (acting on one of them at random would be wrong).
+fn by_id_or_prefix<T>(
+    records: Vec<T>,
+    id: &str,
+    id_of: impl Fn(&T) -> &String,
+    kind: &str,
+) -> Result<Option<T>, Status> {
+    if id.is_empty() {
+        return Ok(None);
+    }
+    let mut matches: Vec<T> = Vec::new();
+    for r in records {
+        if id_of(&r) == id {
+            return Ok(Some(r));
+        }
+        if id_of(&r).starts_with(id) {
+            matches.push(r);
+        }
+    }
+    if matches.len() > 1 {
+        let ids: Vec<&str> = matches.iter().map(|r| id_of(r).as_str()).collect();
+        return Err(Status::invalid_argument(format!(
+            "{kind} id prefix {id:?} is ambiguous: it matches {}",
+            ids.join(", ")
+        )));
+    }
+    Ok(matches.pop())
 }
 
 /// The pod's hostname: the config's, else (and always for host-network
@@ -1106,6 +1133,7 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         let Some(mut sb) = d.sandbox(&id)? else {
             return Ok(Response::new(cri::StopPodSandboxResponse {}));
         };
+        let id = sb.id.clone();
         for c in d
             .store
             .containers()
@@ -1142,6 +1170,7 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         let Some(sb) = d.sandbox(&id)? else {
             return Ok(Response::new(cri::RemovePodSandboxResponse {}));
         };
+        let id = sb.id.clone();
         for c in d
             .store
             .containers()
@@ -1272,6 +1301,7 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         let c = d
             .container(&id)?
             .ok_or_else(|| Status::not_found(format!("container {id:?} not found")))?;
+        let id = c.id.clone();
         if c.state != ContainerState::Created {
             return Err(Status::failed_precondition(format!(
                 "container {id} is {:?}, not Created",
@@ -1336,6 +1366,7 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         let Some(c) = self.0.container(&id)? else {
             return Ok(Response::new(cri::RemoveContainerResponse {}));
         };
+        let id = c.id.clone();
         // CRI: removing a running container kills it first (no grace
         // period), as containerd and CRI-O do.
         let c = if c.state == ContainerState::Running {
@@ -1413,6 +1444,7 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         let c = d
             .container(&id)?
             .ok_or_else(|| Status::not_found(format!("container {id:?} not found")))?;
+        let id = c.id.clone();
         if !matches!(c.state, ContainerState::Created | ContainerState::Running) {
             return Err(Status::failed_precondition(format!(
                 "container {id} is not running"
@@ -1444,6 +1476,7 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         let c = d
             .container(&id)?
             .ok_or_else(|| Status::not_found(format!("container {id:?} not found")))?;
+        let id = c.id.clone();
         if c.state != ContainerState::Running {
             return Err(Status::failed_precondition(format!(
                 "container {id} is not running"
@@ -1467,6 +1500,7 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         let c = d
             .container(&id)?
             .ok_or_else(|| Status::not_found(format!("container {id:?} not found")))?;
+        let id = c.id.clone();
         if c.state != ContainerState::Running {
             return Err(Status::failed_precondition(format!(
                 "container {id} is not running"
@@ -1855,5 +1889,31 @@ impl cri::image_service_server::ImageService for Images {
             image_filesystems: vec![usage(&info.image_fs)],
             container_filesystems: vec![usage(&info.container_fs)],
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::by_id_or_prefix;
+
+    fn find(ids: &[&str], id: &str) -> Result<Option<String>, tonic::Status> {
+        let all: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        by_id_or_prefix(all, id, |s| s, "container")
+    }
+
+    #[test]
+    fn ids_resolve_exactly_or_by_unique_prefix() {
+        let ids = ["abc123", "abc124", "abc1", "def456"];
+        assert_eq!(
+            find(&ids, "abc1").unwrap().as_deref(),
+            Some("abc1"),
+            "exact wins"
+        );
+        assert_eq!(find(&ids, "de").unwrap().as_deref(), Some("def456"));
+        assert_eq!(find(&ids, "zz").unwrap(), None);
+        assert_eq!(find(&ids, "").unwrap(), None, "empty names nothing");
+        let e = find(&ids, "abc12").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("abc123") && e.message().contains("abc124"));
     }
 }

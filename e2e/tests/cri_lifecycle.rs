@@ -800,7 +800,21 @@ async fn cri_remove_running_container_and_long_pod_name() {
     assert_eq!(out.trim(), node.trim(), "the node's hostname");
     let pid_of_sleep = daemon.state().join("runtime").join(&id);
     assert!(pid_of_sleep.exists(), "carrack-runtime holds the container");
-    remove_container(&mut rt, &id).await;
+    // Ids as crictl users type them: a unique prefix names the record.
+    let short = &id[..12];
+    assert_eq!(status(&mut rt, short).await.id, id, "status by prefix");
+    let (code, out, _) = exec(&mut rt, short, &["echo", "by-prefix"]).await;
+    assert_eq!((code, out.trim()), (0, "by-prefix"), "exec by prefix");
+    let pod_status = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod[..12].to_owned(),
+            verbose: false,
+        })
+        .await
+        .expect("pod status by prefix")
+        .into_inner();
+    assert_eq!(pod_status.status.unwrap().id, pod, "pod status by prefix");
+    remove_container(&mut rt, short).await;
     assert!(
         list_containers(&mut rt).await.iter().all(|c| c.id != id),
         "removed"

@@ -722,12 +722,26 @@ impl ImageStore {
         }
     }
 
-    /// Lists images; `filter` (an image reference or id, as in CRI's
-    /// `ImageFilter`) keeps only the matching image.
+    /// Lists images; `filter` (as in CRI's `ImageFilter`) keeps the image an
+    /// id, tag or digest names, or, for a bare repository such as `busybox`
+    /// (what `crictl images busybox` sends), every image of that repository.
     pub fn list(&self, filter: Option<&str>) -> Result<Vec<Image>, ImageError> {
-        if let Some(f) = filter.filter(|f| !f.is_empty()) {
-            return Ok(self.resolve(f)?.into_iter().collect());
+        let filter = filter.map(str::trim).filter(|f| !f.is_empty());
+        if let Some(f) = filter
+            && let Some(img) = self.resolve(f)?
+        {
+            return Ok(vec![img]);
         }
+        let repository = match filter {
+            None => None,
+            // Parsing defaults the tag to `latest`: only a name that names
+            // no tag or digest itself is a bare repository.
+            Some(f) if repository_of(f) == f => match Reference::parse(f) {
+                Ok(r) => Some(r.name()),
+                Err(_) => return Ok(Vec::new()),
+            },
+            Some(_) => return Ok(Vec::new()),
+        };
         let mut out = self
             .inner
             .db
@@ -735,6 +749,14 @@ impl ImageStore {
             .into_iter()
             .map(image_from)
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(repo) = repository {
+            out.retain(|i| {
+                i.repo_tags
+                    .iter()
+                    .chain(&i.repo_digests)
+                    .any(|n| repository_of(n) == repo)
+            });
+        }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
@@ -1021,6 +1043,17 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// The `registry/repository` part of a stored name (`…:tag` or `…@digest`).
+fn repository_of(name: &str) -> &str {
+    if let Some((repo, _)) = name.split_once('@') {
+        return repo;
+    }
+    match name.rfind(':') {
+        Some(i) if !name[i..].contains('/') => &name[..i],
+        _ => name,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1053,6 +1086,20 @@ mod tests {
             rt.block_on(store.remove("busybox")),
             Err(ImageError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn repository_of_stored_names() {
+        assert_eq!(
+            repository_of("docker.io/library/busybox:1.36"),
+            "docker.io/library/busybox"
+        );
+        assert_eq!(repository_of("127.0.0.1:5000/a/b:v1"), "127.0.0.1:5000/a/b");
+        assert_eq!(
+            repository_of("127.0.0.1:5000/a/b@sha256:00"),
+            "127.0.0.1:5000/a/b"
+        );
+        assert_eq!(repository_of("127.0.0.1:5000/a/b"), "127.0.0.1:5000/a/b");
     }
 
     #[test]

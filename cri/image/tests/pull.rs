@@ -73,6 +73,9 @@ async fn pull_by_tag_then_by_digest_without_network() {
     assert_eq!(s.list(None).unwrap().len(), 1);
     assert_eq!(s.list(Some(&format!("{name}:v1"))).unwrap().len(), 1);
     assert_eq!(s.list(Some("docker.io/library/other:1")).unwrap().len(), 0);
+    // A bare repository (`crictl images REPO`) lists that repository's images.
+    assert_eq!(s.list(Some(&name)).unwrap().len(), 1, "by repository");
+    assert_eq!(s.list(Some("docker.io/library/other")).unwrap().len(), 0);
 
     // A repeat pull by tag asks for the manifest once and for no blob.
     reg.settle();
