@@ -25,6 +25,7 @@ pub mod seccomp;
 pub mod service;
 pub mod spec;
 pub mod stats;
+pub mod stop_signal;
 pub mod store;
 pub mod streaming;
 pub mod telemetry;

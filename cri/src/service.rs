@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::events::{ContainerEventKind, ContainerEvents};
 use crate::sandbox::{self, NsRequest, PodNetwork};
 use crate::spec::{self, SandboxView, SpecInput};
+use crate::stop_signal;
 use crate::store::{
     ContainerRecord, ContainerState, SandboxRecord, SandboxState, Store, StoreError,
 };
@@ -578,23 +579,55 @@ impl Daemon {
                 .map(|w| w.into_inner().exit.unwrap_or_default())
         };
         if timeout > 0 {
-            shim.task
-                .kill(sp::KillRequest {
+            let signal = c.stop_signal as u32;
+            let init_pid = shim
+                .task
+                .state(sp::StateRequest {
                     id: c.id.clone(),
                     exec_id: String::new(),
-                    signal: c.stop_signal as u32,
-                    all: false,
                 })
                 .await
+                .map(|s| s.into_inner().pid)
+                .unwrap_or(0);
+            // An init without its handler yet loses the signal: send it
+            // again once the handler is there (see `stop_signal`).
+            let mut resend = (init_pid > 0 && stop_signal::dropped_by_init(init_pid, signal))
+                .then_some(init_pid);
+            let signal_it = |shim: &ShimClient| {
+                let req = sp::KillRequest {
+                    id: c.id.clone(),
+                    exec_id: String::new(),
+                    signal,
+                    all: false,
+                };
+                let mut shim = shim.clone();
+                async move { shim.task.kill(req).await }
+            };
+            signal_it(&shim)
+                .await
                 .map_err(|e| Status::internal(format!("signalling {}: {}", c.id, e.message())))?;
-            if let Ok(Ok(exit)) = tokio::time::timeout(
-                Duration::from_secs(timeout as u64),
-                wait(shim.clone(), c.id.clone()),
-            )
-            .await
-            {
-                self.record_exit(&c.id, &exit).await;
-                return Ok(());
+            let grace = tokio::time::sleep(Duration::from_secs(timeout as u64));
+            let exited = wait(shim.clone(), c.id.clone());
+            tokio::pin!(grace, exited);
+            loop {
+                tokio::select! {
+                    r = &mut exited => {
+                        if let Ok(exit) = r {
+                            self.record_exit(&c.id, &exit).await;
+                            return Ok(());
+                        }
+                        break;
+                    }
+                    _ = &mut grace => break,
+                    _ = tokio::time::sleep(Duration::from_millis(50)), if resend.is_some() => {
+                        if let Some(pid) = resend
+                            && stop_signal::catches(pid, signal)
+                        {
+                            resend = None;
+                            let _ = signal_it(&shim).await;
+                        }
+                    }
+                }
             }
         }
         shim.task

@@ -826,3 +826,37 @@ async fn cri_remove_running_container_and_long_pod_name() {
     remove_pod(&mut rt, &pod).await;
     assert_eq!(daemon.mounts(), Vec::<String>::new(), "mounts left");
 }
+
+/// A StopContainer right after StartContainer, while the container's PID 1
+/// has not installed its SIGTERM handler yet (the kernel drops the signal
+/// then), still ends the container by its handler, not by the SIGKILL at
+/// the end of the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_stop_right_after_start_reaches_a_late_handler() {
+    if !prerequisites() {
+        return;
+    }
+    let image = test_image();
+    let daemon = start_daemon(&image.host, "carrack");
+    let (mut rt, mut img) = daemon.clients().await;
+    pull(&mut img, &image.name).await;
+    let pod = run_pod(&mut rt, pod_config("late-trap", &daemon.dir.join("logs"))).await;
+    let script = "sleep 0.5; trap 'exit 7' TERM; while :; do sleep 0.1; done";
+    let id = run_container(
+        &mut rt,
+        &pod,
+        container_config("late", &image.name, &["sh", "-c", script]),
+        None,
+    )
+    .await;
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 60,
+    })
+    .await
+    .expect("stop");
+    let st = status(&mut rt, &id).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(st.exit_code, 7, "the trap ran (137 would be the SIGKILL)");
+    remove_pod(&mut rt, &pod).await;
+}
