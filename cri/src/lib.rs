@@ -19,6 +19,7 @@ pub mod check;
 pub mod config;
 pub mod config_doc;
 pub mod events;
+pub mod handler_features;
 pub mod pod_network;
 pub mod sandbox;
 pub mod seccomp;

@@ -104,6 +104,8 @@ pub struct Daemon {
     pub telemetry: Arc<Telemetry>,
     /// The exec/attach/port-forward server.
     pub(crate) streaming: crate::streaming::Streaming,
+    /// What each runtime handler supports (asked once, at start-up).
+    handler_features: HashMap<String, cri::RuntimeHandlerFeatures>,
 }
 
 /// The RuntimeService (cheap to clone).
@@ -121,6 +123,7 @@ impl Daemon {
         std::fs::create_dir_all(&cfg.state)?;
         let store = Store::open(&cfg.db_path())?;
         let images = ImageStore::open(cfg.image_store_config()).await?;
+        let handler_features = crate::handler_features::probe_all(&cfg);
         Ok(Arc::new_cyclic(|me| Daemon {
             cfg,
             store,
@@ -133,7 +136,14 @@ impl Daemon {
             events: Default::default(),
             telemetry: Default::default(),
             streaming: Default::default(),
+            handler_features,
         }))
+    }
+
+    /// The features of the handler `name` names ("" is the default).
+    fn features_of(&self, name: &str) -> Option<cri::RuntimeHandlerFeatures> {
+        let (name, _) = self.cfg.handler(name)?;
+        self.handler_features.get(name).cloned()
     }
 
     /// The configuration the daemon runs with.
@@ -652,6 +662,25 @@ impl Daemon {
     }
 }
 
+/// The identity the container's process was given (its OCI spec's
+/// `process.user`): what ContainerStatus reports as `user`.
+fn process_user(bundle: &Path) -> Option<cri::ContainerUser> {
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
+    let user = &spec["process"]["user"];
+    let id = |v: &serde_json::Value| v.as_i64();
+    Some(cri::ContainerUser {
+        linux: Some(cri::LinuxContainerUser {
+            uid: id(&user["uid"])?,
+            gid: id(&user["gid"])?,
+            supplemental_groups: user["additionalGids"]
+                .as_array()
+                .map(|a| a.iter().filter_map(id).collect())
+                .unwrap_or_default(),
+        }),
+    })
+}
+
 /// The record whose id is `id`, or else the only one whose id starts with
 /// it; an empty id names nothing, and a prefix shared by several records is
 /// InvalidArgument (acting on one of them at random would be wrong).
@@ -931,6 +960,20 @@ impl Runtime {
             ))
         })?;
         let handler = handler.clone();
+        let rro = d
+            .features_of(&sb.runtime_handler)
+            .is_some_and(|f| f.recursive_read_only_mounts);
+        if let Some(i) = config.mounts.iter().position(|m| m.recursive_read_only)
+            && !rro
+        {
+            return Err(invalid(
+                &format!("config.mounts[{i}].recursive_read_only"),
+                format!(
+                    "runtime handler {:?} does not support recursive read-only mounts",
+                    sb.runtime_handler
+                ),
+            ));
+        }
         let pod = sb.config.metadata.clone().unwrap_or_default();
         let id = new_id();
         let log_path = if !sb.config.log_directory.is_empty() && !config.log_path.is_empty() {
@@ -1083,7 +1126,7 @@ impl Runtime {
                 linux: Some(r),
                 windows: None,
             }),
-            user: None,
+            user: process_user(&c.bundle),
         };
         let mut info = HashMap::new();
         if verbose {
@@ -1755,17 +1798,18 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),
             info,
-            runtime_handlers: self
-                .0
-                .cfg
-                .runtimes
-                .keys()
-                .map(|k| cri::RuntimeHandler {
-                    name: k.clone(),
-                    features: None,
+            // The default handler is listed under "" as well (what a pod
+            // without runtime_handler gets), as containerd lists it.
+            runtime_handlers: std::iter::once(String::new())
+                .chain(self.0.cfg.runtimes.keys().cloned())
+                .map(|name| cri::RuntimeHandler {
+                    features: self.0.features_of(&name),
+                    name,
                 })
                 .collect(),
-            features: None,
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: true,
+            }),
         }))
     }
     async fn checkpoint_container(

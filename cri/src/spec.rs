@@ -348,6 +348,9 @@ pub fn resolve_user(
         })?;
         additional.push(g);
     }
+    // The primary group is a supplementary group too, as containerd and
+    // Docker set it (kubelet's SupplementalGroupsPolicy expects it there).
+    additional.push(gid);
     additional.sort_unstable();
     additional.dedup();
     Ok(User {
@@ -1012,7 +1015,7 @@ mod tests {
             User {
                 uid: 0,
                 gid: 0,
-                additional_gids: vec![4]
+                additional_gids: vec![0, 4]
             }
         );
         assert_eq!(
@@ -1020,7 +1023,7 @@ mod tests {
             User {
                 uid: 33,
                 gid: 44,
-                additional_gids: vec![4, 27]
+                additional_gids: vec![4, 27, 44]
             }
         );
         assert_eq!(resolve_user(None, "33:staff", &f).unwrap().gid, 50);
@@ -1029,7 +1032,7 @@ mod tests {
             User {
                 uid: 1234,
                 gid: 0,
-                additional_gids: vec![]
+                additional_gids: vec![0]
             }
         );
         assert!(
@@ -1048,7 +1051,7 @@ mod tests {
             User {
                 uid: 65534,
                 gid: 65534,
-                additional_gids: vec![7]
+                additional_gids: vec![7, 65534]
             }
         );
         let sc = cri::LinuxContainerSecurityContext {
@@ -1062,7 +1065,7 @@ mod tests {
             User {
                 uid: 33,
                 gid: 99,
-                additional_gids: vec![]
+                additional_gids: vec![99]
             }
         );
         let group_alone = cri::LinuxContainerSecurityContext {

@@ -69,6 +69,15 @@ async fn pod_lifecycle(runtime: &'static str) {
     let net = conds.iter().find(|c| c.r#type == "NetworkReady").unwrap();
     assert!(net.status, "{net:?}");
     assert!(conds.iter().any(|c| c.r#type == "RuntimeReady" && c.status));
+    assert!(st.features.is_some_and(|f| f.supplemental_groups_policy));
+    let default_handler = st.runtime_handlers.iter().find(|h| h.name.is_empty());
+    assert!(
+        default_handler
+            .and_then(|h| h.features)
+            .is_some_and(|f| f.recursive_read_only_mounts),
+        "{:?}",
+        st.runtime_handlers
+    );
     let rc = rt
         .runtime_config(cri::RuntimeConfigRequest {})
         .await
@@ -189,6 +198,7 @@ async fn pod_lifecycle(runtime: &'static str) {
         .as_mut()
         .unwrap();
     sc.run_as_user = Some(cri::Int64Value { value: 1000 });
+    sc.supplemental_groups = vec![1234];
     sc.seccomp = Some(cri::SecurityProfile {
         profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
         ..Default::default()
@@ -218,6 +228,23 @@ async fn pod_lifecycle(runtime: &'static str) {
 
     // Inside the container.
     assert_eq!(exec(&mut rt, &ctr, &["id", "-u"]).await.1.trim(), "1000");
+    let user = s.user.as_ref().and_then(|u| u.linux.clone()).expect("user");
+    assert_eq!(user.uid, 1000);
+    assert!(
+        user.supplemental_groups.contains(&1234) && user.supplemental_groups.contains(&user.gid),
+        "{user:?}"
+    );
+    let mut groups: Vec<i64> = exec(&mut rt, &ctr, &["id", "-G"])
+        .await
+        .1
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect();
+    groups.sort_unstable();
+    assert_eq!(
+        groups, user.supplemental_groups,
+        "status.user is the process's"
+    );
     assert_eq!(
         exec(&mut rt, &ctr, &["hostname"]).await.1.trim(),
         "web-host"

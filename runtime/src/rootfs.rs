@@ -14,7 +14,7 @@ use nix::unistd::{chdir, pivot_root};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
 
 use crate::error::{Result, RuntimeError, sys};
-use crate::sys::{fd_path, mkdir_all_in_root};
+use crate::sys::{fd_path, mkdir_all_in_root, set_mount_attrs_recursive};
 
 /// Mount flags, propagation flags and the leftover data string of one
 /// OCI mount's options.
@@ -28,6 +28,10 @@ pub struct MountOptions {
     pub propagation: MsFlags,
     /// Filesystem-specific data (`mode=755,size=65536k`).
     pub data: String,
+    /// `MOUNT_ATTR_*` to set on the whole mount tree (`rro`, `rnosuid`...).
+    pub recursive_set: u64,
+    /// `MOUNT_ATTR_*` to clear on the whole mount tree (`rrw`, `rsuid`...).
+    pub recursive_clear: u64,
 }
 
 impl Default for MountOptions {
@@ -37,6 +41,8 @@ impl Default for MountOptions {
             clear: MsFlags::empty(),
             propagation: MsFlags::empty(),
             data: String::new(),
+            recursive_set: 0,
+            recursive_clear: 0,
         }
     }
 }
@@ -46,6 +52,16 @@ pub fn parse_options(options: &[String]) -> MountOptions {
     let mut o = MountOptions::default();
     let mut data = Vec::new();
     for opt in options {
+        if let Some((attr, set)) = recursive_attr(opt) {
+            if set {
+                o.recursive_set |= attr;
+                o.recursive_clear &= !attr;
+            } else {
+                o.recursive_clear |= attr;
+                o.recursive_set &= !attr;
+            }
+            continue;
+        }
         let (set, clear, prop) = match opt.as_str() {
             "ro" => (MsFlags::MS_RDONLY, MsFlags::empty(), MsFlags::empty()),
             "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY, MsFlags::empty()),
@@ -110,6 +126,23 @@ pub fn parse_options(options: &[String]) -> MountOptions {
     }
     o.data = data.join(",");
     o
+}
+
+/// The recursive options (mount_setattr(2) attributes, as runc names them):
+/// the attribute and whether the option sets it.
+fn recursive_attr(opt: &str) -> Option<(u64, bool)> {
+    use crate::sys::mount_attr::{NODEV, NOEXEC, NOSUID, RDONLY};
+    Some(match opt {
+        "rro" => (RDONLY, true),
+        "rrw" => (RDONLY, false),
+        "rnosuid" => (NOSUID, true),
+        "rsuid" => (NOSUID, false),
+        "rnodev" => (NODEV, true),
+        "rdev" => (NODEV, false),
+        "rnoexec" => (NOEXEC, true),
+        "rexec" => (NOEXEC, false),
+        _ => return None,
+    })
 }
 
 /// Parses `rootfsPropagation`.
@@ -321,6 +354,12 @@ fn mount_one(root_fd: &OwnedFd, rootfs: &Path, m: &Mount, has_userns: bool) -> R
             }
             r => r.map_err(mnt(what(&format!("mount type {typ}"))))?,
         }
+    }
+    if opts.recursive_set != 0 || opts.recursive_clear != 0 {
+        let t = mkdir_all_in_root(root_fd.as_raw_fd(), dest, source_is_file)
+            .map_err(mnt(what("reopening the target")))?;
+        set_mount_attrs_recursive(&t, opts.recursive_set, opts.recursive_clear)
+            .map_err(mnt(what("recursive options (mount_setattr)")))?;
     }
     if !opts.propagation.is_empty() {
         let t = mkdir_all_in_root(root_fd.as_raw_fd(), dest, source_is_file)
@@ -543,6 +582,16 @@ mod tests {
         let o = parse_options(&s(&["ro", "rw", "rbind"]));
         assert!(!o.flags.contains(MsFlags::MS_RDONLY));
         assert!(o.flags.contains(MsFlags::MS_BIND | MsFlags::MS_REC));
+    }
+
+    #[test]
+    fn recursive_options_become_mount_attributes() {
+        let o = parse_options(&s(&["rbind", "rro", "rnosuid", "rsuid", "rnodev"]));
+        use crate::sys::mount_attr::{NODEV, NOSUID, RDONLY};
+        assert_eq!(o.recursive_set, RDONLY | NODEV);
+        assert_eq!(o.recursive_clear, NOSUID);
+        assert_eq!(o.data, "", "not passed on as filesystem data");
+        assert!(!o.flags.contains(MsFlags::MS_RDONLY));
     }
 
     #[test]

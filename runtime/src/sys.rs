@@ -100,6 +100,53 @@ pub fn mkdir_all_in_root(root: RawFd, path: &Path, file: bool) -> nix::Result<Ow
     Ok(dir)
 }
 
+/// `MOUNT_ATTR_*` values of mount_setattr(2) (linux/mount.h).
+pub mod mount_attr {
+    /// Read-only.
+    pub const RDONLY: u64 = 0x1;
+    /// No set-user-id.
+    pub const NOSUID: u64 = 0x2;
+    /// No device files.
+    pub const NODEV: u64 = 0x4;
+    /// No execution.
+    pub const NOEXEC: u64 = 0x8;
+}
+
+/// `struct mount_attr` of linux/mount.h.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Sets and clears mount attributes on the mount at `fd` and every mount
+/// below it (mount_setattr(2) with `AT_RECURSIVE`): the only way to make a
+/// recursive bind read-only all the way down, as a remount with
+/// `MS_RDONLY` changes the top mount only.
+pub fn set_mount_attrs_recursive(fd: &OwnedFd, set: u64, clear: u64) -> nix::Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: the path is a NUL-terminated empty string, the struct is the
+    // kernel's layout and outlives the call, and its size is passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    nix::errno::Errno::result(r).map(drop)
+}
+
 /// The `/proc/self/fd/N` path of an fd, to mount onto what it names.
 pub fn fd_path(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())

@@ -633,3 +633,64 @@ fn terminal_through_the_console_socket() {
     assert!(out.contains("/dev/pts/"), "stdio is the pty: {out}");
     assert!(out.contains("hi"), "{out}");
 }
+
+/// A host directory with a tmpfs mounted below it; unmounted and removed on
+/// drop.
+struct HostTreeWithSubmount(PathBuf);
+
+impl HostTreeWithSubmount {
+    fn new(name: &str) -> HostTreeWithSubmount {
+        let dir = std::env::temp_dir().join(format!("{PREFIX}-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let tree = HostTreeWithSubmount(dir);
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(tree.0.join("sub"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting a tmpfs below {}", tree.0.display());
+        tree
+    }
+}
+
+impl Drop for HostTreeWithSubmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.0.join("sub"))
+            .status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `rro` makes a recursive bind read-only all the way down (mount_setattr),
+/// where `ro` leaves the submounts writable.
+#[test]
+fn recursive_readonly_bind_covers_submounts() {
+    if !require_root() {
+        return;
+    }
+    let host = HostTreeWithSubmount::new("rro-src");
+    let src = host.0.to_str().unwrap().to_owned();
+    let c = Container::new(
+        "rro",
+        &[
+            "/bin/sh",
+            "-c",
+            "touch /rro/f 2>/dev/null || echo top-ro; touch /rro/sub/f 2>/dev/null || echo sub-ro; touch /ro/sub/g && echo ro-sub-rw",
+        ],
+        |cfg| {
+            add_mount(
+                cfg,
+                json!({"destination": "/rro", "type": "bind", "source": src, "options": ["rbind", "rro"]}),
+            );
+            add_mount(
+                cfg,
+                json!({"destination": "/ro", "type": "bind", "source": src, "options": ["rbind", "ro"]}),
+            );
+        },
+    );
+    let out = c.run();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, ["top-ro", "sub-ro", "ro-sub-rw"], "{out}");
+}
