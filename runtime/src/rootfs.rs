@@ -531,14 +531,31 @@ fn readonly_path(p: &str) -> Result<()> {
 }
 
 fn mask_path(p: &str) -> Result<()> {
-    let is_dir = match std::fs::metadata(p) {
-        Ok(m) => m.is_dir(),
+    let meta = match std::fs::symlink_metadata(p) {
+        Ok(m) => m,
         Err(_) => return Ok(()),
     };
-    let r = if is_dir {
+    // A symlink is masked itself, not what it points to: an image whose
+    // /bin/ls links to /bin/busybox must lose ls, not its whole userland.
+    // mount(2) follows a path's last symlink, an O_PATH|O_NOFOLLOW fd's
+    // /proc/self/fd link names the symlink.
+    let link = if meta.file_type().is_symlink() {
+        Some(
+            open(
+                p,
+                OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(mnt(format!("linux.maskedPaths {p}: opening the symlink")))?,
+        )
+    } else {
+        None
+    };
+    let target = link.as_ref().map(fd_path).unwrap_or_else(|| p.to_owned());
+    let r = if meta.is_dir() {
         mount(
             Some("tmpfs"),
-            p,
+            target.as_str(),
             Some("tmpfs"),
             MsFlags::MS_RDONLY,
             None::<&str>,
@@ -546,7 +563,7 @@ fn mask_path(p: &str) -> Result<()> {
     } else {
         mount(
             Some("/dev/null"),
-            p,
+            target.as_str(),
             None::<&str>,
             MsFlags::MS_BIND,
             None::<&str>,

@@ -185,11 +185,20 @@ fn readonly_root_masked_and_readonly_paths() {
         &[
             "/bin/sh",
             "-c",
-            "touch /x 2>/dev/null && echo rootrw || echo rootro; touch /tmp/y && echo tmprw; echo timer_list=$(wc -c </proc/timer_list); echo bus=$(ls /proc/bus | wc -l); echo 1 > /proc/sys/kernel/domainname 2>/dev/null && echo sysrw || echo sysro; ls /dev/null /dev/zero /dev/urandom /dev/shm /dev/pts/ptmx >/dev/null && echo devs; cat /proc/self/mountinfo",
+            "touch /x 2>/dev/null && echo rootrw || echo rootro; touch /tmp/y && echo tmprw; echo timer_list=$(wc -c </proc/timer_list); echo bus=$(ls /proc/bus | wc -l); echo 1 > /proc/sys/kernel/domainname 2>/dev/null && echo sysrw || echo sysro; ls /dev/null /dev/zero /dev/urandom /dev/shm /dev/pts/ptmx >/dev/null && echo devs; /bin/ls / >/dev/null 2>&1 || echo ls-masked; echo busybox=$(busybox echo ok); cat /proc/self/mountinfo",
         ],
-        |_| {},
+        // /bin/ls is a symlink to /bin/busybox here: masking it must not
+        // mask busybox.
+        |cfg| {
+            cfg["linux"]["maskedPaths"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("/bin/ls"))
+        },
     );
     let out = c.run();
+    assert!(out.contains("ls-masked"), "{out}");
+    assert!(out.contains("busybox=ok"), "{out}");
     assert!(out.contains("rootro"), "{out}");
     assert!(out.contains("tmprw"), "{out}");
     // /proc/kcore is absent on some kernels: masking skips what is not there.
