@@ -455,6 +455,19 @@ pub fn parse_signal(s: &str) -> Option<i32> {
         .map(|s| s as i32)
 }
 
+/// The root propagation the volumes need: `rshared` for a bidirectional
+/// one, `rslave` for one from the host, else the runtime's default.
+fn rootfs_propagation(mounts: &[cri::Mount]) -> Option<&'static str> {
+    let wants = |p: cri::MountPropagation| mounts.iter().any(|m| m.propagation == p as i32);
+    if wants(cri::MountPropagation::PropagationBidirectional) {
+        Some("rshared")
+    } else if wants(cri::MountPropagation::PropagationHostToContainer) {
+        Some("rslave")
+    } else {
+        None
+    }
+}
+
 fn propagation(p: i32) -> &'static str {
     match p {
         1 => "rslave",
@@ -897,6 +910,12 @@ pub fn generate(input: &SpecInput<'_>, files: &dyn RootfsFiles) -> Result<Value,
     if let Some(s) = seccomp(sc, privileged, &caps)? {
         linux_v["seccomp"] = s;
     }
+    // As containerd: a bidirectional volume needs the whole tree shared
+    // (so the container's mounts reach the host), one from the host a
+    // slave tree at least.
+    if let Some(p) = rootfs_propagation(&c.mounts) {
+        linux_v["rootfsPropagation"] = json!(p);
+    }
     let mut annotations = serde_json::Map::new();
     for (k, v) in &c.annotations {
         annotations.insert(k.clone(), json!(v));
@@ -1005,6 +1024,24 @@ mod tests {
         ];
         let env = process_env(&c, &img, "h");
         assert_eq!(env, ["PATH=/img", "HOSTNAME=h", "A=1", "B=x=y", "C=3"]);
+    }
+
+    #[test]
+    fn root_propagation_follows_the_volumes() {
+        let m = |p: cri::MountPropagation| cri::Mount {
+            propagation: p as i32,
+            ..Default::default()
+        };
+        use cri::MountPropagation::*;
+        assert_eq!(rootfs_propagation(&[m(PropagationPrivate)]), None);
+        assert_eq!(
+            rootfs_propagation(&[m(PropagationPrivate), m(PropagationHostToContainer)]),
+            Some("rslave")
+        );
+        assert_eq!(
+            rootfs_propagation(&[m(PropagationHostToContainer), m(PropagationBidirectional)]),
+            Some("rshared")
+        );
     }
 
     #[test]

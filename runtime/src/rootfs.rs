@@ -5,6 +5,7 @@
 //! devices, `pivot_root`, masked and readonly paths, a readonly root.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{OFlag, open};
@@ -172,15 +173,21 @@ pub fn setup(spec: &Spec, rootfs: &Path, has_userns: bool) -> Result<()> {
     if let Some(p) = linux.and_then(|l| l.rootfs_propagation().as_deref()) {
         parse_propagation(p)?;
     }
-    // Nothing we mount may propagate back to the host.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(mnt("making / rslave".into()))?;
+    // The mount tree starts with the spec's propagation (rslave unless
+    // it asks otherwise: nothing mounted here reaches the host). With
+    // `rshared` (bidirectional volumes) the copies stay peers of the
+    // host's mounts, so the rootfs's own mount is made private first:
+    // pivot_root refuses a shared parent, and the container's mounts
+    // under the rootfs must not show up on the host.
+    let initial = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
+        Some(p) => parse_propagation(p)?,
+        None => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+    };
+    mount(None::<&str>, "/", None::<&str>, initial, None::<&str>)
+        .map_err(mnt("setting the initial propagation of /".into()))?;
+    if initial.contains(MsFlags::MS_SHARED) {
+        make_parent_mount_private(rootfs)?;
+    }
     mount(
         Some(rootfs),
         rootfs,
@@ -214,12 +221,81 @@ pub fn setup(spec: &Spec, rootfs: &Path, has_userns: bool) -> Result<()> {
         create_device(&root_fd, d, has_userns)?;
     }
 
+    let old_root = open(
+        "/",
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(mnt("opening the old root".into()))?;
     chdir(rootfs).map_err(mnt(format!("chdir {}", rootfs.display())))?;
     pivot_root(".", ".").map_err(mnt("pivot_root".into()))?;
+    // The old root is stacked on the new one now; "." must name it (the
+    // kernel does not promise where the cwd is after pivot_root, and a
+    // propagation change on the new root would make the volumes slaves).
+    nix::unistd::fchdir(&old_root).map_err(mnt("fchdir to the old root".into()))?;
+    drop(old_root);
+    // The old root may be shared with the host: unmounting it must not
+    // propagate there.
+    mount(
+        None::<&str>,
+        ".",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(mnt("making the old root rslave".into()))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(mnt("detaching the old root".into()))?;
     chdir("/").map_err(mnt("chdir /".into()))?;
     drop(root_fd);
     Ok(())
+}
+
+/// Makes the mount that holds `rootfs` (the longest mount point of
+/// /proc/self/mountinfo above it) private, not recursively.
+fn make_parent_mount_private(rootfs: &Path) -> Result<()> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| RuntimeError::Io {
+        what: "reading /proc/self/mountinfo".into(),
+        source: e,
+    })?;
+    let parent = rootfs.parent().unwrap_or(Path::new("/"));
+    let mount_point = info
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(unescape_mountinfo)
+        .filter(|mp| parent.starts_with(mp))
+        .max_by_key(|mp| mp.as_os_str().len())
+        .unwrap_or_else(|| PathBuf::from("/"));
+    mount(
+        None::<&str>,
+        &mount_point,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(mnt(format!(
+        "making {} (the mount holding the rootfs) private",
+        mount_point.display()
+    )))
+}
+
+/// Decodes mountinfo's octal escapes (`\040` for a space).
+fn unescape_mountinfo(field: &str) -> PathBuf {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// After sysctls are written (they need /proc/sys writable): read-only and
@@ -609,6 +685,13 @@ mod tests {
         assert_eq!(o.recursive_clear, NOSUID);
         assert_eq!(o.data, "", "not passed on as filesystem data");
         assert!(!o.flags.contains(MsFlags::MS_RDONLY));
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), PathBuf::from("/a b"));
+        assert_eq!(unescape_mountinfo("/plain"), PathBuf::from("/plain"));
+        assert_eq!(unescape_mountinfo("/end\\04"), PathBuf::from("/end\\04"));
     }
 
     #[test]

@@ -703,3 +703,102 @@ fn recursive_readonly_bind_covers_submounts() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines, ["top-ro", "sub-ro", "ro-sub-rw"], "{out}");
 }
+
+/// A host directory bind-mounted onto itself and made rshared (what a
+/// kubelet's bidirectional volume sits on); unmounted and removed on drop.
+struct SharedHostDir(PathBuf);
+
+impl SharedHostDir {
+    fn new(name: &str) -> SharedHostDir {
+        let dir = std::env::temp_dir().join(format!("{PREFIX}-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(dir.join("from-container")).unwrap();
+        let shared = SharedHostDir(dir);
+        for args in [
+            vec!["--bind".to_owned(), shared.path(), shared.path()],
+            vec!["--make-rshared".to_owned(), shared.path()],
+        ] {
+            assert!(
+                Command::new("mount")
+                    .args(&args)
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+        shared
+    }
+
+    fn path(&self) -> String {
+        self.0.to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for SharedHostDir {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn host_mount_points() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .collect()
+}
+
+/// rootfsPropagation rshared with an rshared bind: a mount made inside the
+/// container appears on the host (bidirectional volumes), while the
+/// container's own mounts (proc, dev, its rootfs) and the unmount of the old
+/// root do not reach the host.
+#[test]
+fn rshared_bind_propagates_container_mounts_to_the_host() {
+    if !require_root() {
+        return;
+    }
+    let shared = SharedHostDir::new("rshared-vol");
+    let src = shared.path();
+    let before = host_mount_points();
+    let c = Container::new(
+        "rshared",
+        &[
+            "/bin/sh",
+            "-c",
+            "mount -t tmpfs tmpfs /vol/from-container && echo hi > /vol/from-container/file && echo mounted",
+        ],
+        |cfg| {
+            cfg["linux"]["rootfsPropagation"] = json!("rshared");
+            let caps = json!(["CAP_SYS_ADMIN"]);
+            for set in ["bounding", "effective", "permitted"] {
+                cfg["process"]["capabilities"][set] = caps.clone();
+            }
+            add_mount(
+                cfg,
+                json!({"destination": "/vol", "type": "bind", "source": src, "options": ["rbind", "rshared"]}),
+            );
+        },
+    );
+    assert_eq!(c.run().trim(), "mounted");
+    let on_host = shared.0.join("from-container/file");
+    assert_eq!(
+        std::fs::read_to_string(&on_host).unwrap_or_default(),
+        "hi\n",
+        "the container's mount reached the host"
+    );
+    let after = host_mount_points();
+    let new: Vec<&String> = after.iter().filter(|m| !before.contains(m)).collect();
+    assert_eq!(
+        new,
+        [&format!("{src}/from-container")],
+        "only the volume's mount reaches the host"
+    );
+    assert!(
+        after.contains(&src),
+        "the old root's unmount did not propagate"
+    );
+}
