@@ -176,7 +176,7 @@ pub fn setup(spec: &Spec, rootfs: &Path, has_userns: bool) -> Result<()> {
     // The mount tree starts with the spec's propagation (rslave unless
     // it asks otherwise: nothing mounted here reaches the host). With
     // `rshared` (bidirectional volumes) the copies stay peers of the
-    // host's mounts, so the rootfs's own mount is made private first:
+    // host's mounts, so the mount holding the rootfs is made private first:
     // pivot_root refuses a shared parent, and the container's mounts
     // under the rootfs must not show up on the host.
     let initial = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
@@ -186,7 +186,7 @@ pub fn setup(spec: &Spec, rootfs: &Path, has_userns: bool) -> Result<()> {
     mount(None::<&str>, "/", None::<&str>, initial, None::<&str>)
         .map_err(mnt("setting the initial propagation of /".into()))?;
     if initial.contains(MsFlags::MS_SHARED) {
-        make_parent_mount_private(rootfs)?;
+        make_rootfs_mount_private(rootfs)?;
     }
     mount(
         Some(rootfs),
@@ -251,18 +251,18 @@ pub fn setup(spec: &Spec, rootfs: &Path, has_userns: bool) -> Result<()> {
 }
 
 /// Makes the mount that holds `rootfs` (the longest mount point of
-/// /proc/self/mountinfo above it) private, not recursively.
-fn make_parent_mount_private(rootfs: &Path) -> Result<()> {
+/// /proc/self/mountinfo at or above it: the rootfs itself when it is an
+/// overlay mount) private, not recursively.
+fn make_rootfs_mount_private(rootfs: &Path) -> Result<()> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| RuntimeError::Io {
         what: "reading /proc/self/mountinfo".into(),
         source: e,
     })?;
-    let parent = rootfs.parent().unwrap_or(Path::new("/"));
     let mount_point = info
         .lines()
         .filter_map(|l| l.split_whitespace().nth(4))
         .map(unescape_mountinfo)
-        .filter(|mp| parent.starts_with(mp))
+        .filter(|mp| rootfs.starts_with(mp))
         .max_by_key(|mp| mp.as_os_str().len())
         .unwrap_or_else(|| PathBuf::from("/"));
     mount(

@@ -744,6 +744,36 @@ impl Drop for SharedHostDir {
     }
 }
 
+/// A directory bind-mounted onto itself and made shared; unmounted on drop.
+struct BindMountGuard(PathBuf);
+
+impl BindMountGuard {
+    fn new(dir: &Path) -> BindMountGuard {
+        let d = dir.to_str().unwrap();
+        let guard = BindMountGuard(dir.to_owned());
+        for args in [["--bind", d, d].as_slice(), ["--make-shared", d].as_slice()] {
+            assert!(Command::new("mount").args(args).status().unwrap().success());
+        }
+        guard
+    }
+}
+
+impl Drop for BindMountGuard {
+    fn drop(&mut self) {
+        // Mounts stacked on it by a broken runtime go too.
+        for _ in 0..4 {
+            let st = Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .stderr(Stdio::null())
+                .status();
+            if !st.is_ok_and(|s| s.success()) {
+                break;
+            }
+        }
+    }
+}
+
 fn host_mount_points() -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
@@ -783,7 +813,11 @@ fn rshared_bind_propagates_container_mounts_to_the_host() {
             );
         },
     );
+    // The rootfs a mount of its own, shared, as carrackd's overlay is.
+    let rootfs = c.bundle().join("rootfs");
+    let rootfs_mount = BindMountGuard::new(&rootfs);
     assert_eq!(c.run().trim(), "mounted");
+    drop(rootfs_mount);
     let on_host = shared.0.join("from-container/file");
     assert_eq!(
         std::fs::read_to_string(&on_host).unwrap_or_default(),
