@@ -35,7 +35,7 @@ cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     pkill -f "containerd-shim-runc-v2 -namespace k8s.io -address $WORK" 2>/dev/null || true
-    pkill -x carrack-shim 2>/dev/null || true
+    pkill -f "carrack-shim serve .*--state-dir $WORK/" 2>/dev/null || true
     umount -R "$WORK"/containerd/state/* "$WORK"/carrack/* 2>/dev/null || true
     ip link del cbench0 2>/dev/null || true
 }
