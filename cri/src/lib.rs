@@ -6,6 +6,8 @@
 //! - [`store`]: sandboxes and containers in SQLite (WAL), intent first;
 //! - [`sandbox`]: pinned namespaces, pod files, the pod network seam;
 //! - [`pod_network`]: the pod network over CNI (`carrack-network`);
+//! - [`pod_infra`]: the infra process holding a pod's shared PID namespace;
+//! - [`pod_pid`]: PID namespace sharing (POD and TARGET);
 //! - [`spec`]: the OCI spec of a container (pure logic);
 //! - [`seccomp`]: the RuntimeDefault seccomp profile;
 //! - [`service`]: the RuntimeService and ImageService;
@@ -19,7 +21,9 @@ pub mod check;
 pub mod config;
 pub mod config_doc;
 pub mod events;
+pub mod pod_infra;
 pub mod pod_network;
+pub mod pod_pid;
 pub mod sandbox;
 pub mod seccomp;
 pub mod service;

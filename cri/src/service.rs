@@ -425,7 +425,10 @@ impl Daemon {
                     self.destroy_sandbox(&s).await;
                     let _ = self.store.delete_sandbox(&s.id);
                 }
-                SandboxState::Ready if !s.netns.is_empty() && !Path::new(&s.netns).exists() => {
+                SandboxState::Ready
+                    if (!s.netns.is_empty() && !Path::new(&s.netns).exists())
+                        || s.infra.is_some_and(|i| !i.is_running()) =>
+                {
                     let mut s = s;
                     s.state = SandboxState::NotReady;
                     let _ = self.store.update_sandbox(&s);
@@ -445,6 +448,11 @@ impl Daemon {
                 .network
                 .teardown(&s.id, Path::new(&s.netns), &s.config)
                 .await
+        {
+            warn!(sandbox = s.id, "{e}");
+        }
+        if let Some(infra) = &s.infra
+            && let Err(e) = infra.kill()
         {
             warn!(sandbox = s.id, "{e}");
         }
@@ -551,6 +559,8 @@ impl Daemon {
             netns: s.netns.clone(),
             ipcns: s.ipcns.clone(),
             utsns: s.utsns.clone(),
+            pidns: s.infra.map(|i| i.pidns_path()).unwrap_or_default(),
+            userns: s.userns.clone(),
             cgroup_path: s.cgroup_path.clone(),
             dir: self.sandbox_dir(&s.id),
             hostname: hostname_of(&s.config),
@@ -724,6 +734,7 @@ impl Runtime {
                 "user namespaces (hostUsers: false) are not supported yet",
             ));
         }
+        crate::pod_pid::validate_sandbox(&ns).map_err(spec_err)?;
         if !host_network(&config) {
             crate::pod_network::validate_pod(&config).map_err(|e| invalid(&e.field, e.message))?;
         }
@@ -759,6 +770,8 @@ impl Runtime {
             utsns: String::new(),
             ip: String::new(),
             additional_ips: Vec::new(),
+            infra: None,
+            userns: String::new(),
         };
         d.store.insert_sandbox(&rec).map_err(store_err)?;
         match self.make_sandbox(&mut rec, &ns).await {
@@ -808,6 +821,15 @@ impl Runtime {
             .map_err(|e| invalid("config.linux.cgroup_parent", e))?;
         cg.create()
             .map_err(|e| Status::internal(format!("creating the pod cgroup: {e}")))?;
+        if crate::pod_pid::shares_pid(&rec.config) {
+            let userns = (!rec.userns.is_empty()).then(|| PathBuf::from(&rec.userns));
+            let state_dir = d.ns_dir(&rec.id);
+            let state_dir = state_dir.parent().unwrap_or(&state_dir);
+            let infra = crate::pod_pid::start_infra(rec, state_dir, userns.as_deref())
+                .map_err(|e| Status::internal(e.to_string()))?;
+            rec.infra = Some(infra);
+            d.store.update_sandbox(rec).map_err(store_err)?;
+        }
         sandbox::write_files(
             &d.sandbox_dir(&rec.id),
             &hostname,
@@ -871,6 +893,15 @@ impl Runtime {
             ))
         })?;
         let handler = handler.clone();
+        if let Some(infra) = &sb.infra
+            && !infra.is_running()
+        {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {}: its infra process {} (the pod's shared PID namespace) is gone",
+                sb.id, infra.pid
+            )));
+        }
+        let target_pidns = crate::pod_pid::target_pidns(d, &config).await?;
         let pod = sb.config.metadata.clone().unwrap_or_default();
         let id = new_id();
         let log_path = if !sb.config.log_directory.is_empty() && !config.log_path.is_empty() {
@@ -923,6 +954,7 @@ impl Runtime {
                     image: &image.config,
                     rootfs: &rootfs,
                     apparmor_available: apparmor_available(),
+                    target_pidns: target_pidns.as_deref(),
                 },
                 &rootfs,
             )
@@ -1115,6 +1147,11 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         {
             d.stop_container(&c, 0).await?;
         }
+        if let Some(infra) = &sb.infra {
+            infra
+                .kill()
+                .map_err(|e| Status::internal(format!("stopping pod sandbox {id}: {e}")))?;
+        }
         if !sb.netns.is_empty() {
             d.network
                 .teardown(&id, Path::new(&sb.netns), &sb.config)
@@ -1208,6 +1245,7 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
                 "info".to_owned(),
                 serde_json::json!({
                     "netns": sb.netns, "ipcns": sb.ipcns, "utsns": sb.utsns,
+                    "infraPid": sb.infra.map(|i| i.pid), "userns": sb.userns,
                     "cgroupPath": sb.cgroup_path, "config": sb.config,
                 })
                 .to_string(),
