@@ -8,6 +8,7 @@
 //! - [`pod_network`]: the pod network over CNI (`carrack-network`);
 //! - [`pod_infra`]: the infra process holding a pod's shared PID namespace;
 //! - [`pod_pid`]: PID namespace sharing (POD and TARGET);
+//! - [`userns`]: pod user namespaces (`hostUsers: false`);
 //! - [`spec`]: the OCI spec of a container (pure logic);
 //! - [`seccomp`]: the RuntimeDefault seccomp profile;
 //! - [`service`]: the RuntimeService and ImageService;
@@ -32,6 +33,7 @@ pub mod stats;
 pub mod store;
 pub mod streaming;
 pub mod telemetry;
+pub mod userns;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -224,6 +224,14 @@ pub fn run(userns: Option<&Path>) -> Result<Infallible, InfraError> {
             source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
         })?;
         setns(&fd, CloneFlags::CLONE_NEWUSER).map_err(sys("joining the pod's user namespace"))?;
+        // Joining keeps our host ids: become the pod's root (its mapped ids).
+        let root_gid = nix::unistd::Gid::from_raw(0);
+        let root_uid = nix::unistd::Uid::from_raw(0);
+        nix::unistd::setgroups(&[]).map_err(sys("setgroups in the pod's user namespace"))?;
+        nix::unistd::setresgid(root_gid, root_gid, root_gid)
+            .map_err(sys("setresgid(0) in the pod's user namespace"))?;
+        nix::unistd::setresuid(root_uid, root_uid, root_uid)
+            .map_err(sys("setresuid(0) in the pod's user namespace"))?;
     }
     unshare(CloneFlags::CLONE_NEWPID).map_err(sys("unshare(CLONE_NEWPID)"))?;
     // SAFETY: called before any thread is started (carrackd's main runs

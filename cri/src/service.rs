@@ -725,15 +725,7 @@ impl Runtime {
             )
         })?;
         let ns = ns_options(&config);
-        if ns
-            .userns_options
-            .as_ref()
-            .is_some_and(|u| u.mode == cri::NamespaceMode::Pod as i32)
-        {
-            return Err(Status::unimplemented(
-                "user namespaces (hostUsers: false) are not supported yet",
-            ));
-        }
+        crate::userns::validate(&ns).map_err(spec_err)?;
         crate::pod_pid::validate_sandbox(&ns).map_err(spec_err)?;
         if !host_network(&config) {
             crate::pod_network::validate_pod(&config).map_err(|e| invalid(&e.field, e.message))?;
@@ -811,8 +803,19 @@ impl Runtime {
             ipc: !host_ipc,
             uts: !host_net,
         };
-        let pinned = sandbox::pin_namespaces(&d.ns_dir(&rec.id), req, &hostname)
-            .map_err(|e| Status::internal(format!("pinning the pod's namespaces: {e}")))?;
+        let pinning = |e: sandbox::SandboxError| {
+            Status::internal(format!("pinning the pod's namespaces: {e}"))
+        };
+        let pinned = match crate::userns::validate(ns).map_err(spec_err)? {
+            Some(maps) => {
+                let p =
+                    crate::userns::pin_user_namespaces(&d.ns_dir(&rec.id), &maps, req, &hostname)
+                        .map_err(pinning)?;
+                rec.userns = p.user;
+                p.owned
+            }
+            None => sandbox::pin_namespaces(&d.ns_dir(&rec.id), req, &hostname).map_err(pinning)?,
+        };
         rec.netns = pinned.net;
         rec.ipcns = pinned.ipc;
         rec.utsns = pinned.uts;
@@ -945,6 +948,15 @@ impl Runtime {
             d.images
                 .prepare_rootfs(&image.id, &id, &rootfs)
                 .map_err(|e| Status::internal(format!("preparing the rootfs: {e}")))?;
+            if !sb.userns.is_empty()
+                && let Some(maps) = crate::userns::pod_id_maps(&sb.config)
+            {
+                let root = rootfs.clone();
+                tokio::task::spawn_blocking(move || crate::userns::shift_rootfs(&root, &maps))
+                    .await
+                    .map_err(internal)?
+                    .map_err(|e| Status::internal(e.to_string()))?;
+            }
             let view = d.sandbox_view(&sb);
             let spec = spec::generate(
                 &SpecInput {
@@ -1730,10 +1742,13 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
                 .0
                 .cfg
                 .runtimes
-                .keys()
-                .map(|k| cri::RuntimeHandler {
+                .iter()
+                .map(|(k, h)| cri::RuntimeHandler {
                     name: k.clone(),
-                    features: None,
+                    features: Some(cri::RuntimeHandlerFeatures {
+                        recursive_read_only_mounts: false,
+                        user_namespaces: crate::userns::runtime_supports(&h.binary),
+                    }),
                 })
                 .collect(),
             features: None,

@@ -925,6 +925,18 @@ pub fn generate(input: &SpecInput<'_>, files: &dyn RootfsFiles) -> Result<Value,
     if let Some(s) = seccomp(sc, privileged, &caps)? {
         linux_v["seccomp"] = s;
     }
+    // Joining the pod's user namespace by path: runtimes want its mappings
+    // too (runc checks them against the namespace's).
+    if !sb.userns.is_empty() {
+        let maps = crate::userns::pod_id_maps(&sb.config).ok_or_else(|| {
+            invalid(
+                "config.linux.security_context.namespace_options.userns_options",
+                "the pod has a user namespace but no usable id mappings",
+            )
+        })?;
+        linux_v["uidMappings"] = json!([maps.uids.oci()]);
+        linux_v["gidMappings"] = json!([maps.gids.oci()]);
+    }
     let mut annotations = serde_json::Map::new();
     for (k, v) in &c.annotations {
         annotations.insert(k.clone(), json!(v));

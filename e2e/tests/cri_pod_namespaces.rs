@@ -376,3 +376,272 @@ async fn target_pid_namespace() {
     stop_pod(&mut rt, &pod).await;
     remove_pod(&mut rt, &pod).await;
 }
+
+/// The host ids this file's user namespace pods map to (kubelet hands out
+/// multiples of 65536 from 65536 on).
+const HOST_ID: u32 = 3 * 65536;
+
+/// A `hostUsers: false` pod: uids and gids 0… inside are `HOST_ID`… on the
+/// host; its containers share one PID namespace (held by the infra process,
+/// which then lives in the user namespace as well) and it sets a net
+/// sysctl, which only works in a network namespace owned by the pod's user
+/// namespace.
+fn userns_pod(name: &str, logs: &Path) -> cri::PodSandboxConfig {
+    let map = || {
+        vec![cri::IdMapping {
+            host_id: HOST_ID,
+            container_id: 0,
+            length: 65536,
+        }]
+    };
+    let mut config = with_pod_namespaces(
+        pod_config(name, logs),
+        cri::NamespaceOption {
+            pid: cri::NamespaceMode::Pod as i32,
+            userns_options: Some(cri::UserNamespace {
+                mode: cri::NamespaceMode::Pod as i32,
+                uids: map(),
+                gids: map(),
+            }),
+            ..Default::default()
+        },
+    );
+    if let Some(l) = config.linux.as_mut() {
+        l.sysctls
+            .insert("net.ipv4.ip_unprivileged_port_start".into(), "0".into());
+    }
+    config
+}
+
+/// The `Uid:` line of `/proc/<pid>/status` (real, effective, saved, fs).
+fn host_uids(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_namespace_pod_with_carrack_runtime() {
+    user_namespace_pod("carrack").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_namespace_pod_with_runc() {
+    user_namespace_pod("runc").await;
+}
+
+/// Inside a hostUsers: false pod: the mapping in /proc/self/uid_map, uid 0,
+/// a writable rootfs, readable pod files, the pod's sysctl; on the host the
+/// process runs as the mapped uid. Status says the handler supports user
+/// namespaces. Stop and remove leave no pinned namespace, mount or process.
+async fn user_namespace_pod(runtime: &str) {
+    if !prerequisites() {
+        return;
+    }
+    // Unique per test: the host-side check finds the container by it.
+    let sleep_a = if runtime == "runc" { "1016" } else { "1006" };
+    let marker = format!("sleep\u{0}{sleep_a}");
+    let image = test_image();
+    let daemon = start_daemon(&image.host, runtime);
+    let (mut rt, mut img) = daemon.clients().await;
+    let st = rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let handler = st
+        .runtime_handlers
+        .iter()
+        .find(|h| h.name == runtime)
+        .expect("the handler in Status");
+    assert!(
+        handler.features.as_ref().is_some_and(|f| f.user_namespaces),
+        "{handler:?}"
+    );
+    pull(&mut img, &image.name).await;
+    let logs = daemon.dir.join("logs");
+    let pod = run_pod(&mut rt, userns_pod("userns", &logs)).await;
+    let pinned = daemon.state().join("sandboxes").join(&pod).join("ns/user");
+    assert!(
+        pinned.exists(),
+        "no pinned user namespace at {}",
+        pinned.display()
+    );
+    let infra = pod_info(&mut rt, &pod).await["infraPid"]
+        .as_i64()
+        .expect("infra pid") as i32;
+    assert_eq!(
+        host_uids(infra),
+        format!("{HOST_ID} {HOST_ID} {HOST_ID} {HOST_ID}")
+    );
+
+    let a = container_config("a", &image.name, &["sleep", sleep_a]);
+    let a = run_container(
+        &mut rt,
+        &pod,
+        with_pid(a, cri::NamespaceMode::Pod, ""),
+        None,
+    )
+    .await;
+    let b = container_config("b", &image.name, &["sleep", "1007"]);
+    let b = run_container(
+        &mut rt,
+        &pod,
+        with_pid(b, cri::NamespaceMode::Pod, ""),
+        None,
+    )
+    .await;
+
+    let (code, map, err) = exec(&mut rt, &a, &["cat", "/proc/self/uid_map"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", &HOST_ID.to_string(), "65536"],
+        "{map}"
+    );
+    let (_, gid_map, _) = exec(&mut rt, &a, &["cat", "/proc/self/gid_map"]).await;
+    assert_eq!(
+        gid_map.split_whitespace().nth(1),
+        Some(HOST_ID.to_string().as_str())
+    );
+    assert_eq!(exec(&mut rt, &a, &["id", "-u"]).await.1.trim(), "0");
+    assert_eq!(exec(&mut rt, &a, &["id", "-g"]).await.1.trim(), "0");
+    // The rootfs belongs to the mapped root: image files are its own, and
+    // it can write.
+    assert_eq!(
+        exec(&mut rt, &a, &["stat", "-c", "%u:%g", "/bin"])
+            .await
+            .1
+            .trim(),
+        "0:0"
+    );
+    let (code, _, err) = exec(
+        &mut rt,
+        &a,
+        &["sh", "-c", "echo x > /written && cat /written /etc/motd"],
+    )
+    .await;
+    assert_eq!(code, 0, "writing in the rootfs: {err}");
+    for file in ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"] {
+        let (code, out, err) = exec(&mut rt, &a, &["cat", file]).await;
+        assert_eq!(code, 0, "{file}: {err}");
+        assert!(!out.is_empty(), "{file} is empty");
+    }
+    let (code, _, err) = exec(&mut rt, &a, &["sh", "-c", "echo y > /dev/shm/y"]).await;
+    assert_eq!(code, 0, "/dev/shm: {err}");
+    assert_eq!(
+        exec(
+            &mut rt,
+            &a,
+            &["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]
+        )
+        .await
+        .1
+        .trim(),
+        "0"
+    );
+    assert_eq!(
+        exec(&mut rt, &a, &["hostname"]).await.1.trim(),
+        "userns-host"
+    );
+    assert!(ps(&mut rt, &a).await.contains("sleep 1007"));
+    let _ = b;
+    // On the host the container runs as the mapped uid.
+    let sleeper = processes_with(&marker);
+    assert_eq!(sleeper.len(), 1, "{sleeper:?}");
+    assert_eq!(
+        host_uids(sleeper[0]),
+        format!("{HOST_ID} {HOST_ID} {HOST_ID} {HOST_ID}")
+    );
+
+    stop_pod(&mut rt, &pod).await;
+    assert!(
+        !pinned.exists(),
+        "the pinned user namespace is left after stop"
+    );
+    assert!(processes_with(&marker).is_empty());
+    remove_pod(&mut rt, &pod).await;
+    assert!(list_pods(&mut rt).await.is_empty());
+    assert!(
+        daemon.mounts().is_empty(),
+        "mounts left: {:?}",
+        daemon.mounts()
+    );
+    assert!(
+        !daemon.state().join("sandboxes").join(&pod).exists(),
+        "the sandbox's state dir is left"
+    );
+}
+
+/// Makes a good user namespace config bad.
+type Spoil = Box<dyn Fn(&mut cri::UserNamespace)>;
+
+/// Bad mappings are InvalidArgument naming the field, and nothing of the
+/// pod is left: no row, no namespace file, no mount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_namespace_bad_mappings_are_refused() {
+    if !prerequisites() {
+        return;
+    }
+    let image = test_image();
+    let daemon = start_daemon(&image.host, "carrack");
+    let (mut rt, _img) = daemon.clients().await;
+    let logs = daemon.dir.join("logs");
+    let field = "namespace_options.userns_options";
+    let two = cri::IdMapping {
+        host_id: HOST_ID + 65536,
+        container_id: 65536,
+        length: 1,
+    };
+    let cases: Vec<(&str, Spoil)> = vec![
+        (".uids", Box::new(|u| u.uids.clear())),
+        (".gids", Box::new(move |u| u.gids.push(two))),
+        (
+            ".uids[0].container_id",
+            Box::new(|u| u.uids[0].container_id = 1),
+        ),
+        (".gids[0].length", Box::new(|u| u.gids[0].length = 0)),
+        (
+            ".mode",
+            Box::new(|u| u.mode = cri::NamespaceMode::Container as i32),
+        ),
+    ];
+    for (suffix, spoil) in cases {
+        let mut config = userns_pod("bad-userns", &logs);
+        let u = config
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .and_then(|s| s.namespace_options.as_mut())
+            .and_then(|n| n.userns_options.as_mut())
+            .unwrap();
+        spoil(u);
+        let e = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{suffix}: {e}");
+        assert!(
+            e.message().contains(&format!("{field}{suffix}")),
+            "{suffix}: {e}"
+        );
+    }
+    assert!(list_pods(&mut rt).await.is_empty());
+    assert!(
+        daemon.mounts().is_empty(),
+        "mounts left: {:?}",
+        daemon.mounts()
+    );
+    let sandboxes = std::fs::read_dir(daemon.state().join("sandboxes"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(sandboxes, 0, "sandbox state dirs left");
+}
