@@ -1738,19 +1738,7 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),
             info,
-            runtime_handlers: self
-                .0
-                .cfg
-                .runtimes
-                .iter()
-                .map(|(k, h)| cri::RuntimeHandler {
-                    name: k.clone(),
-                    features: Some(cri::RuntimeHandlerFeatures {
-                        recursive_read_only_mounts: false,
-                        user_namespaces: crate::userns::runtime_supports(&h.binary),
-                    }),
-                })
-                .collect(),
+            runtime_handlers: crate::userns::runtime_handlers(&self.0.cfg),
             features: None,
         }))
     }

@@ -180,6 +180,30 @@ pub fn runtime_supports(binary: &Path) -> bool {
         .is_some_and(|n| n == "carrack-runtime" || n == "runc")
 }
 
+/// The runtime handlers Status reports, each with its features: every
+/// configured one, and the default handler once more under the empty name,
+/// which is how kubelet (and critest) name it for pods without a
+/// RuntimeClass when they check `user_namespaces` before a `hostUsers:
+/// false` pod.
+pub fn runtime_handlers(cfg: &crate::config::Config) -> Vec<cri::RuntimeHandler> {
+    let handler = |name: &str, binary: &Path| cri::RuntimeHandler {
+        name: name.to_owned(),
+        features: Some(cri::RuntimeHandlerFeatures {
+            recursive_read_only_mounts: false,
+            user_namespaces: runtime_supports(binary),
+        }),
+    };
+    let mut handlers: Vec<cri::RuntimeHandler> = cfg
+        .runtimes
+        .iter()
+        .map(|(name, h)| handler(name, &h.binary))
+        .collect();
+    if let Some(h) = cfg.runtimes.get(&cfg.default_runtime) {
+        handlers.insert(0, handler("", &h.binary));
+    }
+    handlers
+}
+
 /// The pinned namespaces of a pod with a user namespace.
 #[derive(Debug, Clone, Default)]
 pub struct PinnedUserNs {
@@ -534,6 +558,24 @@ mod tests {
             Err(SpecError::Invalid { field, .. }) => field,
             other => panic!("expected Invalid, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_default_handler_is_listed_under_the_empty_name_too() {
+        let cfg = crate::config::Config::default();
+        let handlers = runtime_handlers(&cfg);
+        assert_eq!(handlers.len(), cfg.runtimes.len() + 1);
+        let features = |name: &str| {
+            handlers
+                .iter()
+                .find(|h| h.name == name)
+                .and_then(|h| h.features)
+                .map(|f| f.user_namespaces)
+        };
+        assert_eq!(features(""), features(&cfg.default_runtime));
+        assert_eq!(features("carrack"), Some(true));
+        assert_eq!(features("runc"), Some(true));
+        assert!(!runtime_supports(Path::new("/usr/bin/kata-runtime")));
     }
 
     #[test]

@@ -454,15 +454,19 @@ async fn user_namespace_pod(runtime: &str) {
         .await
         .unwrap()
         .into_inner();
-    let handler = st
-        .runtime_handlers
-        .iter()
-        .find(|h| h.name == runtime)
-        .expect("the handler in Status");
-    assert!(
-        handler.features.as_ref().is_some_and(|f| f.user_namespaces),
-        "{handler:?}"
-    );
+    // The pod's handler, and the default one under the empty name (how
+    // kubelet names it for pods without a RuntimeClass).
+    for name in [runtime, ""] {
+        let handler = st
+            .runtime_handlers
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("no handler {name:?} in Status"));
+        assert!(
+            handler.features.as_ref().is_some_and(|f| f.user_namespaces),
+            "{handler:?}"
+        );
+    }
     pull(&mut img, &image.name).await;
     let logs = daemon.dir.join("logs");
     let pod = run_pod(&mut rt, userns_pod("userns", &logs)).await;
