@@ -586,7 +586,8 @@ async fn user_namespace_pod(runtime: &str) {
 type Spoil = Box<dyn Fn(&mut cri::UserNamespace)>;
 
 /// Bad mappings are InvalidArgument naming the field, and nothing of the
-/// pod is left: no row, no namespace file, no mount.
+/// pod is left: no row, no namespace file, no mount; nor when the request
+/// fails after the user namespace was pinned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_namespace_bad_mappings_are_refused() {
     if !prerequisites() {
@@ -638,6 +639,21 @@ async fn user_namespace_bad_mappings_are_refused() {
             "{suffix}: {e}"
         );
     }
+    // Refused after the user namespace was pinned (the cgroup parent is
+    // checked later): what was made is undone.
+    let mut late = userns_pod("late-failure", &logs);
+    if let Some(l) = late.linux.as_mut() {
+        l.cgroup_parent = "/carrack-test/../escape".into();
+    }
+    let e = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(late),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("cgroup_parent"), "{e}");
     assert!(list_pods(&mut rt).await.is_empty());
     assert!(
         daemon.mounts().is_empty(),
