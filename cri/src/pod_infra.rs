@@ -112,15 +112,14 @@ impl InfraProcess {
         matches!(stat_of(self.pid), Some((start, false)) if start == self.start_time)
     }
 
-    /// SIGKILLs the process (when it is still the one recorded) and waits
-    /// until it is gone, which is when the kernel has killed every process
-    /// left in its PID namespace. Idempotent.
-    pub fn kill(&self) -> Result<(), InfraError> {
+    /// A pidfd of this process (None: it is gone or the pid is another
+    /// process's now). It becomes readable when the process exits.
+    pub fn pidfd(&self) -> Result<Option<OwnedFd>, InfraError> {
         // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid, 0) };
         if fd < 0 {
             return match nix::Error::last() {
-                nix::Error::ESRCH => Ok(()),
+                nix::Error::ESRCH => Ok(None),
                 e => Err(sys(format!("pidfd_open({})", self.pid))(e)),
             };
         }
@@ -128,9 +127,16 @@ impl InfraProcess {
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         // Checked after the pidfd is open: the fd then names this process
         // even if the pid is recycled later.
-        if !self.is_running() {
+        Ok(self.is_running().then_some(fd))
+    }
+
+    /// SIGKILLs the process (when it is still the one recorded) and waits
+    /// until it is gone, which is when the kernel has killed every process
+    /// left in its PID namespace. Idempotent.
+    pub fn kill(&self) -> Result<(), InfraError> {
+        let Some(fd) = self.pidfd()? else {
             return Ok(());
-        }
+        };
         // SAFETY: pidfd_send_signal(2) on a pidfd we own, no siginfo.
         let r = unsafe {
             libc::syscall(

@@ -7,6 +7,7 @@
 //! entries are written by [`crate::spec`].
 
 use std::path::Path;
+use std::sync::Arc;
 
 use carrack_proto::cri;
 use carrack_proto::shim as sp;
@@ -113,4 +114,34 @@ pub(crate) async fn target_pidns(
         return Err(not_running());
     }
     Ok(Some(format!("/proc/{}/ns/pid", st.pid)))
+}
+
+/// Watches the infra process of sandbox `sandbox_id` and marks the sandbox
+/// NotReady when it exits (its PID namespace, and every container in it,
+/// is gone then), so that kubelet sees the pod needs making again.
+pub(crate) fn watch_infra(d: &Arc<Daemon>, sandbox_id: String, infra: InfraProcess) {
+    let d = d.clone();
+    tokio::spawn(async move {
+        let exited = match infra.pidfd() {
+            // SAFETY: the AsyncFd owns the pidfd, so the descriptor stays
+            // open for as long as it is registered.
+            Ok(Some(fd)) => match unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            } {
+                Ok(fd) => fd.readable().await.map(drop).is_ok(),
+                Err(e) => {
+                    tracing::warn!(sandbox = sandbox_id, "watching the infra process: {e}");
+                    false
+                }
+            },
+            Ok(None) => true,
+            Err(e) => {
+                tracing::warn!(sandbox = sandbox_id, "{e}");
+                false
+            }
+        };
+        if exited {
+            d.infra_exited(&sandbox_id, infra).await;
+        }
+    });
 }

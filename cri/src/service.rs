@@ -433,10 +433,39 @@ impl Daemon {
                     s.state = SandboxState::NotReady;
                     let _ = self.store.update_sandbox(&s);
                 }
+                SandboxState::Ready if s.infra.is_some() => {
+                    if let Some(infra) = s.infra {
+                        crate::pod_pid::watch_infra(self, s.id.clone(), infra);
+                    }
+                }
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    /// The infra process `infra` of sandbox `id` exited: a Ready sandbox
+    /// it belongs to becomes NotReady (its PID namespace is gone).
+    pub(crate) async fn infra_exited(&self, id: &str, infra: crate::pod_infra::InfraProcess) {
+        let _g = self.records.lock().await;
+        let Ok(Some(mut s)) = self.sandbox(id) else {
+            return;
+        };
+        if s.state != SandboxState::Ready || s.infra != Some(infra) {
+            return;
+        }
+        s.state = SandboxState::NotReady;
+        if let Err(e) = self.store.update_sandbox(&s) {
+            warn!(sandbox = id, "recording the infra process's exit: {e}");
+        }
+        drop(_g);
+        warn!(
+            sandbox = id,
+            pid = infra.pid,
+            "the pod's infra process exited"
+        );
+        self.emit_event(ContainerEventKind::Stopped, id, id, None)
+            .await;
     }
 
     /// Removes everything a sandbox may have (idempotent, best effort).
@@ -773,6 +802,9 @@ impl Runtime {
                     d.destroy_sandbox(&rec).await;
                     let _ = d.store.delete_sandbox(&id);
                     return Err(store_err(e));
+                }
+                if let Some(infra) = rec.infra {
+                    crate::pod_pid::watch_infra(d, id.clone(), infra);
                 }
                 d.emit_event(ContainerEventKind::Created, &id, &id, None)
                     .await;

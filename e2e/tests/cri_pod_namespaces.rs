@@ -665,3 +665,83 @@ async fn user_namespace_bad_mappings_are_refused() {
         .unwrap_or(0);
     assert_eq!(sandboxes, 0, "sandbox state dirs left");
 }
+
+/// SIGKILLs `pid` (a test's own infra process, read from the pod's status).
+fn sigkill(pid: i64) {
+    // SAFETY: kill(2) of a pid the daemon just reported as the pod's infra.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+/// Waits (bounded) until pod `id` is NotReady.
+async fn wait_not_ready(rt: &mut Rt, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pod_state(rt, id).await != cri::PodSandboxState::SandboxNotready as i32 {
+        assert!(Instant::now() < deadline, "pod {id} still ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An infra process that dies (SIGKILL from outside) takes the pod's
+/// containers with it and the pod becomes NotReady, whether carrackd is
+/// running (it watches the process) or away (recovery finds it gone); a new
+/// container is FailedPrecondition then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_infra_process_makes_the_pod_not_ready() {
+    if !prerequisites() {
+        return;
+    }
+    let image = test_image();
+    let mut daemon = start_daemon(&image.host, "carrack");
+    let (mut rt, mut img) = daemon.clients().await;
+    pull(&mut img, &image.name).await;
+    let logs = daemon.dir.join("logs");
+    let pod = run_pod(&mut rt, shared_pid_pod("lost-infra", &logs)).await;
+    let a = container_config("a", &image.name, &["sleep", "1008"]);
+    let a = run_container(
+        &mut rt,
+        &pod,
+        with_pid(a, cri::NamespaceMode::Pod, ""),
+        None,
+    )
+    .await;
+    let infra = pod_info(&mut rt, &pod).await["infraPid"].as_i64().unwrap();
+    sigkill(infra);
+    wait_not_ready(&mut rt, &pod).await;
+    carrack_e2e::cri_client::wait_exited(&mut rt, &a, 20).await;
+    let e = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(with_pid(
+                container_config("b", &image.name, &["true"]),
+                cri::NamespaceMode::Pod,
+                "",
+            )),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+
+    let pod2 = run_pod(&mut rt, shared_pid_pod("lost-infra-away", &logs)).await;
+    let infra2 = pod_info(&mut rt, &pod2).await["infraPid"].as_i64().unwrap();
+    daemon.kill();
+    drop(rt);
+    sigkill(infra2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_exists(infra2) {
+        assert!(Instant::now() < deadline, "infra {infra2} survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon.spawn();
+    let (mut rt, _img) = daemon.clients().await;
+    assert_eq!(
+        pod_state(&mut rt, &pod2).await,
+        cri::PodSandboxState::SandboxNotready as i32
+    );
+    for p in [&pod, &pod2] {
+        stop_pod(&mut rt, p).await;
+        remove_pod(&mut rt, p).await;
+    }
+    assert!(list_pods(&mut rt).await.is_empty());
+    assert!(processes_with("sleep\u{0}1008").is_empty());
+}
