@@ -12,7 +12,12 @@
 //! it), forks the init and exits. The init is then re-parented away from
 //! carrackd, in a session of its own, with its stdio on /dev/null: a
 //! carrackd crash or restart does not touch it. It reaps zombies, exits on
-//! SIGTERM, dies on SIGKILL and ignores every other signal.
+//! SIGTERM, dies on SIGKILL and ignores every other signal. Its memory is
+//! the few pages of the binary it touches (about 4.5 MiB RSS measured with
+//! a debug build, mostly shared with carrackd's own mapping of the file).
+//! Signals that reach it before it has blocked them are dropped by the
+//! kernel (an init without handlers), so an early SIGTERM is lost, not
+//! fatal; StopPodSandbox uses SIGKILL.
 //!
 //! carrackd keeps the init's pid and start time (from `/proc/<pid>/stat`)
 //! in the sandbox record; the pair names the process across restarts and
