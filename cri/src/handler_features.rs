@@ -4,7 +4,9 @@
 //!
 //! The OCI runtime is asked once, at start-up, with its `features`
 //! sub-command (the OCI runtime-spec features document: runc, crun and
-//! carrack-runtime have it); a runtime without it gets no optional feature.
+//! carrack-runtime have it); a runtime without it gets no recursive
+//! read-only mounts. User namespaces are reported for the runtimes pods with
+//! one are tested with (`userns::runtime_supports`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -32,8 +34,12 @@ pub fn probe(binary: &Path) -> cri::RuntimeHandlerFeatures {
         .ok()
         .filter(|o| o.status.success())
         .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok());
+    let user_namespaces = crate::userns::runtime_supports(binary);
     match doc {
-        Some(doc) => from_document(&doc),
+        Some(doc) => cri::RuntimeHandlerFeatures {
+            user_namespaces,
+            ..from_document(&doc)
+        },
         None => {
             tracing::warn!(
                 runtime = %binary.display(),
@@ -52,7 +58,8 @@ pub fn from_document(doc: &Value) -> cri::RuntimeHandlerFeatures {
         .unwrap_or_default();
     cri::RuntimeHandlerFeatures {
         recursive_read_only_mounts: mount_options.contains(&"rro"),
-        // carrackd does not set up pod user namespaces yet (issue 5).
+        // Not in the document: whether a runtime joins a pod's user
+        // namespace by path is known per runtime (`userns::runtime_supports`).
         user_namespaces: false,
     }
 }

@@ -6,6 +6,9 @@
 //! - [`store`]: sandboxes and containers in SQLite (WAL), intent first;
 //! - [`sandbox`]: pinned namespaces, pod files, the pod network seam;
 //! - [`pod_network`]: the pod network over CNI (`carrack-network`);
+//! - [`pod_infra`]: the infra process holding a pod's shared PID namespace;
+//! - [`pod_pid`]: PID namespace sharing (POD and TARGET);
+//! - [`userns`]: pod user namespaces (`hostUsers: false`);
 //! - [`spec`]: the OCI spec of a container (pure logic);
 //! - [`seccomp`]: the RuntimeDefault seccomp profile;
 //! - [`service`]: the RuntimeService and ImageService;
@@ -20,7 +23,9 @@ pub mod config;
 pub mod config_doc;
 pub mod events;
 pub mod handler_features;
+pub mod pod_infra;
 pub mod pod_network;
+pub mod pod_pid;
 pub mod sandbox;
 pub mod seccomp;
 pub mod service;
@@ -30,6 +35,7 @@ pub mod stop_signal;
 pub mod store;
 pub mod streaming;
 pub mod telemetry;
+pub mod userns;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -44,6 +44,17 @@ enum Cmd {
         #[command(subcommand)]
         what: ImageCmd,
     },
+    /// The infra process of a pod that shares one PID namespace (started
+    /// by carrackd itself; see carrackd::pod_infra).
+    #[command(name = "pod-infra", hide = true)]
+    PodInfra {
+        /// The sandbox's state directory (names the process in `ps`).
+        #[arg(long)]
+        sandbox: PathBuf,
+        /// The pod's user namespace file, joined first.
+        #[arg(long)]
+        userns: Option<PathBuf>,
+    },
     /// Checks this node (kernel features, cgroups, seccomp, binaries,
     /// directories) and says what is missing and how to fix it; exits 1
     /// when anything Carrack needs is missing.
@@ -124,6 +135,11 @@ async fn import_images(cfg: &Config, files: &[PathBuf]) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Before anything else: the infra process needs a single-threaded
+    // process and no config.
+    if let Some(Cmd::PodInfra { userns, .. }) = &args.command {
+        match carrackd::pod_infra::run(userns.as_deref()).context("pod-infra")? {}
+    }
     let cfg = effective(&args)?;
     match args.command {
         Some(Cmd::Config {
@@ -141,6 +157,7 @@ fn main() -> anyhow::Result<()> {
                 .context("starting tokio")?;
             return rt.block_on(import_images(&cfg, &files));
         }
+        Some(Cmd::PodInfra { .. }) => unreachable!("handled before the config is read"),
         Some(Cmd::Check) => {
             let (text, failed) = carrackd::check::render(&carrackd::check::check_node(&cfg));
             print!("{text}");

@@ -217,9 +217,9 @@ pub fn pin_namespaces(
 }
 
 /// Unmounts and removes every pinned namespace file under `ns_dir`
-/// (idempotent).
+/// (idempotent), the pod's user namespace (`crate::userns`) too.
 pub fn release_namespaces(ns_dir: &Path) -> Result<(), SandboxError> {
-    for kind in ["net", "ipc", "uts"] {
+    for kind in ["net", "ipc", "uts", "user"] {
         let p = ns_dir.join(kind);
         if !p.exists() {
             continue;

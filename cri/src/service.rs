@@ -432,15 +432,47 @@ impl Daemon {
                     self.destroy_sandbox(&s).await;
                     let _ = self.store.delete_sandbox(&s.id);
                 }
-                SandboxState::Ready if !s.netns.is_empty() && !Path::new(&s.netns).exists() => {
+                SandboxState::Ready
+                    if (!s.netns.is_empty() && !Path::new(&s.netns).exists())
+                        || s.infra.is_some_and(|i| !i.is_running()) =>
+                {
                     let mut s = s;
                     s.state = SandboxState::NotReady;
                     let _ = self.store.update_sandbox(&s);
+                }
+                SandboxState::Ready if s.infra.is_some() => {
+                    if let Some(infra) = s.infra {
+                        crate::pod_pid::watch_infra(self, s.id.clone(), infra);
+                    }
                 }
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    /// The infra process `infra` of sandbox `id` exited: a Ready sandbox
+    /// it belongs to becomes NotReady (its PID namespace is gone).
+    pub(crate) async fn infra_exited(&self, id: &str, infra: crate::pod_infra::InfraProcess) {
+        let _g = self.records.lock().await;
+        let Ok(Some(mut s)) = self.sandbox(id) else {
+            return;
+        };
+        if s.state != SandboxState::Ready || s.infra != Some(infra) {
+            return;
+        }
+        s.state = SandboxState::NotReady;
+        if let Err(e) = self.store.update_sandbox(&s) {
+            warn!(sandbox = id, "recording the infra process's exit: {e}");
+        }
+        drop(_g);
+        warn!(
+            sandbox = id,
+            pid = infra.pid,
+            "the pod's infra process exited"
+        );
+        self.emit_event(ContainerEventKind::Stopped, id, id, None)
+            .await;
     }
 
     /// Removes everything a sandbox may have (idempotent, best effort).
@@ -452,6 +484,11 @@ impl Daemon {
                 .network
                 .teardown(&s.id, Path::new(&s.netns), &s.config)
                 .await
+        {
+            warn!(sandbox = s.id, "{e}");
+        }
+        if let Some(infra) = &s.infra
+            && let Err(e) = infra.kill()
         {
             warn!(sandbox = s.id, "{e}");
         }
@@ -558,6 +595,8 @@ impl Daemon {
             netns: s.netns.clone(),
             ipcns: s.ipcns.clone(),
             utsns: s.utsns.clone(),
+            pidns: s.infra.map(|i| i.pidns_path()).unwrap_or_default(),
+            userns: s.userns.clone(),
             cgroup_path: s.cgroup_path.clone(),
             dir: self.sandbox_dir(&s.id),
             hostname: hostname_of(&s.config),
@@ -804,15 +843,8 @@ impl Runtime {
             )
         })?;
         let ns = ns_options(&config);
-        if ns
-            .userns_options
-            .as_ref()
-            .is_some_and(|u| u.mode == cri::NamespaceMode::Pod as i32)
-        {
-            return Err(Status::unimplemented(
-                "user namespaces (hostUsers: false) are not supported yet",
-            ));
-        }
+        crate::userns::validate(&ns).map_err(spec_err)?;
+        crate::pod_pid::validate_sandbox(&ns).map_err(spec_err)?;
         if !host_network(&config) {
             crate::pod_network::validate_pod(&config).map_err(|e| invalid(&e.field, e.message))?;
         }
@@ -848,6 +880,8 @@ impl Runtime {
             utsns: String::new(),
             ip: String::new(),
             additional_ips: Vec::new(),
+            infra: None,
+            userns: String::new(),
         };
         d.store.insert_sandbox(&rec).map_err(store_err)?;
         match self.make_sandbox(&mut rec, &ns).await {
@@ -857,6 +891,9 @@ impl Runtime {
                     d.destroy_sandbox(&rec).await;
                     let _ = d.store.delete_sandbox(&id);
                     return Err(store_err(e));
+                }
+                if let Some(infra) = rec.infra {
+                    crate::pod_pid::watch_infra(d, id.clone(), infra);
                 }
                 d.emit_event(ContainerEventKind::Created, &id, &id, None)
                     .await;
@@ -887,8 +924,19 @@ impl Runtime {
             ipc: !host_ipc,
             uts: !host_net,
         };
-        let pinned = sandbox::pin_namespaces(&d.ns_dir(&rec.id), req, &hostname)
-            .map_err(|e| Status::internal(format!("pinning the pod's namespaces: {e}")))?;
+        let pinning = |e: sandbox::SandboxError| {
+            Status::internal(format!("pinning the pod's namespaces: {e}"))
+        };
+        let pinned = match crate::userns::validate(ns).map_err(spec_err)? {
+            Some(maps) => {
+                let p =
+                    crate::userns::pin_user_namespaces(&d.ns_dir(&rec.id), &maps, req, &hostname)
+                        .map_err(pinning)?;
+                rec.userns = p.user;
+                p.owned
+            }
+            None => sandbox::pin_namespaces(&d.ns_dir(&rec.id), req, &hostname).map_err(pinning)?,
+        };
         rec.netns = pinned.net;
         rec.ipcns = pinned.ipc;
         rec.utsns = pinned.uts;
@@ -897,6 +945,15 @@ impl Runtime {
             .map_err(|e| invalid("config.linux.cgroup_parent", e))?;
         cg.create()
             .map_err(|e| Status::internal(format!("creating the pod cgroup: {e}")))?;
+        if crate::pod_pid::shares_pid(&rec.config) {
+            let userns = (!rec.userns.is_empty()).then(|| PathBuf::from(&rec.userns));
+            let state_dir = d.ns_dir(&rec.id);
+            let state_dir = state_dir.parent().unwrap_or(&state_dir);
+            let infra = crate::pod_pid::start_infra(rec, state_dir, userns.as_deref())
+                .map_err(|e| Status::internal(e.to_string()))?;
+            rec.infra = Some(infra);
+            d.store.update_sandbox(rec).map_err(store_err)?;
+        }
         sandbox::write_files(
             &d.sandbox_dir(&rec.id),
             &hostname,
@@ -974,6 +1031,15 @@ impl Runtime {
                 ),
             ));
         }
+        if let Some(infra) = &sb.infra
+            && !infra.is_running()
+        {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {}: its infra process {} (the pod's shared PID namespace) is gone",
+                sb.id, infra.pid
+            )));
+        }
+        let target_pidns = crate::pod_pid::target_pidns(d, &config).await?;
         let pod = sb.config.metadata.clone().unwrap_or_default();
         let id = new_id();
         let log_path = if !sb.config.log_directory.is_empty() && !config.log_path.is_empty() {
@@ -1017,6 +1083,15 @@ impl Runtime {
             d.images
                 .prepare_rootfs(&image.id, &id, &rootfs)
                 .map_err(|e| Status::internal(format!("preparing the rootfs: {e}")))?;
+            if !sb.userns.is_empty()
+                && let Some(maps) = crate::userns::pod_id_maps(&sb.config)
+            {
+                let root = rootfs.clone();
+                tokio::task::spawn_blocking(move || crate::userns::shift_rootfs(&root, &maps))
+                    .await
+                    .map_err(internal)?
+                    .map_err(|e| Status::internal(e.to_string()))?;
+            }
             let view = d.sandbox_view(&sb);
             let spec = spec::generate(
                 &SpecInput {
@@ -1026,6 +1101,7 @@ impl Runtime {
                     image: &image.config,
                     rootfs: &rootfs,
                     apparmor_available: apparmor_available(),
+                    target_pidns: target_pidns.as_deref(),
                 },
                 &rootfs,
             )
@@ -1219,6 +1295,11 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         {
             d.stop_container(&c, 0).await?;
         }
+        if let Some(infra) = &sb.infra {
+            infra
+                .kill()
+                .map_err(|e| Status::internal(format!("stopping pod sandbox {id}: {e}")))?;
+        }
         if !sb.netns.is_empty() {
             d.network
                 .teardown(&id, Path::new(&sb.netns), &sb.config)
@@ -1313,6 +1394,7 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
                 "info".to_owned(),
                 serde_json::json!({
                     "netns": sb.netns, "ipcns": sb.ipcns, "utsns": sb.utsns,
+                    "infraPid": sb.infra.map(|i| i.pid), "userns": sb.userns,
                     "cgroupPath": sb.cgroup_path, "config": sb.config,
                 })
                 .to_string(),

@@ -154,6 +154,11 @@ pub struct SandboxView {
     pub ipcns: String,
     /// Pinned UTS namespace file (empty: host UTS).
     pub utsns: String,
+    /// The pod's shared PID namespace (`/proc/<infra>/ns/pid`; empty: the
+    /// pod has none).
+    pub pidns: String,
+    /// Pinned user namespace file (empty: the host's user namespace).
+    pub userns: String,
     /// The pod cgroup.
     pub cgroup_path: String,
     /// `<root>/sandboxes/<id>`: hosts, resolv.conf, hostname, shm.
@@ -614,6 +619,9 @@ pub struct SpecInput<'a> {
     pub rootfs: &'a Path,
     /// Whether the host has AppArmor.
     pub apparmor_available: bool,
+    /// The PID namespace of the running container `namespace_options.target_id`
+    /// names, resolved by the caller (None: not resolved, not asked).
+    pub target_pidns: Option<&'a str>,
 }
 
 /// Builds `config.json`.
@@ -840,11 +848,34 @@ pub fn generate(input: &SpecInput<'_>, files: &dyn RootfsFiles) -> Result<Value,
             pid: 1,
             ..Default::default()
         });
-    match ns.pid {
-        1 => namespaces.push(json!({"type": "pid"})),
-        2 => {}
-        0 => return Err(SpecError::Unsupported("a PID namespace shared with the pod (namespace_options.pid = POD) is not supported yet".into())),
-        _ => return Err(SpecError::Unsupported("namespace_options.pid = TARGET is not supported yet".into())),
+    let pid_field = "config.linux.security_context.namespace_options.pid";
+    match cri::NamespaceMode::try_from(ns.pid) {
+        Ok(cri::NamespaceMode::Container) => namespaces.push(json!({"type": "pid"})),
+        Ok(cri::NamespaceMode::Node) => {}
+        Ok(cri::NamespaceMode::Pod) if sb.pidns.is_empty() => {
+            return Err(invalid(
+                pid_field,
+                "POD needs a pod sandbox that shares its PID namespace (its namespace_options.pid = POD)",
+            ));
+        }
+        Ok(cri::NamespaceMode::Pod) => {
+            namespaces.push(json!({"type": "pid", "path": sb.pidns}));
+        }
+        Ok(cri::NamespaceMode::Target) => match input.target_pidns {
+            Some(path) if !ns.target_id.is_empty() => {
+                namespaces.push(json!({"type": "pid", "path": path}));
+            }
+            _ => {
+                return Err(invalid(
+                    "config.linux.security_context.namespace_options.target_id",
+                    "TARGET needs the id of a running container",
+                ));
+            }
+        },
+        Err(_) => return Err(invalid(pid_field, format!("unknown mode {}", ns.pid))),
+    }
+    if !sb.userns.is_empty() {
+        namespaces.push(json!({"type": "user", "path": sb.userns}));
     }
     for (kind, path) in [
         ("network", &sb.netns),
@@ -915,6 +946,18 @@ pub fn generate(input: &SpecInput<'_>, files: &dyn RootfsFiles) -> Result<Value,
     // slave tree at least.
     if let Some(p) = rootfs_propagation(&c.mounts) {
         linux_v["rootfsPropagation"] = json!(p);
+    }
+    // Joining the pod's user namespace by path: runtimes want its mappings
+    // too (runc checks them against the namespace's).
+    if !sb.userns.is_empty() {
+        let maps = crate::userns::pod_id_maps(&sb.config).ok_or_else(|| {
+            invalid(
+                "config.linux.security_context.namespace_options.userns_options",
+                "the pod has a user namespace but no usable id mappings",
+            )
+        })?;
+        linux_v["uidMappings"] = json!([maps.uids.oci()]);
+        linux_v["gidMappings"] = json!([maps.gids.oci()]);
     }
     let mut annotations = serde_json::Map::new();
     for (k, v) in &c.annotations {
@@ -1171,6 +1214,7 @@ mod tests {
                 image: &img,
                 rootfs: Path::new("/r/rootfs"),
                 apparmor_available: false,
+                target_pidns: None,
             },
             &files(),
         )
@@ -1356,9 +1400,41 @@ mod tests {
             .as_mut()
             .unwrap()
             .pid = 0;
-        assert!(matches!(
-            build_spec(&pod_pid, &sandbox()),
-            Err(SpecError::Unsupported(_))
-        ));
+        assert!(
+            build_spec(&pod_pid, &sandbox())
+                .unwrap_err()
+                .to_string()
+                .contains("namespace_options.pid: POD needs a pod sandbox")
+        );
+        let shared = SandboxView {
+            pidns: "/proc/42/ns/pid".into(),
+            ..sandbox()
+        };
+        let s = build_spec(&pod_pid, &shared).unwrap();
+        assert!(
+            s["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"type": "pid", "path": "/proc/42/ns/pid"}))
+        );
+        let mut target = pod_pid.clone();
+        let ns = target
+            .linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap()
+            .namespace_options
+            .as_mut()
+            .unwrap();
+        ns.pid = cri::NamespaceMode::Target as i32;
+        ns.target_id = "c0".into();
+        assert!(
+            build_spec(&target, &sandbox())
+                .unwrap_err()
+                .to_string()
+                .contains("namespace_options.target_id")
+        );
     }
 }

@@ -83,6 +83,13 @@ pub struct SandboxRecord {
     /// The pod's other IPs (dual stack), after `ip`.
     #[serde(default)]
     pub additional_ips: Vec<String>,
+    /// The infra process holding the pod's shared PID namespace
+    /// (`namespace_options.pid = POD`), None otherwise.
+    #[serde(default)]
+    pub infra: Option<crate::pod_infra::InfraProcess>,
+    /// The pinned user namespace file (`hostUsers: false`), empty otherwise.
+    #[serde(default)]
+    pub userns: String,
 }
 
 /// A container's lifecycle state.
@@ -332,6 +339,8 @@ mod tests {
             utsns: String::new(),
             ip: String::new(),
             additional_ips: Vec::new(),
+            infra: None,
+            userns: String::new(),
         }
     }
 

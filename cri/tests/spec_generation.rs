@@ -87,6 +87,7 @@ fn gen_with(
             image: img,
             rootfs: Path::new("/r/ctr1/rootfs"),
             apparmor_available: apparmor,
+            target_pidns: None,
         },
         f,
     )
@@ -386,13 +387,51 @@ fn namespaces_join_the_pods_and_follow_pid_mode() {
 }
 
 #[test]
-fn pod_and_target_pid_modes_are_refused_not_faked() {
-    for pid in [0, 3] {
-        match gen_spec(&with_ns(pid)) {
-            Err(SpecError::Unsupported(m)) => assert!(m.contains("pid"), "{m}"),
-            other => panic!("pid mode {pid}: {other:?}"),
+fn pod_and_target_pid_modes_join_the_namespace_they_name() {
+    // POD in a pod without a shared PID namespace: the field is named.
+    match gen_spec(&with_ns(0)) {
+        Err(SpecError::Invalid { field, .. }) => {
+            assert_eq!(field, "config.linux.security_context.namespace_options.pid")
         }
+        other => panic!("pid POD without a pod namespace: {other:?}"),
     }
+    let mut sb = sandbox();
+    sb.pidns = "/proc/77/ns/pid".into();
+    let s = gen_with(&with_ns(0), &sb, &image("", ""), false).unwrap();
+    assert!(ns_types(&s).contains(&("pid".into(), Some("/proc/77/ns/pid".into()))));
+
+    // TARGET: the path the caller resolved from target_id.
+    let mut target = with_ns(3);
+    if let Some(ns) = target
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+    {
+        ns.target_id = "ctr0".into();
+    }
+    match gen_spec(&target) {
+        Err(SpecError::Invalid { field, .. }) => assert_eq!(
+            field,
+            "config.linux.security_context.namespace_options.target_id"
+        ),
+        other => panic!("pid TARGET unresolved: {other:?}"),
+    }
+    let f: &dyn RootfsFiles = &files();
+    let s = generate(
+        &SpecInput {
+            id: "ctr1",
+            config: &target,
+            sandbox: &sandbox(),
+            image: &image("", ""),
+            rootfs: Path::new("/r/ctr1/rootfs"),
+            apparmor_available: false,
+            target_pidns: Some("/proc/88/ns/pid"),
+        },
+        f,
+    )
+    .unwrap();
+    assert!(ns_types(&s).contains(&("pid".into(), Some("/proc/88/ns/pid".into()))));
 }
 
 #[test]

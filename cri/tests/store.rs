@@ -29,6 +29,8 @@ fn sandbox(id: &str, name: &str) -> SandboxRecord {
         utsns: String::new(),
         ip: String::new(),
         additional_ips: Vec::new(),
+        infra: None,
+        userns: String::new(),
     }
 }
 
