@@ -458,7 +458,7 @@ async fn dual_stack_pod_gets_additional_ip() {
         st.additional_ips[0].ip.starts_with(&net.prefix_v6()),
         "{st:?}"
     );
-    // kubelet's pod CIDR is taken (the built-in network keeps its range).
+    // kubelet's pod CIDR is taken (for pods set up afterwards; this one keeps its IPs).
     rt.update_runtime_config(cri::UpdateRuntimeConfigRequest {
         runtime_config: Some(cri::RuntimeConfig {
             network_config: Some(cri::NetworkConfig {
