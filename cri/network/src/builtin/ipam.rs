@@ -305,7 +305,6 @@ mod tests {
             let hs: Vec<_> = (0..8)
                 .map(|i| {
                     let ipam = Ipam::new(d.path(), "net");
-                    let r = r;
                     s.spawn(move || ipam.allocate(&format!("p{i}"), "eth0", &r).unwrap())
                 })
                 .collect();
