@@ -80,7 +80,12 @@ fn main() {
     };
     let empty_bin = dir.path().join("no-cni-binaries");
     std::fs::create_dir_all(&empty_bin).unwrap();
-    bench(&rt, "native-builtin", base("builtin", empty_bin), dir.path());
+    bench(
+        &rt,
+        "native-builtin",
+        base("builtin", empty_bin),
+        dir.path(),
+    );
     let cni = base("cni", PathBuf::from("/usr/lib/cni"));
     std::fs::create_dir_all(&cni.cni_conf_dirs[0]).unwrap();
     let conf = serde_json::json!({
