@@ -16,6 +16,8 @@ const ITERS: usize = 30;
 
 fn bench(rt: &tokio::runtime::Runtime, name: &str, cfg: NetworkConfig, dir: &Path) {
     let mgr = rt.block_on(NetworkManager::new(cfg)).unwrap();
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let fds_before = fds();
     let mut times = Vec::with_capacity(ITERS);
     // One warm-up pod: the bridge and the shared chains are made once per
     // node, not per pod.
@@ -45,12 +47,15 @@ fn bench(rt: &tokio::runtime::Runtime, name: &str, cfg: NetworkConfig, dir: &Pat
             times.push(t.elapsed());
         }
     }
+    // Let the finished netlink connection tasks run to their end.
+    rt.block_on(tokio::task::yield_now());
     let sum: Duration = times.iter().sum();
     println!(
-        "{name}: setup+teardown mean {:?} min {:?} max {:?} over {ITERS}",
+        "{name}: setup+teardown mean {:?} min {:?} max {:?} over {ITERS} (open fds {fds_before} -> {})",
         sum / ITERS as u32,
         times.iter().min().unwrap(),
-        times.iter().max().unwrap()
+        times.iter().max().unwrap(),
+        fds()
     );
 }
 

@@ -15,7 +15,7 @@
 //! net.setup_pod(&PodNetworkRequest) -> Result<PodNetworkStatus, NetworkError>;
 //! net.teardown_pod(&PodNetworkRequest) -> Result<(), NetworkError>; // idempotent
 //! net.check_pod(&PodNetworkRequest) -> Result<(), NetworkError>;
-//! net.update_pod_cidr("10.244.1.0/24");  // UpdateRuntimeConfig -> ipRanges
+//! net.update_pod_cidr("10.244.1.0/24");  // UpdateRuntimeConfig: ipRanges, built-in range
 //! ```
 //!
 //! The CNI config is the first file by name in the conf dirs, cached and
