@@ -237,7 +237,7 @@ impl BuiltinNetwork {
             needed.extend(["ip6tables-save", "ip6tables-restore"]);
         }
         for cmd in needed {
-            if find_command(cmd).is_none() {
+            if rules::find_command(cmd).is_none() {
                 return Err(format!(
                     "built-in network {}: {cmd} not found in PATH (install iptables)",
                     self.cfg.name
@@ -496,16 +496,6 @@ fn cni_result(interfaces: &[Interface], addrs: &[PodAddress]) -> Value {
             "interface": 2,
         })).collect::<Vec<_>>(),
     })
-}
-
-/// `cmd` in PATH or the sbin directories (carrackd may run with a PATH
-/// that lacks them).
-fn find_command(cmd: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(cmd))
-        .find(|p| p.is_file())
 }
 
 /// Removes the bridge's iptables chains (both families) and the bridge.

@@ -28,6 +28,7 @@
 //! address).
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::Stdio;
 
 use tokio::io::AsyncWriteExt;
@@ -207,9 +208,25 @@ pub fn pod_deletions(br: &str, pod_id: &str, nat: &str) -> String {
     }
 }
 
+/// `cmd` in PATH or the sbin directories (carrackd may run with a PATH
+/// that lacks them).
+pub fn find_command(cmd: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
+}
+
+/// The command to run for `cmd`: found as [`find_command`] does, else the
+/// bare name (whose spawn error then says it is missing).
+fn command(cmd: &str) -> tokio::process::Command {
+    tokio::process::Command::new(find_command(cmd).unwrap_or_else(|| cmd.into()))
+}
+
 /// Runs `iptables-save -t <table>`.
 pub async fn save(family: Family, table: &str) -> Result<String, BuiltinError> {
-    let out = tokio::process::Command::new(family.save())
+    let out = command(family.save())
         .args(["-t", table])
         .stdin(Stdio::null())
         .output()
@@ -236,7 +253,7 @@ pub async fn restore(family: Family, input: &str) -> Result<(), BuiltinError> {
         command: format!("{} --noflush", family.restore()),
         message,
     };
-    let mut child = tokio::process::Command::new(family.restore())
+    let mut child = command(family.restore())
         .args(["-w", "--noflush"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
