@@ -88,7 +88,7 @@ const DOCS: &[(&str, &str)] = &[
     ),
     (
         "network",
-        "Pod networking: the first CNI config by name in cni_conf_dir, else\nthe built-in network. The dir is read again at each pod: a config\nthat appears is used without a restart.",
+        "Pod networking: the first CNI config by name in cni_conf_dir, else\nthe built-in network. The dir is watched (inotify): a config that\nappears, changes or goes is used without a restart.",
     ),
     (
         "network.cni_conf_dir",
@@ -100,7 +100,7 @@ const DOCS: &[(&str, &str)] = &[
     ),
     (
         "network.builtin",
-        "The built-in network used while no CNI config exists: a bridge,\na veth per pod, host-local IPAM, masquerade and hostPorts.\nsubnet_v6 = \"fd00:88::/64\" adds IPv6 (dual stack).",
+        "The built-in network used while no CNI config exists, native (no\nCNI plugins): a bridge, a veth per pod, leases under the root,\nmasquerade and hostPorts (iptables). kubelet\'s pod CIDR replaces\nthe subnet for new pods. subnet_v6 = \"fd00:88::/64\" adds IPv6.",
     ),
     (
         "network.builtin.enabled",

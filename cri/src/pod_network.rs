@@ -27,6 +27,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use carrack_network::builtin::BuiltinError;
 use carrack_network::{
     Bandwidth, BuiltinNetworkConfig, CniError, NetworkConfig, NetworkError, NetworkManager,
     PodNetworkRequest, PortMapping,
@@ -307,6 +308,9 @@ fn network_error(e: NetworkError) -> SandboxError {
         NetworkError::Cni(CniError::NoConfig(dirs)) => SandboxError::NetworkNotReady(format!(
             "no CNI network config in {dirs:?} and the built-in network is disabled"
         )),
+        e @ NetworkError::Builtin(BuiltinError::BandwidthUnsupported(_)) => {
+            SandboxError::NetworkUnsupported(e.to_string())
+        }
         e => SandboxError::Network(e.to_string()),
     }
 }

@@ -46,6 +46,10 @@ pub enum SandboxError {
     /// No usable network configuration (NetworkReady is false).
     #[error("pod network not ready: {0}")]
     NetworkNotReady(String),
+    /// The pod asks for something the network in force cannot do (the
+    /// message names the field or annotation).
+    #[error("pod network: {0}")]
+    NetworkUnsupported(String),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SandboxError + 'a {

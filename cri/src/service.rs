@@ -73,6 +73,7 @@ fn image_err(e: ImageError) -> Status {
 fn network_status(e: sandbox::SandboxError) -> Status {
     match e {
         sandbox::SandboxError::NetworkNotReady(_) => Status::failed_precondition(e.to_string()),
+        sandbox::SandboxError::NetworkUnsupported(_) => Status::unimplemented(e.to_string()),
         e => Status::unknown(e.to_string()),
     }
 }

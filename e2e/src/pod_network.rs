@@ -202,10 +202,83 @@ fn remove_iptables_rules(prefix: &str, ip6: bool) {
     }
 }
 
+/// The iptables-restore input (one per table) that removes the chains
+/// carrackd's built-in network made for `bridge` (`CARRACK-*-<bridge>`)
+/// and the jumps to them.
+fn bridge_chains_cleanup(save: &str, bridge: &str) -> Vec<String> {
+    let suffix = format!("-{bridge}");
+    let owned = |c: &str| c.starts_with("CARRACK-") && c.ends_with(&suffix);
+    let mut out = Vec::new();
+    let mut table = "";
+    let mut text = String::new();
+    let mut chains = Vec::new();
+    for line in save.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t;
+            text.clear();
+            chains.clear();
+        } else if let Some(decl) = line.strip_prefix(':') {
+            let c = decl.split_whitespace().next().unwrap_or("");
+            if owned(c) {
+                chains.push(c.to_owned());
+            }
+        } else if line.starts_with("-A ") {
+            let mut words = line.split_whitespace();
+            let chain = words.nth(1).unwrap_or("");
+            let target = line.rsplit_once("-j ").map(|(_, t)| t.trim()).unwrap_or("");
+            if !owned(chain) && owned(target) {
+                text.push_str(&format!("-D{}\n", &line[2..]));
+            }
+        } else if line == "COMMIT" {
+            for c in &chains {
+                text.push_str(&format!("-F {c}\n-X {c}\n"));
+            }
+            if !text.is_empty() {
+                out.push(format!("*{table}\n{text}COMMIT\n"));
+            }
+            text.clear();
+            chains.clear();
+        }
+    }
+    out
+}
+
+/// Feeds each of `inputs` to `restore --noflush`; best effort.
+fn restore_noflush(restore: &str, inputs: Vec<String>) {
+    for input in inputs {
+        let child = Command::new(restore)
+            .arg("--noflush")
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if let Ok(mut c) = child {
+            if let Some(mut stdin) = c.stdin.take() {
+                use std::io::Write;
+                let _ = stdin.write_all(input.as_bytes());
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Removes the built-in network's chains of `bridge` (both families).
+fn remove_bridge_chains(bridge: &str) {
+    for (save, restore) in [
+        ("iptables-save", "iptables-restore"),
+        ("ip6tables-save", "ip6tables-restore"),
+    ] {
+        if let Ok(out) = Command::new(save).output() {
+            let inputs = bridge_chains_cleanup(&String::from_utf8_lossy(&out.stdout), bridge);
+            restore_noflush(restore, inputs);
+        }
+    }
+}
+
 impl Drop for TestNetwork {
     fn drop(&mut self) {
         remove_iptables_rules(&self.prefix(), false);
         remove_iptables_rules(&self.prefix_v6(), true);
+        remove_bridge_chains(&self.bridge);
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .stderr(std::process::Stdio::null())
@@ -241,5 +314,21 @@ mod tests {
         assert!(text.contains("-X CNI-DN-bbb\n"), "{text}");
         assert!(!text.contains("10.211.40."), "{text}");
         assert!(!text.contains("SETMARK -j MARK"), "{text}");
+    }
+
+    #[test]
+    fn bridge_cleanup_removes_only_that_bridges_chains_and_jumps() {
+        let save = "*nat\n:PREROUTING ACCEPT [0:0]\n:CARRACK-HP-ctnet4 - [0:0]\n:CARRACK-HP-ctnet40 - [0:0]\n\
+            -A PREROUTING -m addrtype --dst-type LOCAL -j CARRACK-HP-ctnet4\n\
+            -A PREROUTING -m addrtype --dst-type LOCAL -j CARRACK-HP-ctnet40\n\
+            -A CARRACK-HP-ctnet4 -p tcp -j DNAT --to-destination 10.211.4.2:80\n\
+            COMMIT\n*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n";
+        let out = bridge_chains_cleanup(save, "ctnet4");
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(
+            out[0],
+            "*nat\n-D PREROUTING -m addrtype --dst-type LOCAL -j CARRACK-HP-ctnet4\n\
+             -F CARRACK-HP-ctnet4\n-X CARRACK-HP-ctnet4\nCOMMIT\n"
+        );
     }
 }

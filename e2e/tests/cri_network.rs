@@ -458,7 +458,7 @@ async fn dual_stack_pod_gets_additional_ip() {
         st.additional_ips[0].ip.starts_with(&net.prefix_v6()),
         "{st:?}"
     );
-    // kubelet's pod CIDR is taken (the built-in network keeps its range).
+    // kubelet's pod CIDR is taken (for pods set up afterwards; this one keeps its IPs).
     rt.update_runtime_config(cri::UpdateRuntimeConfigRequest {
         runtime_config: Some(cri::RuntimeConfig {
             network_config: Some(cri::NetworkConfig {
@@ -468,6 +468,50 @@ async fn dual_stack_pod_gets_additional_ip() {
     })
     .await
     .unwrap();
+    stop_and_remove(&mut rt, &pod).await;
+    assert_eq!(
+        host_trace(&net, &d, &lease_dir, &[pod]),
+        before,
+        "{}",
+        d.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_network_without_cni_binaries() {
+    if !prerequisites() {
+        return;
+    }
+    let net = TestNetwork::new(6);
+    let empty_bin = net.conf_dir.join("no-cni-binaries");
+    std::fs::create_dir_all(&empty_bin).unwrap();
+    let image = test_image();
+    let toml = net
+        .carrackd_toml()
+        .replace("\"/usr/lib/cni\"", &format!("\"{}\"", empty_bin.display()));
+    let d = Carrackd::options().config(&toml).start(&image.host);
+    let lease_dir = d.root().join("network/leases");
+    let (mut rt, _) = d.clients().await;
+    let ready = network_ready(&mut rt).await;
+    assert!(ready.status, "NetworkReady: {ready:?}\n{}", d.log());
+    let before = host_trace(&net, &d, &lease_dir, &[]);
+    let pod = run_pod(&mut rt, pod_config("plain", &d, Some((18086, 80))))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    let ip = pod_network(&mut rt, &pod).await.ip;
+    assert!(ip.starts_with(&net.prefix()), "{ip}");
+    assert_eq!(net.veths(), before.veths + 1);
+    // Bandwidth limits need the bandwidth plugin, which is not there.
+    let mut limited = pod_config("limited", &d, None);
+    limited
+        .annotations
+        .insert("kubernetes.io/ingress-bandwidth".into(), "10M".into());
+    let e = run_pod(&mut rt, limited).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unimplemented, "{e}");
+    assert!(
+        e.message().contains("kubernetes.io/ingress-bandwidth"),
+        "{e}"
+    );
     stop_and_remove(&mut rt, &pod).await;
     assert_eq!(
         host_trace(&net, &d, &lease_dir, &[pod]),

@@ -402,6 +402,20 @@ impl CniRunner {
             })
     }
 
+    /// Runs one plugin of `conf` once (`command` ADD, DEL, CHECK...) with
+    /// `prev` as prevResult, caching nothing; ADD returns the result. The
+    /// built-in network chains the `bandwidth` plugin this way.
+    pub async fn run(
+        &self,
+        command: &str,
+        conf: &ConfList,
+        plugin: &Value,
+        inv: &Invocation,
+        prev: Option<&Value>,
+    ) -> Result<Option<Value>, CniError> {
+        self.exec(command, conf, plugin, inv, prev).await
+    }
+
     /// ADD: runs the chain and caches the final result.
     pub async fn add(&self, conf: &ConfList, inv: &Invocation) -> Result<Value, CniError> {
         let mut prev: Option<Value> = None;

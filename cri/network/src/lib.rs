@@ -15,27 +15,30 @@
 //! net.setup_pod(&PodNetworkRequest) -> Result<PodNetworkStatus, NetworkError>;
 //! net.teardown_pod(&PodNetworkRequest) -> Result<(), NetworkError>; // idempotent
 //! net.check_pod(&PodNetworkRequest) -> Result<(), NetworkError>;
-//! net.update_pod_cidr("10.244.1.0/24");  // UpdateRuntimeConfig -> ipRanges
+//! net.update_pod_cidr("10.244.1.0/24");  // UpdateRuntimeConfig: ipRanges, built-in range
 //! ```
 //!
-//! The configuration is re-read from the CNI conf dirs on every call (a
-//! directory listing and one small file), so a config that appears is used
-//! without a restart and `status()` turns ready as soon as it exists.
+//! The CNI config is the first file by name in the conf dirs, cached and
+//! refreshed through an inotify watch on them ([`conf_watch`]): a config
+//! that appears, changes or goes is used by the next call without a
+//! restart, and `status()` turns ready as soon as one exists.
 //!
-//! The default network ([`BuiltinNetworkConfig`]), used when no CNI config
-//! exists and `builtin.enabled`, is an embedded conflist run through the same
-//! CNI path: the `bridge` plugin (bridge, veth pair per pod, gateway,
-//! masquerade), `host-local` IPAM with leases in `builtin.state_dir`, and
-//! `portmap` for hostPorts, `bandwidth` for the bandwidth annotations. It therefore needs the standard CNI plugins in one
-//! of the bin dirs (Debian: `containernetworking-plugins`).
+//! The default network ([`builtin`], configured by [`BuiltinNetworkConfig`]),
+//! used when no CNI config exists and `builtin.enabled`, is native and
+//! needs no CNI plugin binary: a bridge, a veth pair per pod, addresses and
+//! routes through rtnetlink, its own IPAM with leases in
+//! `builtin.state_dir`, masquerade and hostPorts through iptables. It
+//! follows kubelet's pod CIDR ([`NetworkManager::update_pod_cidr`]) for
+//! pods set up afterwards. Bandwidth annotations on it need the `bandwidth`
+//! CNI plugin (see [`builtin`]).
 //!
-//! Not yet done (issue 6): a netlink-native default network (bridge, veth and
-//! addresses through rtnetlink, own IPAM, nftables rules) that needs no CNI
-//! binaries; an inotify watch (the conf dirs are re-read per call instead);
-//! and the default network following kubelet's pod CIDR (it keeps its
-//! configured range; only plugins declaring `ipRanges` get the pod CIDR).
+//! A pod is torn down by the network that set it up: the CNI result cache
+//! says which CNI pods are; the built-in network's leases say which of its
+//! pods are, whatever config is in force at teardown.
 
+pub mod builtin;
 pub mod cni;
+mod conf_watch;
 pub mod netns;
 
 use std::net::IpAddr;
@@ -54,6 +57,9 @@ pub enum NetworkError {
     /// A CNI error (plugin message included).
     #[error(transparent)]
     Cni(#[from] CniError),
+    /// The built-in network failed (what was made is removed again).
+    #[error(transparent)]
+    Builtin(#[from] builtin::BuiltinError),
     /// The pod's namespace path is missing for a non-hostNetwork pod.
     #[error("pod {0}: netns path is empty")]
     NoNetns(String),
@@ -73,15 +79,15 @@ pub enum NetworkError {
 pub struct BuiltinNetworkConfig {
     /// Use it at all (false: NetworkReady stays false until a CNI config appears).
     pub enabled: bool,
-    /// Network name (also the cache key).
+    /// Network name (reported as the pod's network; names its lease dir).
     pub name: String,
-    /// Bridge name.
+    /// Bridge name (at most 15 bytes; also names its iptables chains).
     pub bridge: String,
     /// IPv4 subnet.
     pub subnet: String,
     /// Optional IPv6 subnet for dual stack.
     pub subnet_v6: Option<String>,
-    /// Lease directory (host-local dataDir).
+    /// Lease directory (one directory per network name inside).
     pub state_dir: PathBuf,
 }
 
@@ -94,33 +100,6 @@ impl Default for BuiltinNetworkConfig {
             subnet: "10.88.0.0/16".into(),
             subnet_v6: None,
             state_dir: "/var/lib/carrack/network/leases".into(),
-        }
-    }
-}
-
-impl BuiltinNetworkConfig {
-    /// The embedded conflist.
-    pub fn conflist(&self) -> ConfList {
-        let mut ranges = vec![json!([{ "subnet": self.subnet }])];
-        let mut routes = vec![json!({"dst": "0.0.0.0/0"})];
-        if let Some(v6) = &self.subnet_v6 {
-            ranges.push(json!([{ "subnet": v6 }]));
-            routes.push(json!({"dst": "::/0"}));
-        }
-        ConfList {
-            name: self.name.clone(),
-            cni_version: "1.0.0".into(),
-            source: PathBuf::new(),
-            plugins: vec![
-                json!({
-                    "type": "bridge", "bridge": self.bridge, "isGateway": true,
-                    "ipMasq": true, "hairpinMode": true,
-                    "ipam": {"type": "host-local", "ranges": ranges, "routes": routes,
-                             "dataDir": self.state_dir}
-                }),
-                json!({"type": "portmap", "capabilities": {"portMappings": true}}),
-                json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}),
-            ],
         }
     }
 }
@@ -229,7 +208,17 @@ pub struct PodNetworkStatus {
 struct Inner {
     cfg: NetworkConfig,
     runner: cni::CniRunner,
+    confs: conf_watch::ConfWatch,
+    builtin: Option<builtin::BuiltinNetwork>,
     pod_cidr: Mutex<Option<String>>,
+}
+
+/// The network new pods go on.
+enum Active<'a> {
+    /// A CNI config from the conf dirs.
+    Cni(ConfList),
+    /// The built-in network (no CNI config, and it is enabled).
+    Builtin(&'a builtin::BuiltinNetwork),
 }
 
 /// Pod network manager; cheap to clone, Send + Sync.
@@ -239,7 +228,8 @@ pub struct NetworkManager {
 }
 
 impl NetworkManager {
-    /// Creates a manager (creates the cache dir).
+    /// Creates a manager (creates the cache dir; checks the built-in
+    /// network's ranges when it is enabled).
     pub async fn new(cfg: NetworkConfig) -> Result<Self, NetworkError> {
         std::fs::create_dir_all(&cfg.cni_cache_dir).map_err(|source| CniError::Cache {
             path: cfg.cni_cache_dir.clone(),
@@ -249,36 +239,60 @@ impl NetworkManager {
             bin_dirs: cfg.cni_bin_dirs.clone(),
             cache_dir: cfg.cni_cache_dir.clone(),
         };
+        let builtin = cfg
+            .builtin
+            .enabled
+            .then(|| builtin::BuiltinNetwork::new(&cfg.builtin))
+            .transpose()?;
         Ok(Self {
             inner: Arc::new(Inner {
+                confs: conf_watch::ConfWatch::new(&cfg.cni_conf_dirs),
                 cfg,
                 runner,
+                builtin,
                 pod_cidr: Mutex::new(None),
             }),
         })
     }
 
-    /// The network config in force now: the first CNI config, else the
-    /// built-in one when enabled.
-    pub fn current_config(&self) -> Result<ConfList, CniError> {
-        match ConfList::load_first(&self.inner.cfg.cni_conf_dirs) {
-            Err(CniError::NoConfig(_)) if self.inner.cfg.builtin.enabled => {
-                Ok(self.inner.cfg.builtin.conflist())
-            }
-            r => r,
+    /// The network in force now: the first CNI config, else the built-in
+    /// one when enabled.
+    fn active(&self) -> Result<Active<'_>, CniError> {
+        match (self.inner.confs.current(), &self.inner.builtin) {
+            (Some(c), _) => Ok(Active::Cni(c)),
+            (None, Some(b)) => Ok(Active::Builtin(b)),
+            (None, None) => Err(CniError::NoConfig(self.inner.cfg.cni_conf_dirs.clone())),
         }
     }
 
+    /// The CNI config in force now, if any (None: the built-in network or
+    /// nothing).
+    pub fn cni_config(&self) -> Option<ConfList> {
+        self.inner.confs.current()
+    }
+
     /// NetworkReady: a config exists, its plugins are installed, and (CNI
-    /// 1.1) every plugin answers STATUS successfully.
+    /// 1.1) every plugin answers STATUS successfully; or the built-in
+    /// network is in force and its iptables commands are installed.
     pub async fn status(&self) -> NetworkStatus {
         let not_ready = |message: String| NetworkStatus {
             ready: false,
             reason: "NetworkPluginNotReady".into(),
             message,
         };
-        let conf = match self.current_config() {
-            Ok(c) => c,
+        let ready = NetworkStatus {
+            ready: true,
+            reason: String::new(),
+            message: String::new(),
+        };
+        let conf = match self.active() {
+            Ok(Active::Cni(c)) => c,
+            Ok(Active::Builtin(b)) => {
+                return match b.status() {
+                    Ok(()) => ready,
+                    Err(m) => not_ready(m),
+                };
+            }
             Err(e) => {
                 return not_ready(format!(
                     "Network plugin returns error: cni config uninitialized: {e}"
@@ -286,24 +300,30 @@ impl NetworkManager {
             }
         };
         match self.inner.runner.status(&conf).await {
-            Ok(()) => NetworkStatus {
-                ready: true,
-                reason: String::new(),
-                message: String::new(),
-            },
+            Ok(()) => ready,
             Err(e) => not_ready(format!("Network plugin returns error: {e}")),
         }
     }
 
     /// Records the node's pod CIDR (UpdateRuntimeConfig; one CIDR, or an
-    /// IPv4 and an IPv6 one separated by a comma) for the `ipRanges`
-    /// capability of the plugins that declare it. The built-in network keeps
-    /// its own range: host-local adds `ipRanges` to static ranges rather
-    /// than replacing them, and the bridge plugin refuses a second IPv4
-    /// gateway on a bridge that already has pods.
+    /// IPv4 and an IPv6 one separated by a comma).
+    ///
+    /// - CNI configs get it as the `ipRanges` capability of the plugins
+    ///   that declare it.
+    /// - The built-in network gives pods set up from now on addresses from
+    ///   it (per family: an IPv4 CIDR replaces `subnet`, an IPv6 one
+    ///   `subnet_v6`, and makes pods dual-stack); pods that exist keep
+    ///   their addresses. An empty CIDR goes back to the configured
+    ///   ranges; a CIDR that does not parse is logged and leaves the
+    ///   built-in network's ranges as they were.
     pub fn update_pod_cidr(&self, cidr: &str) {
         let v = (!cidr.is_empty()).then(|| cidr.to_string());
         *self.inner.pod_cidr.lock().expect("pod_cidr lock") = v;
+        if let Some(b) = &self.inner.builtin
+            && let Err(e) = b.set_pod_cidr(cidr)
+        {
+            tracing::warn!(error = %e, "pod CIDR not taken by the built-in network");
+        }
     }
 
     /// The CNI invocation for `req`.
@@ -333,8 +353,9 @@ impl NetworkManager {
         }
     }
 
-    /// Networks a pod (CNI ADD). On failure everything ADD did is undone
-    /// with DEL before the error (with the plugin's message) is returned.
+    /// Networks a pod (CNI ADD, or the built-in network). On failure
+    /// everything it did is undone before the error (with the plugin's
+    /// message) is returned.
     pub async fn setup_pod(
         &self,
         req: &PodNetworkRequest,
@@ -345,12 +366,14 @@ impl NetworkManager {
         if req.netns.as_os_str().is_empty() {
             return Err(NetworkError::NoNetns(req.pod_id.clone()));
         }
-        let mut conf = self.current_config()?;
-        if conf.source.as_os_str().is_empty() && req.bandwidth.is_none() {
-            // The built-in list only chains `bandwidth` for pods that have
-            // limits (Debian's plugin crashes on CHECK without any).
-            conf.plugins.retain(|p| p["type"] != "bandwidth");
-        }
+        let conf = match self.active()? {
+            Active::Cni(c) => c,
+            Active::Builtin(b) => {
+                return Ok(b
+                    .setup(req, &self.inner.cfg.ifname, &self.inner.runner)
+                    .await?);
+            }
+        };
         let inv = self.invocation(req);
         match self.inner.runner.add(&conf, &inv).await {
             Ok(result) => {
@@ -390,9 +413,15 @@ impl NetworkManager {
         c
     }
 
-    /// Removes a pod's network (CNI DEL) with the config and result cached
-    /// at ADD time; idempotent (a pod never set up, or already torn down,
-    /// gets a DEL without prevResult, which plugins accept).
+    /// The built-in network, when the pod has something on it.
+    fn builtin_pod(&self, pod_id: &str) -> Option<&builtin::BuiltinNetwork> {
+        self.inner.builtin.as_ref().filter(|b| b.has_pod(pod_id))
+    }
+
+    /// Removes a pod's network: CNI DEL with the config and result cached
+    /// at ADD time, or the built-in network's teardown for its pods;
+    /// idempotent (a pod never set up, or already torn down, gets a CNI DEL
+    /// without prevResult from the config in force, which plugins accept).
     ///
     /// Call it before the pod's netns is removed: the `bridge` plugin finds
     /// the pod's addresses inside the namespace to delete its masquerade
@@ -415,9 +444,13 @@ impl NetworkManager {
                 .await?;
             return Ok(());
         }
-        let conf = match self.current_config() {
-            Ok(c) => c,
-            Err(CniError::NoConfig(_)) => return Ok(()),
+        if let Some(b) = self.builtin_pod(&req.pod_id) {
+            b.teardown(&req.pod_id, &self.inner.runner).await?;
+            return Ok(());
+        }
+        let conf = match self.active() {
+            Ok(Active::Cni(c)) => c,
+            Ok(Active::Builtin(_)) | Err(CniError::NoConfig(_)) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
         let mut inv = self.invocation(req);
@@ -428,27 +461,35 @@ impl NetworkManager {
         Ok(())
     }
 
-    /// Verifies a pod's network (CNI CHECK, 0.4.0+) against the cached result.
+    /// Verifies a pod's network: CNI CHECK (0.4.0+) against the cached
+    /// result, or the built-in network's leases and veth.
     pub async fn check_pod(&self, req: &PodNetworkRequest) -> Result<(), NetworkError> {
         if req.host_network {
             return Ok(());
         }
-        match self
+        if let Some(c) = self
             .inner
             .runner
             .cached_any(&req.pod_id, &self.inner.cfg.ifname)
         {
-            Some(c) => Ok(self.inner.runner.check(&c).await?),
-            None => Ok(()),
+            return Ok(self.inner.runner.check(&c).await?);
         }
+        if let Some(b) = self.builtin_pod(&req.pod_id) {
+            b.check(&req.pod_id).await?;
+        }
+        Ok(())
     }
 
-    /// The IPs recorded for a pod (from the cache; survives restarts).
+    /// The IPs recorded for a pod (from the CNI cache or the built-in
+    /// network's leases; survives restarts).
     pub fn pod_ips(&self, pod_id: &str) -> Vec<IpAddr> {
+        if let Some(c) = self.inner.runner.cached_any(pod_id, &self.inner.cfg.ifname) {
+            return cni::result_ips(&c.result).0;
+        }
         self.inner
-            .runner
-            .cached_any(pod_id, &self.inner.cfg.ifname)
-            .map(|c| cni::result_ips(&c.result).0)
+            .builtin
+            .as_ref()
+            .map(|b| b.pod_ips(pod_id))
             .unwrap_or_default()
     }
 }
@@ -490,16 +531,5 @@ mod tests {
         assert_eq!(c.builtin.bridge, "carrack0");
         assert_eq!(c.cni_conf_dirs, vec![PathBuf::from("/etc/cni/net.d")]);
         assert!(serde_json::from_value::<NetworkConfig>(json!({"bogus": 1})).is_err());
-    }
-
-    #[test]
-    fn builtin_conflist_dual_stack() {
-        let b = BuiltinNetworkConfig {
-            subnet_v6: Some("fd00:88::/64".into()),
-            ..Default::default()
-        };
-        let c = b.conflist();
-        assert_eq!(c.plugins[0]["ipam"]["ranges"].as_array().unwrap().len(), 2);
-        assert_eq!(c.plugins[0]["bridge"], "carrack0");
     }
 }

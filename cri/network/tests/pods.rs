@@ -1,6 +1,8 @@
-//! Pod networking against the real kernel (root) with the Debian
-//! `containernetworking-plugins` in /usr/lib/cni. Every test uses its own
-//! bridge (`carrack-tN`) and subnet (10.199.N.0/24) and cleans up in Drop.
+//! Pod networking against the real kernel (root): the native built-in
+//! network, and CNI configs run with the Debian `containernetworking-plugins`
+//! in /usr/lib/cni. Every test uses its own bridge (`carrack-tN`) and
+//! subnet (10.199.N.0/24) and cleans up in Drop (pods, netns files, the
+//! bridge and its iptables chains).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -132,9 +134,11 @@ impl Drop for Fixture {
             let _ = self.rt.block_on(self.mgr.teardown_pod(&p));
             let _ = netns::remove(&p.netns);
         }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .status();
+        // The built-in network's chains and the bridge (the CNI plugins'
+        // bridge too: remove_bridge deletes any link of that name).
+        let _ = self
+            .rt
+            .block_on(carrack_network::builtin::remove_bridge(&self.bridge));
     }
 }
 
@@ -428,4 +432,178 @@ fn builtin_dual_stack_and_bandwidth() {
     );
     fx.teardown(&a);
     assert_eq!(fx.bridge_ports(), 0);
+}
+
+/// The built-in network with no CNI plugin anywhere: `cni_bin_dirs` is an
+/// empty directory.
+fn without_cni_binaries(fx: &mut Fixture) {
+    let empty = fx.dir.path().join("empty-bin");
+    std::fs::create_dir_all(&empty).unwrap();
+    fx.cfg.cni_bin_dirs = vec![empty];
+    fx.mgr = fx.rt.block_on(NetworkManager::new(fx.cfg.clone())).unwrap();
+}
+
+fn lease_count(fx: &Fixture) -> usize {
+    std::fs::read_dir(fx.cfg.builtin.state_dir.join(&fx.cfg.builtin.name))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .parse::<IpAddr>()
+                    .is_ok()
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn builtin_needs_no_cni_binaries() {
+    if !prerequisites() {
+        return;
+    }
+    let mut fx = Fixture::new(21, None);
+    without_cni_binaries(&mut fx);
+    let st = fx.rt.block_on(fx.mgr.status());
+    assert!(st.ready, "{st:?}");
+    two_pods_and_host_port(&mut fx, 21, 18921);
+    assert_eq!(lease_count(&fx), 0);
+    // Bandwidth limits need the bandwidth plugin: refused, naming the
+    // annotations, before anything is made.
+    let mut a = fx.request("bw21", vec![]);
+    a.bandwidth = Some(carrack_network::Bandwidth {
+        ingress_rate: 1_000_000,
+        ingress_burst: 1_000_000,
+        egress_rate: 0,
+        egress_burst: 0,
+    });
+    let err = fx.setup(a.clone()).unwrap_err().to_string();
+    assert!(err.contains("kubernetes.io/ingress-bandwidth"), "{err}");
+    assert_eq!(lease_count(&fx), 0);
+    assert_eq!(fx.bridge_ports(), 0);
+    fx.teardown(&a);
+}
+
+#[test]
+fn builtin_pod_cidr_for_new_pods_old_pods_keep_theirs_and_reach_each_other() {
+    if !prerequisites() {
+        return;
+    }
+    let mut fx = Fixture::new(22, None);
+    let old = fx.request("old22", vec![]);
+    let ip_old = fx.setup(old.clone()).unwrap();
+    assert!(ip_old.to_string().starts_with("10.199.22."), "{ip_old}");
+    fx.mgr.update_pod_cidr("10.199.23.0/24");
+    let new = fx.request("new22", vec![]);
+    let ip_new = fx.setup(new.clone()).unwrap();
+    assert!(ip_new.to_string().starts_with("10.199.23."), "{ip_new}");
+    assert_eq!(fx.mgr.pod_ips(&old.pod_id), vec![ip_old]);
+    // Across the two ranges, through the bridge's two gateways.
+    let srv = serve(&old.netns, SocketAddr::new(ip_old, 8080), "hello old");
+    let got = netns::run_in(&new.netns, move || fetch(SocketAddr::new(ip_old, 8080)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, "hello old");
+    srv.join().unwrap();
+    fx.teardown(&old);
+    fx.teardown(&new);
+    assert_eq!(lease_count(&fx), 0);
+    // An empty pod CIDR goes back to the configured range.
+    fx.mgr.update_pod_cidr("");
+    let back = fx.request("back22", vec![]);
+    let ip = fx.setup(back.clone()).unwrap();
+    assert!(ip.to_string().starts_with("10.199.22."), "{ip}");
+    fx.teardown(&back);
+}
+
+#[test]
+fn builtin_teardown_after_restart_twice_and_after_a_partial_setup() {
+    if !prerequisites() {
+        return;
+    }
+    let mut fx = Fixture::new(24, None);
+    let a = fx.request("r24", vec![port(18924, 8080)]);
+    let ip = fx.setup(a.clone()).unwrap();
+    assert!(rules_matching(&format!("{ip}/32")) > 0);
+    // A new manager (a carrackd restart) finds the pod from its leases.
+    let fresh = fx.rt.block_on(NetworkManager::new(fx.cfg.clone())).unwrap();
+    assert_eq!(fresh.pod_ips(&a.pod_id), vec![ip]);
+    fx.rt.block_on(fresh.check_pod(&a)).unwrap();
+    fx.rt.block_on(fresh.teardown_pod(&a)).unwrap();
+    fx.rt.block_on(fresh.teardown_pod(&a)).unwrap();
+    assert_eq!(fx.bridge_ports(), 0);
+    assert_eq!(lease_count(&fx), 0);
+    assert_eq!(rules_matching(&format!("{ip}/32")), 0);
+    fx.teardown(&a);
+
+    // A setup that got halfway: the veth is already gone (as after a crash
+    // before it was made), the lease and rules are there.
+    let b = fx.request("p24", vec![port(18925, 8080)]);
+    let ip = fx.setup(b.clone()).unwrap();
+    let host_veth = carrack_network::builtin::veth::host_name(&b.pod_id);
+    assert!(
+        Command::new("ip")
+            .args(["link", "del", &host_veth])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(fx.rt.block_on(fx.mgr.check_pod(&b)).is_err());
+    fx.teardown(&b);
+    assert_eq!(lease_count(&fx), 0);
+    assert_eq!(rules_matching(&format!("{ip}/32")), 0);
+}
+
+#[test]
+fn builtin_failed_setup_leaves_nothing() {
+    if !prerequisites() {
+        return;
+    }
+    let mut fx = Fixture::new(25, None);
+    // The pod netns already has an eth0: the veth cannot be made, after the
+    // lease was taken and the bridge made.
+    let a = fx.request("f25", vec![port(18926, 8080)]);
+    netns::create(&a.netns).unwrap();
+    fx.pods.push(a.clone());
+    let made = netns::run_in(&a.netns, || {
+        Command::new("ip")
+            .args([
+                "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+            ])
+            .status()
+            .unwrap()
+            .success()
+    })
+    .unwrap();
+    assert!(made);
+    let err = fx
+        .rt
+        .block_on(fx.mgr.setup_pod(&a))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("veth"), "{err}");
+    assert_eq!(lease_count(&fx), 0);
+    assert_eq!(fx.bridge_ports(), 0);
+    assert_eq!(rules_matching("10.199.25."), 0);
+    assert!(fx.mgr.pod_ips(&a.pod_id).is_empty());
+}
+
+#[test]
+fn builtin_range_exhaustion_is_an_error_naming_the_range() {
+    if !prerequisites() {
+        return;
+    }
+    let mut fx = Fixture::new(26, None);
+    fx.cfg.builtin.subnet = "10.199.26.0/30".into();
+    fx.mgr = fx.rt.block_on(NetworkManager::new(fx.cfg.clone())).unwrap();
+    let a = fx.request("x26", vec![]);
+    fx.setup(a.clone()).unwrap();
+    let b = fx.request("y26", vec![]);
+    let err = fx.setup(b.clone()).unwrap_err().to_string();
+    assert!(err.contains("10.199.26.0/30"), "{err}");
+    assert_eq!(fx.bridge_ports(), 1);
+    fx.teardown(&b);
+    fx.teardown(&a);
 }
