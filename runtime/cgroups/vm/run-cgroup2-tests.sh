@@ -208,7 +208,7 @@ log "tests: $(grep -vc '^ARGS' "$plan") executable(s)"
 # Software emulation by default: the development VMs expose a /dev/kvm on
 # which qemu aborts (MSR 0x10a), so KVM is only used when asked for.
 case ${CARRACK_VM_ACCEL:-tcg} in
-    kvm) accel=(-accel kvm -cpu host,-arch-capabilities) ;;
+    kvm) accel=(-accel kvm -cpu host) ;;
     tcg) accel=(-accel tcg,thread=multi -cpu max) ;;
     *) die "CARRACK_VM_ACCEL must be tcg or kvm, not ${CARRACK_VM_ACCEL}" ;;
 esac
