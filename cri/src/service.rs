@@ -107,6 +107,9 @@ pub struct Daemon {
     pub(crate) streaming: crate::streaming::Streaming,
     /// What each runtime handler supports (asked once, at start-up).
     handler_features: HashMap<String, cri::RuntimeHandlerFeatures>,
+    /// Sandboxes StopPodSandbox is stopping: their infra process's exit is
+    /// expected, not a lost PID namespace.
+    stopping: Mutex<std::collections::HashSet<String>>,
 }
 
 /// The RuntimeService (cheap to clone).
@@ -138,6 +141,7 @@ impl Daemon {
             telemetry: Default::default(),
             streaming: Default::default(),
             handler_features,
+            stopping: Mutex::new(Default::default()),
         }))
     }
 
@@ -459,7 +463,12 @@ impl Daemon {
         let Ok(Some(mut s)) = self.sandbox(id) else {
             return;
         };
-        if s.state != SandboxState::Ready || s.infra != Some(infra) {
+        let stopping = self
+            .stopping
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id);
+        if stopping || s.state != SandboxState::Ready || s.infra != Some(infra) {
             return;
         }
         s.state = SandboxState::NotReady;
@@ -719,6 +728,36 @@ fn process_user(bundle: &Path) -> Option<cri::ContainerUser> {
                 .unwrap_or_default(),
         }),
     })
+}
+
+/// A sandbox id in `Daemon::stopping` while StopPodSandbox runs.
+struct Stopping<'a> {
+    daemon: &'a Daemon,
+    id: String,
+}
+
+impl<'a> Stopping<'a> {
+    fn mark(daemon: &'a Daemon, id: &str) -> Stopping<'a> {
+        daemon
+            .stopping
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned());
+        Stopping {
+            daemon,
+            id: id.to_owned(),
+        }
+    }
+}
+
+impl Drop for Stopping<'_> {
+    fn drop(&mut self) {
+        self.daemon
+            .stopping
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// The record whose id is `id`, or else the only one whose id starts with
@@ -1296,6 +1335,7 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         {
             d.stop_container(&c, 0).await?;
         }
+        let _stopping = Stopping::mark(d, &id);
         if let Some(infra) = &sb.infra {
             infra
                 .kill()
