@@ -98,24 +98,24 @@ impl ShimClient {
             message,
         };
         // The URI is required by tonic but unused: the connector dials the socket.
-        let channel =
-            Endpoint::try_from("http://[::]:0")
-                .map_err(|e| err(e.to_string()))?
-                .connect_with_connector(tower::service_fn(move |_| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
-                    }
-                }))
-                .await
-                .map_err(|e| {
-                    err(format!(
-                        "{e}: {}",
-                        std::error::Error::source(&e)
-                            .map(|s| s.to_string())
-                            .unwrap_or_default()
-                    ))
-                })?;
+        let channel = Endpoint::try_from("http://[::]:0")
+            .map_err(|e| err(e.to_string()))?
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    let (dial, _dir) = crate::socket_path::dialable(&path)?;
+                    Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(dial).await?))
+                }
+            }))
+            .await
+            .map_err(|e| {
+                err(format!(
+                    "{e}: {}",
+                    std::error::Error::source(&e)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default()
+                ))
+            })?;
         Ok(ShimClient {
             task: TaskClient::new(channel),
             socket: socket.to_path_buf(),

@@ -96,7 +96,9 @@ pub fn start(cfg: &ServeConfig) -> Result<PathBuf, DaemonError> {
     validate_id(&cfg.id)?;
     let dir = cfg.dir();
     let socket = dir.join("shim.sock");
-    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+    let running = crate::socket_path::dialable(&socket)
+        .is_ok_and(|(p, _dir)| std::os::unix::net::UnixStream::connect(p).is_ok());
+    if running {
         return Err(DaemonError::AlreadyRunning(cfg.id.clone()));
     }
     std::fs::create_dir_all(&cfg.state_dir)
@@ -197,7 +199,8 @@ fn serve_inner(cfg: &ServeConfig, mut ready: Option<std::fs::File>) -> Result<()
         let dir = cfg.dir();
         let socket = dir.join("shim.sock");
         let _ = std::fs::remove_file(&socket);
-        let listener = tokio::net::UnixListener::bind(&socket)
+        let listener = crate::socket_path::dialable(&socket)
+            .and_then(|(p, _dir)| tokio::net::UnixListener::bind(p))
             .map_err(io(format!("listening on {}", socket.display())))?;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .map_err(io("chmod shim.sock"))?;

@@ -18,6 +18,7 @@ pub mod cri_log;
 pub mod daemon;
 mod reaper;
 mod runtime_cmd;
+mod socket_path;
 mod stdio;
 mod task;
 
