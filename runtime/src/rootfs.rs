@@ -5,7 +5,6 @@
 //! devices, `pivot_root`, masked and readonly paths, a readonly root.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{OFlag, open};
@@ -261,7 +260,7 @@ fn make_rootfs_mount_private(rootfs: &Path) -> Result<()> {
     let mount_point = info
         .lines()
         .filter_map(|l| l.split_whitespace().nth(4))
-        .map(unescape_mountinfo)
+        .map(carrack_cgroups::unescape_mountinfo)
         .filter(|mp| rootfs.starts_with(mp))
         .max_by_key(|mp| mp.as_os_str().len())
         .unwrap_or_else(|| PathBuf::from("/"));
@@ -276,26 +275,6 @@ fn make_rootfs_mount_private(rootfs: &Path) -> Result<()> {
         "making {} (the mount holding the rootfs) private",
         mount_point.display()
     )))
-}
-
-/// Decodes mountinfo's octal escapes (`\040` for a space).
-fn unescape_mountinfo(field: &str) -> PathBuf {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// After sysctls are written (they need /proc/sys writable): read-only and
@@ -685,13 +664,6 @@ mod tests {
         assert_eq!(o.recursive_clear, NOSUID);
         assert_eq!(o.data, "", "not passed on as filesystem data");
         assert!(!o.flags.contains(MsFlags::MS_RDONLY));
-    }
-
-    #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), PathBuf::from("/a b"));
-        assert_eq!(unescape_mountinfo("/plain"), PathBuf::from("/plain"));
-        assert_eq!(unescape_mountinfo("/end\\04"), PathBuf::from("/end\\04"));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! in `cgroup.controllers`.
 
 use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{CgroupError, Result};
@@ -90,12 +91,12 @@ impl Hierarchy {
             if pre.len() < 5 || post.len() < 3 {
                 continue;
             }
-            let (root, mount_point) = (pre[3], unescape(pre[4]));
+            let (root, mount_point) = (pre[3], unescape_mountinfo(pre[4]));
             match post[0] {
                 "cgroup2"
                     // The first cgroup2 mount wins (a container may see more).
                     if unified.is_none() => {
-                        unified = Some(PathBuf::from(mount_point));
+                        unified = Some(mount_point);
                     }
                 "cgroup" => {
                     let controllers: Vec<String> = post[2]
@@ -105,7 +106,7 @@ impl Hierarchy {
                         .collect();
                     for c in &controllers {
                         v1.entry(c.clone()).or_insert_with(|| V1Mount {
-                            mount_point: PathBuf::from(&mount_point),
+                            mount_point: mount_point.clone(),
                             root: root.to_owned(),
                             controllers: controllers.clone(),
                         });
@@ -132,22 +133,26 @@ impl Hierarchy {
     }
 }
 
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let b = s.as_bytes();
+/// A path field of /proc/self/mountinfo decoded: the kernel escapes space,
+/// tab, newline and backslash as three octal digits (`\040`); other bytes
+/// (any encoding) are kept as they are.
+pub fn unescape_mountinfo(field: &str) -> PathBuf {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap_or(b'?');
-            out.push(v as char);
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
-            out.push(b[i] as char);
+            out.push(b[i]);
             i += 1;
         }
     }
-    out
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// The layout of this host, from `/proc/self/mountinfo`.
@@ -239,7 +244,9 @@ mod tests {
 
     #[test]
     fn escaped_mount_points() {
-        assert_eq!(unescape("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/a\\040b"), PathBuf::from("/a b"));
+        assert_eq!(unescape_mountinfo("/plain"), PathBuf::from("/plain"));
+        assert_eq!(unescape_mountinfo("/end\\04"), PathBuf::from("/end\\04"));
     }
 
     #[test]

@@ -35,7 +35,9 @@ use std::time::Duration;
 use oci_spec::runtime::LinuxResources;
 
 pub use error::{CgroupError, Result};
-pub use hierarchy::{Hierarchy, Mode, V1Mount, hierarchy, own_cgroups, parse_proc_cgroup};
+pub use hierarchy::{
+    Hierarchy, Mode, V1Mount, hierarchy, own_cgroups, parse_proc_cgroup, unescape_mountinfo,
+};
 pub use oom::OomWatcher;
 pub use stats::{
     BlkioEntry, BlkioStats, CpuStats, CpuUsage, HugetlbStats, MemoryData, MemoryStats, PidsStats,
