@@ -294,7 +294,10 @@ impl CniRunner {
         None
     }
 
-    async fn exec(
+    /// Runs one plugin of `conf` once (`command` ADD, DEL, CHECK...) with
+    /// `prev` as prevResult, caching nothing; ADD returns the result. The
+    /// built-in network chains the `bandwidth` plugin this way.
+    pub async fn run(
         &self,
         command: &str,
         conf: &ConfList,
@@ -402,25 +405,11 @@ impl CniRunner {
             })
     }
 
-    /// Runs one plugin of `conf` once (`command` ADD, DEL, CHECK...) with
-    /// `prev` as prevResult, caching nothing; ADD returns the result. The
-    /// built-in network chains the `bandwidth` plugin this way.
-    pub async fn run(
-        &self,
-        command: &str,
-        conf: &ConfList,
-        plugin: &Value,
-        inv: &Invocation,
-        prev: Option<&Value>,
-    ) -> Result<Option<Value>, CniError> {
-        self.exec(command, conf, plugin, inv, prev).await
-    }
-
     /// ADD: runs the chain and caches the final result.
     pub async fn add(&self, conf: &ConfList, inv: &Invocation) -> Result<Value, CniError> {
         let mut prev: Option<Value> = None;
         for p in &conf.plugins {
-            let r = self.exec("ADD", conf, p, inv, prev.as_ref()).await?;
+            let r = self.run("ADD", conf, p, inv, prev.as_ref()).await?;
             prev = r;
         }
         let result = prev.unwrap_or_else(|| json!({"cniVersion": conf.cni_version}));
@@ -457,7 +446,7 @@ impl CniRunner {
         let prev = prev.filter(|_| version_at_least(&conf.cni_version, (0, 4, 0)));
         let mut first_err = None;
         for p in conf.plugins.iter().rev() {
-            if let Err(e) = self.exec("DEL", conf, p, inv, prev).await {
+            if let Err(e) = self.run("DEL", conf, p, inv, prev).await {
                 first_err.get_or_insert(e);
             }
         }
@@ -480,7 +469,7 @@ impl CniRunner {
             return Ok(());
         }
         for p in &cached.conf.plugins {
-            self.exec(
+            self.run(
                 "CHECK",
                 &cached.conf,
                 p,
@@ -501,7 +490,7 @@ impl CniRunner {
         if version_at_least(&conf.cni_version, (1, 1, 0)) {
             let inv = Invocation::default();
             for p in &conf.plugins {
-                self.exec("STATUS", conf, p, &inv, None).await?;
+                self.run("STATUS", conf, p, &inv, None).await?;
             }
         }
         Ok(())
