@@ -113,10 +113,13 @@ fn container_config(image: &str) -> ContainerConfig {
     }
 }
 
-/// A running pod: its sandbox and container ids, and the configs to stop it.
+/// A running pod: its sandbox and container ids, and the pod cgroup the
+/// bench asked for (removed after the pod, as kubelet removes the pod
+/// cgroups it makes; containerd leaves it).
 struct Pod {
     sandbox: String,
     container: String,
+    cgroup_parent: String,
 }
 
 impl Target {
@@ -131,6 +134,11 @@ impl Target {
         log_dir: &std::path::Path,
     ) -> Result<Pod> {
         let config = pod_config(tag, log_dir);
+        let cgroup_parent = config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.clone())
+            .unwrap_or_default();
         std::fs::create_dir_all(&config.log_directory)?;
         let t = Instant::now();
         let sandbox = self
@@ -181,7 +189,11 @@ impl Target {
             );
         }
         self.record("3 start container", t);
-        Ok(Pod { sandbox, container })
+        Ok(Pod {
+            sandbox,
+            container,
+            cgroup_parent,
+        })
     }
 
     async fn stop_pod(&mut self, pod: Pod) -> Result<()> {
@@ -214,6 +226,9 @@ impl Target {
             .await
             .context("RemovePodSandbox")?;
         self.record("5 stop+remove pod", t);
+        carrack_cgroups::Cgroup::open(&pod.cgroup_parent, "cri-bench")
+            .and_then(|cg| cg.delete())
+            .with_context(|| format!("removing the pod cgroup {}", pod.cgroup_parent))?;
         Ok(())
     }
 }

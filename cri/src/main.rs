@@ -51,7 +51,10 @@ enum Cmd {
         /// The sandbox's state directory (names the process in `ps`).
         #[arg(long)]
         sandbox: PathBuf,
-        /// The pod's user namespace file, joined first.
+        /// The cgroups path of the infra's cgroup, entered first.
+        #[arg(long)]
+        cgroup: String,
+        /// The pod's user namespace file, joined next.
         #[arg(long)]
         userns: Option<PathBuf>,
     },
@@ -137,8 +140,8 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Before anything else: the infra process needs a single-threaded
     // process and no config.
-    if let Some(Cmd::PodInfra { userns, .. }) = &args.command {
-        match carrackd::pod_infra::run(userns.as_deref()).context("pod-infra")? {}
+    if let Some(Cmd::PodInfra { cgroup, userns, .. }) = &args.command {
+        match carrackd::pod_infra::run(cgroup, userns.as_deref()).context("pod-infra")? {}
     }
     let cfg = effective(&args)?;
     match args.command {

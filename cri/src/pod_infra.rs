@@ -25,6 +25,7 @@
 //! killing it; the sandbox record and when to do what belong to the service.
 
 use std::convert::Infallible;
+use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -67,8 +68,8 @@ pub enum InfraError {
         /// Its pid.
         pid: i32,
     },
-    /// Placing it in the pod cgroup failed.
-    #[error("moving the pod's infra process into its cgroup: {0}")]
+    /// Placing it in its cgroup or listing the cgroup failed.
+    #[error("the pod's infra cgroup: {0}")]
     Cgroup(#[from] carrack_cgroups::CgroupError),
 }
 
@@ -178,8 +179,11 @@ impl InfraProcess {
 
 /// Starts the infra process of the sandbox whose state directory is
 /// `sandbox` with `exe` (carrackd's own binary), in the user namespace
-/// `userns` when given, and moves it into `cgroup` (created by the caller).
-/// On failure nothing is left running.
+/// `userns` when given. The process enters `cgroup` (created by the
+/// caller) itself, before it forks the init: the init is in the cgroup from
+/// its first instruction, so a carrackd crash at any point of the start
+/// leaves nothing that [`kill_cgroup`] cannot find. On failure nothing is
+/// left running.
 pub fn start(
     exe: &Path,
     sandbox: &Path,
@@ -191,7 +195,11 @@ pub fn start(
         message,
     };
     let mut cmd = Command::new(exe);
-    cmd.arg(SUBCOMMAND).arg("--sandbox").arg(sandbox);
+    cmd.arg(SUBCOMMAND)
+        .arg("--sandbox")
+        .arg(sandbox)
+        .arg("--cgroup")
+        .arg(cgroup.path());
     if let Some(u) = userns {
         cmd.arg("--userns").arg(u);
     }
@@ -208,6 +216,7 @@ pub fn start(
         .ok()
         .filter(|_| out.status.success());
     let Some(pid) = reported else {
+        let _ = kill_cgroup(cgroup);
         return Err(start_err(format!(
             "{}: {}",
             out.status,
@@ -217,18 +226,50 @@ pub fn start(
     let Some((start_time, false)) = stat_of(pid) else {
         return Err(start_err(format!("pid {pid} exited at once")));
     };
-    let infra = InfraProcess { pid, start_time };
-    if let Err(e) = cgroup.add_process(pid) {
-        let _ = infra.kill();
-        return Err(e.into());
-    }
-    Ok(infra)
+    Ok(InfraProcess { pid, start_time })
 }
 
-/// The body of `carrackd pod-infra`: joins `userns` when given, unshares a
+/// SIGKILLs every process of `cgroup` (an infra cgroup: the infra init and
+/// anything left of a start that carrackd did not see through, as after a
+/// crash between the start and the record) and waits until they are gone.
+/// A cgroup that does not exist holds nothing. Each process is named by a
+/// pidfd taken while it is listed in the cgroup, so a recycled pid is
+/// never signalled.
+pub fn kill_cgroup(cgroup: &carrack_cgroups::Cgroup) -> Result<(), InfraError> {
+    // Each round kills what is listed; a process forked meanwhile (the
+    // infra forks once) is in the next listing.
+    for _ in 0..10 {
+        let Ok(pids) = cgroup.pids() else {
+            return Ok(());
+        };
+        if pids.is_empty() {
+            return Ok(());
+        }
+        for pid in pids {
+            let Some((start_time, _)) = stat_of(pid) else {
+                continue;
+            };
+            let process = InfraProcess { pid, start_time };
+            let listed = cgroup.pids().is_ok_and(|now| now.contains(&pid));
+            if listed && process.is_running() {
+                process.kill()?;
+            }
+        }
+    }
+    match cgroup.pids() {
+        Ok(left) if !left.is_empty() => Err(InfraError::StillRunning { pid: left[0] }),
+        _ => Ok(()),
+    }
+}
+
+/// The body of `carrackd pod-infra`: enters the cgroup `cgroup` (a cgroups
+/// path, as the OCI spec writes it), joins `userns` when given, unshares a
 /// PID namespace, forks its init, prints the init's pid and exits; the
-/// init never returns. Must run while the process is single-threaded.
-pub fn run(userns: Option<&Path>) -> Result<Infallible, InfraError> {
+/// init never returns. When the pid cannot be printed (carrackd is gone)
+/// the init is killed again. Must run while the process is single-threaded.
+pub fn run(cgroup: &str, userns: Option<&Path>) -> Result<Infallible, InfraError> {
+    // First, as the host's root: the init inherits the cgroup at fork.
+    carrack_cgroups::Cgroup::open(cgroup, SUBCOMMAND)?.add_process(std::process::id() as i32)?;
     if let Some(path) = userns {
         let fd = std::fs::File::open(path).map_err(|e| InfraError::Sys {
             what: format!("opening the user namespace {}", path.display()),
@@ -249,7 +290,11 @@ pub fn run(userns: Option<&Path>) -> Result<Infallible, InfraError> {
     // this mode first), so the child may run any code.
     match unsafe { fork() }.map_err(sys("fork of the infra init"))? {
         ForkResult::Parent { child } => {
-            println!("{child}");
+            let mut out = std::io::stdout().lock();
+            if writeln!(out, "{child}").and_then(|()| out.flush()).is_err() {
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                std::process::exit(1)
+            }
             std::process::exit(0)
         }
         ForkResult::Child => infra_init(),

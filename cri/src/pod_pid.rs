@@ -51,6 +51,12 @@ pub fn shares_pid(config: &cri::PodSandboxConfig) -> bool {
         .is_some_and(|n| n.pid == cri::NamespaceMode::Pod as i32)
 }
 
+/// The cgroup of `rec`'s infra process: `<pod cgroup>/<sandbox id>`.
+fn infra_cgroup(rec: &SandboxRecord) -> Result<carrack_cgroups::Cgroup, InfraError> {
+    let cgroup_path = format!("{}/{}", rec.cgroup_path.trim_end_matches('/'), rec.id);
+    Ok(carrack_cgroups::Cgroup::open(&cgroup_path, &rec.id)?)
+}
+
 /// Starts the infra process of `rec` in `<pod cgroup>/<sandbox id>`, inside
 /// the user namespace `userns` when the pod has one; `state_dir` (the
 /// sandbox's directory under the state dir) goes on its command line so
@@ -61,11 +67,20 @@ pub fn start_infra(
     state_dir: &Path,
     userns: Option<&Path>,
 ) -> Result<InfraProcess, InfraError> {
-    let cgroup_path = format!("{}/{}", rec.cgroup_path.trim_end_matches('/'), rec.id);
-    let cg = carrack_cgroups::Cgroup::open(&cgroup_path, &rec.id)?;
+    let cg = infra_cgroup(rec)?;
     cg.create()?;
     // /proc/self/exe: carrackd's own binary, even if it was replaced on disk.
     pod_infra::start(Path::new("/proc/self/exe"), state_dir, userns, &cg)
+}
+
+/// Kills whatever runs in `rec`'s infra cgroup, recorded or not: the
+/// recorded infra, or one whose pid a carrackd crash kept from the record
+/// (the sandbox row is then still `Creating`).
+pub fn kill_unrecorded_infra(rec: &SandboxRecord) -> Result<(), InfraError> {
+    if rec.cgroup_path.is_empty() {
+        return Ok(());
+    }
+    pod_infra::kill_cgroup(&infra_cgroup(rec)?)
 }
 
 /// The PID namespace file of the container that `namespace_options.target_id`

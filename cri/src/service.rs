@@ -502,6 +502,9 @@ impl Daemon {
         {
             warn!(sandbox = s.id, "{e}");
         }
+        if let Err(e) = crate::pod_pid::kill_unrecorded_infra(s) {
+            warn!(sandbox = s.id, "{e}");
+        }
         if let Err(e) = sandbox::release_namespaces(&ns) {
             warn!(sandbox = s.id, "{e}");
         }

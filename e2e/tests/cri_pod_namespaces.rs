@@ -745,3 +745,75 @@ async fn lost_infra_process_makes_the_pod_not_ready() {
     assert!(list_pods(&mut rt).await.is_empty());
     assert!(processes_with("sleep\u{0}1008").is_empty());
 }
+
+/// carrackd SIGKILLed after it started a pod's infra process but before
+/// the pid reached the sandbox record (the row is still `Creating`): the
+/// restarted daemon kills that unrecorded infra (it is found in its
+/// cgroup, which it entered before its init was forked), removes the
+/// cgroup and the half-created pod, and leaves no mount behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrecorded_infra_of_a_half_created_pod_is_killed_at_restart() {
+    if !prerequisites() {
+        return;
+    }
+    let image = test_image();
+    let mut daemon = start_daemon(&image.host, "carrack");
+    let (mut rt, _img) = daemon.clients().await;
+    let logs = daemon.dir.join("logs");
+    let pod = run_pod(&mut rt, shared_pid_pod("unrecorded-infra", &logs)).await;
+    let infra = pod_info(&mut rt, &pod).await["infraPid"].as_i64().unwrap();
+    let memory_cgroup = std::fs::read_to_string(format!("/proc/{infra}/cgroup"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_owned()))
+        .expect("the infra's memory cgroup");
+    let infra_cgroup_dir =
+        Path::new("/sys/fs/cgroup/memory").join(memory_cgroup.trim_start_matches('/'));
+    assert!(
+        infra_cgroup_dir.ends_with(format!("{pod}/{pod}")),
+        "{infra_cgroup_dir:?}"
+    );
+    daemon.kill();
+    drop(rt);
+    {
+        let db = rusqlite::Connection::open(daemon.root().join("carrack.db")).unwrap();
+        let n = db
+            .execute(
+                "UPDATE cri_sandboxes SET record = json_set(record, '$.state', 'Creating', '$.infra', json('null')) WHERE id = ?1",
+                [&pod],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    assert!(
+        process_exists(infra),
+        "the infra process died with carrackd"
+    );
+    daemon.spawn();
+    let (mut rt, _img) = daemon.clients().await;
+    assert!(
+        list_pods(&mut rt).await.is_empty(),
+        "the half-created pod is listed"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_exists(infra) {
+        assert!(
+            Instant::now() < deadline,
+            "unrecorded infra {infra} still runs"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !infra_cgroup_dir.exists(),
+        "infra cgroup {infra_cgroup_dir:?} left"
+    );
+    assert!(
+        !infra_cgroup_dir.parent().unwrap().exists(),
+        "pod cgroup left"
+    );
+    assert!(
+        daemon.mounts().is_empty(),
+        "mounts left: {:?}",
+        daemon.mounts()
+    );
+}
