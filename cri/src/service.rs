@@ -1424,7 +1424,9 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
                         pid: ns.pid,
                         ipc: ns.ipc,
                         target_id: String::new(),
-                        userns_options: None,
+                        // The pod's user namespace mode and mappings, as
+                        // asked for (containerd reports them too).
+                        userns_options: ns.userns_options.clone(),
                     }),
                 }),
             }),

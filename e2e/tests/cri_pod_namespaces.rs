@@ -470,6 +470,31 @@ async fn user_namespace_pod(runtime: &str) {
     pull(&mut img, &image.name).await;
     let logs = daemon.dir.join("logs");
     let pod = run_pod(&mut rt, userns_pod("userns", &logs)).await;
+    // PodSandboxStatus reports the mode and mappings asked for.
+    let status = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    let reported = status
+        .linux
+        .and_then(|l| l.namespaces)
+        .and_then(|n| n.options)
+        .and_then(|o| o.userns_options);
+    assert_eq!(
+        reported,
+        userns_pod("userns", &logs)
+            .linux
+            .and_then(|l| l.security_context)
+            .and_then(|s| s.namespace_options)
+            .and_then(|o| o.userns_options),
+        "PodSandboxStatus does not report the pod's user namespace"
+    );
     let pinned = daemon.state().join("sandboxes").join(&pod).join("ns/user");
     assert!(
         pinned.exists(),

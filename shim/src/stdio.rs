@@ -317,25 +317,44 @@ pub fn resize_pty(master: &AsyncFd<OwnedFd>, width: u32, height: u32) -> std::io
 }
 
 /// The listening console socket (`--console-socket`): the runtime connects
-/// and sends the pty master over SCM_RIGHTS.
+/// and sends the pty master over SCM_RIGHTS. A path longer than
+/// `sockaddr_un` holds (a long state dir) is bound through an O_PATH
+/// descriptor of its directory, and the runtime is given
+/// `/proc/<shim pid>/fd/<that descriptor>/<name>`, which any runtime (runc
+/// too) can connect to while the shim holds the descriptor.
 pub struct ConsoleSocket {
     listener: tokio::net::UnixListener,
     path: PathBuf,
+    dial: PathBuf,
+    _dir: Option<OwnedFd>,
 }
 
 impl ConsoleSocket {
     /// Listens at `path` (removed first if stale).
     pub fn bind(path: &Path) -> std::io::Result<ConsoleSocket> {
         let _ = std::fs::remove_file(path);
+        let (bind_path, dir) = crate::socket_path::dialable(path)?;
+        let listener = tokio::net::UnixListener::bind(&bind_path)?;
+        let dial = match (&dir, path.file_name()) {
+            (Some(fd), Some(name)) => PathBuf::from(format!(
+                "/proc/{}/fd/{}",
+                std::process::id(),
+                fd.as_raw_fd()
+            ))
+            .join(name),
+            _ => path.to_owned(),
+        };
         Ok(ConsoleSocket {
-            listener: tokio::net::UnixListener::bind(path)?,
+            listener,
             path: path.to_owned(),
+            dial,
+            _dir: dir,
         })
     }
 
-    /// The socket's path, for the runtime's command line.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The path for the runtime's command line (short enough to connect to).
+    pub fn dial_path(&self) -> &Path {
+        &self.dial
     }
 
     /// Accepts the runtime's connection and receives the master.

@@ -229,6 +229,60 @@ async fn cri_log_bytes_streams_and_partial_lines_with(runtime: &str) {
 }
 
 #[tokio::test]
+async fn tty_under_a_long_state_dir() {
+    tty_under_a_long_state_dir_with(RUNC).await;
+}
+
+#[tokio::test]
+async fn tty_under_a_long_state_dir_with_carrack_runtime() {
+    if carrack_runtime_present() {
+        tty_under_a_long_state_dir_with(&carrack_runtime()).await;
+    }
+}
+
+/// A tty container whose console socket path is longer than sockaddr_un
+/// holds (the state dir is long): the runtime still connects (through the
+/// shim's /proc fd path), and the pty's output reaches the log as stdout.
+async fn tty_under_a_long_state_dir_with(runtime: &str) {
+    if !prerequisites() {
+        return;
+    }
+    let name = fixture_name(&format!("tty-{}", "l".repeat(60)), runtime);
+    let script = "echo tty-out; echo tty-err >&2; tty";
+    let mut f = Fixture::new(&name, runtime, script, |c| {
+        c["process"]["terminal"] = json!(true);
+    })
+    .await;
+    let console = f.state_dir.join(&f.id).join("console.sock");
+    assert!(
+        console.as_os_str().len() > 108,
+        "{} fits in sockaddr_un",
+        console.display()
+    );
+    let stdio = pb::Stdio {
+        terminal: true,
+        ..f.logged_stdio()
+    };
+    f.create(stdio).await.unwrap();
+    f.start("").await;
+    let exit = f.wait("").await.exit.unwrap();
+    assert_eq!(exit.exit_code, 0);
+    let lines = parse_log(&std::fs::read_to_string(f.log_path()).unwrap());
+    for want in ["tty-out", "tty-err"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.0 == "stdout" && l.2.trim_end() == want),
+            "{want} not logged as stdout: {lines:?}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.2.starts_with("/dev/pts/")),
+        "stdin is not a pty: {lines:?}"
+    );
+}
+
+#[tokio::test]
 async fn attach_forwards_stdin_and_fans_out_output() {
     attach_forwards_stdin_and_fans_out_output_with(RUNC).await;
 }
