@@ -22,6 +22,7 @@ pub mod check;
 pub mod config;
 pub mod config_doc;
 pub mod events;
+pub mod file_caps;
 pub mod handler_features;
 pub mod pod_infra;
 pub mod pod_network;

@@ -471,7 +471,9 @@ pub struct ShiftError {
 
 /// Chowns every file of the container rootfs `root` (an overlay mount:
 /// this copies each file up) from ids inside the namespace to the host ids
-/// `maps` give them, keeping setuid/setgid bits (chown clears them). Ids
+/// `maps` give them, keeping setuid/setgid bits and file capabilities
+/// (chown clears both; the capabilities are rewritten rooted at the pod's
+/// root, see [`crate::file_caps`]). Ids
 /// the ranges do not map are left alone; symlinks are not followed and
 /// other mounts are not entered.
 pub fn shift_rootfs(root: &Path, maps: &PodIdMaps) -> Result<(), ShiftError> {
@@ -496,11 +498,21 @@ pub fn shift_rootfs(root: &Path, maps: &PodIdMaps) -> Result<(), ShiftError> {
         if uid.is_none() && gid.is_none() {
             continue;
         }
+        let caps = if meta.is_file() {
+            crate::file_caps::read(&path).map_err(err(&path))?
+        } else {
+            None
+        };
         std::os::unix::fs::lchown(&path, uid, gid).map_err(err(&path))?;
         let mode = meta.mode() & 0o7777;
         if !meta.file_type().is_symlink() && mode & 0o6000 != 0 {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
                 .map_err(err(&path))?;
+        }
+        if let Some(v3) =
+            caps.and_then(|raw| crate::file_caps::namespaced(&raw, |id| maps.uids.to_host(id)))
+        {
+            crate::file_caps::write(&path, &v3).map_err(err(&path))?;
         }
     }
     Ok(())

@@ -985,7 +985,9 @@ impl Shim {
         let (child_stdio, console) = self.prepare_stdio(proc, &self.dir.join("console.sock"))?;
         let bundle_s = bundle.display().to_string();
         let pid_s = pid_file.display().to_string();
-        let console_s = console.as_ref().map(|c| c.dial_path().display().to_string());
+        let console_s = console
+            .as_ref()
+            .map(|c| c.dial_path().display().to_string());
         let mut args = vec!["create", "--bundle", &bundle_s, "--pid-file", &pid_s];
         if let Some(c) = &console_s {
             args.extend(["--console-socket", c.as_str()]);
@@ -1030,7 +1032,9 @@ impl Shim {
         let (child_stdio, console) = self.prepare_stdio(proc, &console_path)?;
         let spec_s = spec.display().to_string();
         let pid_s = pid_file.display().to_string();
-        let console_s = console.as_ref().map(|c| c.dial_path().display().to_string());
+        let console_s = console
+            .as_ref()
+            .map(|c| c.dial_path().display().to_string());
         let mut args = vec![
             "exec",
             "--process",
