@@ -60,10 +60,17 @@ fn store_err(e: StoreError) -> Status {
     }
 }
 
+/// An image error as a gRPC status: a missing image, manifest or platform
+/// is NotFound (as containerd answers), a registry's refusal
+/// PermissionDenied; the rest (bad references, transport, bad content,
+/// disk) Unknown.
 fn image_err(e: ImageError) -> Status {
     let text = format!("{e}");
     match e {
-        ImageError::NotFound(_) => Status::not_found(text),
+        ImageError::NotFound(_)
+        | ImageError::RegistryNotFound { .. }
+        | ImageError::PlatformNotFound { .. } => Status::not_found(text),
+        ImageError::Unauthorized { .. } => Status::permission_denied(text),
         _ => Status::unknown(text),
     }
 }

@@ -547,6 +547,22 @@ async fn cri_bad_requests() {
     pull(&mut img, &image.name).await;
     let logs = daemon.dir.join("logs");
 
+    // A tag the registry does not have is NotFound, naming what is missing.
+    let missing = format!("{}/carrack/no-such-image:missing", image.host);
+    let e = img
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: missing.clone(),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
+    assert!(e.message().contains("no-such-image"), "{e}");
+
     let mut nameless = pod_config("x", &logs);
     nameless.metadata.as_mut().unwrap().name.clear();
     let e = rt
