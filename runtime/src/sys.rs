@@ -147,6 +147,30 @@ pub fn set_mount_attrs_recursive(fd: &OwnedFd, set: u64, clear: u64) -> nix::Res
     nix::errno::Errno::result(r).map(drop)
 }
 
+/// A detached, read-only bind mount of the file `path` (open_tree(2) with
+/// `OPEN_TREE_CLONE`, then mount_setattr(2) `MOUNT_ATTR_RDONLY`): an O_PATH
+/// descriptor of its root, the file itself. The mount is attached nowhere,
+/// so no mount namespace sees it, and it is gone with its last user.
+pub fn detached_readonly_bind(path: &std::ffi::CStr) -> nix::Result<OwnedFd> {
+    /// `OPEN_TREE_CLONE` of linux/mount.h.
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    // SAFETY: open_tree(2) with a NUL-terminated path and flags; it returns
+    // a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    let fd = nix::errno::Errno::result(fd)?;
+    // SAFETY: fd was just returned by open_tree and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    set_mount_attrs_recursive(&fd, mount_attr::RDONLY, 0)?;
+    Ok(fd)
+}
+
 /// The `/proc/self/fd/N` path of an fd, to mount onto what it names.
 pub fn fd_path(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())

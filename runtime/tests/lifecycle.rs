@@ -313,6 +313,79 @@ fn lifecycle_create_start_exec_pause_resume_kill_delete() {
     );
 }
 
+/// CVE-2019-5736: a process that holds /proc/<pid>/exe of a runtime
+/// process in the container (here the waiting init, before start) and
+/// reopens it for writing once the runtime is gone cannot reach the host
+/// binary: the open fails (read-only bind) or the file is a sealed copy.
+#[test]
+fn runtime_binary_cannot_be_reopened_for_writing_through_proc_exe() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::fs::MetadataExt;
+    if !require_root() {
+        return;
+    }
+    let c = Container::new("exe-write", &["/bin/sleep", "1000"], |_| {});
+    let b = c.bundle();
+    c.ok_detached(&["create", "--bundle", b.to_str().unwrap(), &c.id]);
+    let st: Value = serde_json::from_str(&c.ok(&["state", &c.id])).unwrap();
+    let pid = st["pid"].as_i64().unwrap();
+    let exe = std::ffi::CString::new(format!("/proc/{pid}/exe")).unwrap();
+    // SAFETY: open(2) with a NUL-terminated path; the fd is owned below.
+    let held = unsafe { libc::open(exe.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    assert!(
+        held >= 0,
+        "O_PATH open of {exe:?}: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: held was just returned by open and is owned by nobody else.
+    let held = unsafe { OwnedFd::from_raw_fd(held) };
+    c.ok(&["start", &c.id]);
+    assert_eq!(c.status(), "running");
+    let reopen = format!("/proc/self/fd/{}", held.as_raw_fd());
+    // SAFETY: an all-zero stat is a valid value for fstat to fill in.
+    let mut reached: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat(2) of a valid fd (O_PATH fds allow it) into that struct.
+    assert_eq!(unsafe { libc::fstat(held.as_raw_fd(), &mut reached) }, 0);
+    let host = std::fs::metadata(RUNTIME).unwrap();
+    if (reached.st_dev, reached.st_ino) == (host.dev(), host.ino()) {
+        // The host binary's inode: it must be reached through a read-only
+        // mount. Opening it for writing then fails: EROFS, or ETXTBSY
+        // while another carrack-runtime runs (the kernel checks that
+        // first). No O_TRUNC, nothing written: an unprotected runtime
+        // fails the test with the binary intact.
+        // SAFETY: an all-zero statvfs is a valid value for fstatvfs to fill in.
+        let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: fstatvfs(3) of a valid fd into that struct.
+        assert_eq!(unsafe { libc::fstatvfs(held.as_raw_fd(), &mut vfs) }, 0);
+        assert_ne!(
+            vfs.f_flag & libc::ST_RDONLY,
+            0,
+            "the host binary {RUNTIME} is reachable through /proc/<pid>/exe on a writable mount"
+        );
+        let e = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&reopen)
+            .expect_err("the runtime's exe opened for writing");
+        assert!(
+            matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::ETXTBSY)),
+            "{e}"
+        );
+    } else {
+        // A copy (the memfd fallback): writing to it is refused by its seals.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&reopen)
+            .unwrap();
+        let e = std::os::unix::fs::FileExt::write_at(&f, b"x", 0).unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EPERM),
+            "the copy is not sealed: {e}"
+        );
+    }
+    c.ok(&["kill", &c.id, "KILL"]);
+}
+
 #[test]
 fn user_namespace_mapping_shows_in_uid_map() {
     if !require_root() {
