@@ -8,15 +8,14 @@
 //! read before the chown and written back after it as revision 3, whose root
 //! id is the host uid that the pod's uid 0 maps to (what an idmapped mount
 //! would show the kernel). The layout is the kernel's `vfs_ns_cap_data`
-//! (linux/capability.h); no crate covers the namespaced form, and the
-//! conversion is three little-endian words, so it is done here.
+//! (linux/capability.h); the xattr itself is read and written with the
+//! `xattr` crate, but no crate converts to the namespaced form, and that
+//! is three little-endian words, so it is done here.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// The xattr that holds file capabilities.
-const XATTR: &[u8] = b"security.capability\0";
+const XATTR: &str = "security.capability";
 /// `VFS_CAP_REVISION_MASK`.
 const REVISION_MASK: u32 = 0xFF00_0000;
 /// `VFS_CAP_REVISION_2`: permitted/inheritable words, no root id.
@@ -28,54 +27,19 @@ const SIZE_2: usize = 20;
 /// Bytes of a revision 3 xattr (revision 2 + root id).
 const SIZE_3: usize = 24;
 
-fn c_path(path: &Path) -> std::io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
-}
-
 /// The raw `security.capability` of `path` (not following a symlink), or
-/// None when it has none.
+/// None when it has none or its filesystem has no xattrs.
 pub fn read(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    let c = c_path(path)?;
-    let mut buf = [0u8; SIZE_3 + 8];
-    // SAFETY: lgetxattr(2) with a NUL-terminated path and name and a buffer
-    // of the length passed.
-    let n = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
-            XATTR.as_ptr().cast(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => Ok(None),
-            _ => Err(e),
-        };
+    match xattr::get(path, XATTR) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Ok(None),
+        r => r,
     }
-    Ok(Some(buf[..n as usize].to_vec()))
 }
 
-/// Writes `value` as the `security.capability` of `path`.
+/// Writes `value` as the `security.capability` of `path` (not following a
+/// symlink).
 pub fn write(path: &Path, value: &[u8]) -> std::io::Result<()> {
-    let c = c_path(path)?;
-    // SAFETY: lsetxattr(2) with a NUL-terminated path and name and a value
-    // of the length passed.
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            XATTR.as_ptr().cast(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    xattr::set(path, XATTR, value)
 }
 
 /// `raw` (revision 2 or 3) as a revision 3 xattr whose root id is the one

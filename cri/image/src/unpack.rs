@@ -200,25 +200,9 @@ fn set_times(path: &Path, mtime: u64, nofollow: bool) {
     }
 }
 
+/// Sets an xattr on `path` itself (a final symlink is not followed).
 fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let c = cpath(path)?;
-    let n = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: both strings are NUL-terminated and `value` is valid for
-    // `value.len()` bytes; lsetxattr(2) does not follow a final symlink.
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    xattr::set(path, name, value)
 }
 
 impl Unpacker<'_> {
