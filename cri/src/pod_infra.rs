@@ -249,10 +249,10 @@ pub fn kill_cgroup(cgroup: &carrack_cgroups::Cgroup) -> Result<(), InfraError> {
             let Some((start_time, _)) = stat_of(pid) else {
                 continue;
             };
-            let process = InfraProcess { pid, start_time };
-            let listed = cgroup.pids().is_ok_and(|now| now.contains(&pid));
-            if listed && process.is_running() {
-                process.kill()?;
+            // Still listed after its start time was read: (pid, start
+            // time) is that process, and kill() checks both on its pidfd.
+            if cgroup.pids().is_ok_and(|now| now.contains(&pid)) {
+                InfraProcess { pid, start_time }.kill()?;
             }
         }
     }

@@ -28,8 +28,20 @@ pub fn dialable(socket: &Path) -> std::io::Result<(PathBuf, Option<OwnedFd>)> {
         nix::sys::stat::Mode::empty(),
     )
     .map_err(std::io::Error::from)?;
-    let short = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name);
+    let short = through_dir_fd("self", &fd, name);
     Ok((short, Some(fd)))
+}
+
+/// The path of the socket that [`dialable`] bound through `dir` (its
+/// descriptor), for another process to connect to: `/proc/<this pid>/fd/…`,
+/// valid while this process holds the descriptor.
+pub fn dialable_by_others(dir: &OwnedFd, name: &std::ffi::OsStr) -> PathBuf {
+    through_dir_fd(&std::process::id().to_string(), dir, name)
+}
+
+/// `/proc/<process>/fd/<dir>/<name>`: `name` in the directory `dir` names.
+fn through_dir_fd(process: &str, dir: &OwnedFd, name: &std::ffi::OsStr) -> PathBuf {
+    PathBuf::from(format!("/proc/{process}/fd/{}", dir.as_raw_fd())).join(name)
 }
 
 #[cfg(test)]

@@ -336,12 +336,7 @@ impl ConsoleSocket {
         let (bind_path, dir) = crate::socket_path::dialable(path)?;
         let listener = tokio::net::UnixListener::bind(&bind_path)?;
         let dial = match (&dir, path.file_name()) {
-            (Some(fd), Some(name)) => PathBuf::from(format!(
-                "/proc/{}/fd/{}",
-                std::process::id(),
-                fd.as_raw_fd()
-            ))
-            .join(name),
+            (Some(fd), Some(name)) => crate::socket_path::dialable_by_others(fd, name),
             _ => path.to_owned(),
         };
         Ok(ConsoleSocket {
