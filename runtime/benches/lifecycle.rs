@@ -148,8 +148,18 @@ fn main() {
         .unwrap();
     }
     // One warm-up each (page cache, binary mapping), then interleaved rounds.
+    // The order changes each round (rotated, and reversed every other round):
+    // a runtime's asynchronous teardown (netns cleanup, cgroup offlining in
+    // kernel workers) lands on whichever run follows it, so a fixed order
+    // would always bill runc's to the same one.
+    let count = runtimes.len();
     for round in 0..=rounds {
-        for rt in runtimes.iter_mut().filter(|r| r.error.is_none()) {
+        for i in 0..count {
+            let step = if round % 2 == 0 { i } else { count - i };
+            let rt = &mut runtimes[(step + round / 2) % count];
+            if rt.error.is_some() {
+                continue;
+            }
             let root = dir.join(format!("{}-state", rt.name));
             let bundle = dir.join(rt.name);
             match lifecycle(rt, &root, &bundle, &format!("bench-{}", rt.name)) {

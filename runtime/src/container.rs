@@ -1,7 +1,7 @@
 //! The lifecycle operations behind the CLI: create, start, state, kill,
 //! delete, run, exec, ps, pause, resume, list, update, events.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use nix::fcntl::{OFlag, open};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork};
+use nix::unistd::{ForkResult, Pid};
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process};
 
 use crate::error::{Result, RuntimeError, io, sys};
@@ -91,6 +91,21 @@ fn connect_console(path: &Option<PathBuf>, terminal: bool) -> Result<Option<Owne
         }),
         (None, false) => Ok(None),
     }
+}
+
+/// A directory fd of the cgroup's cgroup2 part, to clone the intermediate
+/// child into (none on a v1-only host).
+fn open_unified(cg: &Cgroup) -> Result<Option<OwnedFd>> {
+    let Some(dir) = cg.unified_dir() else {
+        return Ok(None);
+    };
+    open(
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map(Some)
+    .map_err(sys(format!("opening the cgroup {}", dir.display())))
 }
 
 fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
@@ -195,19 +210,25 @@ impl Runtime {
             extra_env,
             seccomp: linux.seccomp().clone(),
         };
-        // SAFETY: the runtime is single-threaded; the child runs our own code then exits.
-        let stage1 = match unsafe { fork() }.map_err(sys("fork"))? {
+        let unified = open_unified(&cg)?;
+        // SAFETY: the runtime is single-threaded; the child runs our own
+        // code (no glibc thread calls) then exits.
+        let (forked, placed) =
+            unsafe { crate::spawn::fork_into_cgroup(unified.as_ref().map(|f| f.as_fd())) }
+                .map_err(sys("fork"))?;
+        let stage1 = match forked {
             ForkResult::Child => {
                 drop(parent);
-                child_main(&child, || crate::init::create_stage1(&b, &child, args))
+                child_main(&child, || {
+                    cg.enter_single_threaded(placed)?;
+                    crate::init::create_stage1(&b, &child, args)
+                })
             }
             ForkResult::Parent { child: pid } => pid,
         };
         drop(child);
         drop(args);
         guard.pids.push(stage1.as_raw());
-        cg.add_process(stage1.as_raw())?;
-        parent.send("go")?;
         let mut msg = parent.expect("reporting its pid")?;
         if msg == "userns" {
             write_id_maps(&b, stage1.as_raw())?;
@@ -395,11 +416,17 @@ impl Runtime {
             extra_env,
             seccomp,
         };
-        // SAFETY: single-threaded runtime; the child runs our code then exits.
-        let stage1 = match unsafe { fork() }.map_err(sys("fork"))? {
+        let unified = open_unified(&cg)?;
+        // SAFETY: single-threaded runtime; the child runs our code (no glibc
+        // thread calls) then exits.
+        let (forked, placed) =
+            unsafe { crate::spawn::fork_into_cgroup(unified.as_ref().map(|f| f.as_fd())) }
+                .map_err(sys("fork"))?;
+        let stage1 = match forked {
             ForkResult::Child => {
                 drop(parent);
                 child_main(&child, || {
+                    cg.enter_single_threaded(placed)?;
                     crate::init::exec_stage1(st.pid, &process, &child, args)
                 })
             }
@@ -407,15 +434,9 @@ impl Runtime {
         };
         drop(child);
         drop(args);
-        let placed = cg.add_process(stage1.as_raw());
-        if let Err(e) = placed {
-            let _ = kill(stage1, Signal::SIGKILL);
-            let _ = waitpid(stage1, None);
-            return Err(e.into());
-        }
-        parent.send("go")?;
-        let pid = crate::init::parse_pid(&parent.expect("reporting its pid")?)?;
+        let reported = parent.expect("reporting its pid");
         let _ = waitpid(stage1, None);
+        let pid = crate::init::parse_pid(&reported?)?;
         // The process closes its end on exec; an `error` means it failed first.
         match parent.recv()? {
             m if m.is_empty() => {}

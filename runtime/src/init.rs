@@ -112,7 +112,6 @@ fn open_ns(path: &std::path::Path, field: &str) -> Result<OwnedFd> {
 /// The intermediate child of `create`.
 pub fn create_stage1(b: &Bundle, ch: &Channel, args: InitArgs) -> Result<Infallible> {
     crate::sys::set_undumpable().map_err(sys("prctl(PR_SET_DUMPABLE)"))?;
-    ch.expect("being placed in its cgroup")?;
     let nss = b
         .spec
         .linux()
@@ -379,7 +378,6 @@ pub fn exec_stage1(
     args: InitArgs,
 ) -> Result<Infallible> {
     crate::sys::set_undumpable().map_err(sys("prctl(PR_SET_DUMPABLE)"))?;
-    ch.expect("being placed in its cgroup")?;
     let pid = init_pid.to_string();
     let mut fds = Vec::new();
     for t in std::iter::once(LinuxNamespaceType::User).chain(JOIN_ORDER) {

@@ -15,7 +15,8 @@
 //! - [`exec`]: a new process in a running container;
 //! - [`hooks`]: OCI hooks;
 //! - [`seccomp`]: `linux.seccomp` compiled with libseccomp and loaded
-//!   before exec.
+//!   before exec;
+//! - [`spawn`]: the intermediate child, forked straight into its cgroup.
 //!
 //! cgroups come from the `carrack-cgroups` crate (v1, v2 and hybrid).
 //! Not yet here: the systemd cgroup driver (`--systemd-cgroup` is refused
@@ -28,6 +29,7 @@ pub mod init;
 pub mod process;
 pub mod rootfs;
 pub mod seccomp;
+pub mod spawn;
 pub mod spec;
 pub mod state;
 pub mod sync;

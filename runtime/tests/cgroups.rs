@@ -221,14 +221,28 @@ fn limits_show_in_the_cgroup_files_and_inside() {
         "pid {pid} not in {:?}",
         cg.paths()
     );
-    // ...and sees it in /proc/self/cgroup (no cgroup namespace here).
-    let seen = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    assert!(
-        seen.lines()
-            .any(|l| l.contains(":memory:") || l.starts_with("0::"))
-            && seen.contains(&c.cgroups_path),
-        "{seen}"
-    );
+    // ...in every hierarchy: cgroup2 (the child is cloned into it) and each
+    // v1 one (its thread moves itself), as /proc/<pid>/cgroup shows (no
+    // cgroup namespace here).
+    let in_every_hierarchy = |seen: &str| {
+        assert!(
+            seen.lines()
+                .any(|l| l.contains(":memory:") || l.starts_with("0::")),
+            "{seen}"
+        );
+        for line in seen.lines() {
+            assert!(line.ends_with(&format!(":{}", c.cgroups_path)), "{seen}");
+        }
+    };
+    in_every_hierarchy(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap());
+    // So is a process exec'd into the container.
+    let out = c
+        .runtime(&["exec", &c.id, "cat", "/proc/self/cgroup"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    in_every_hierarchy(&stdout(&out));
 }
 
 #[test]

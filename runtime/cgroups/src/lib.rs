@@ -196,6 +196,28 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Moves the calling process into the cgroup from inside: on v1 its one
+    /// thread through each hierarchy's `tasks`, on cgroup2 through
+    /// `cgroup.procs` unless `unified_placed` (it was cloned there with
+    /// `CLONE_INTO_CGROUP`, see [`Cgroup::unified_dir`]).
+    ///
+    /// Only for a single-threaded process, such as a child right after
+    /// fork, where moving its thread moves all of it. It is the cheap way
+    /// in: a write to `cgroup.procs` takes the kernel's global threadgroup
+    /// lock, which waits for an RCU grace period (10 ms and more) on each
+    /// first use, while a thread writing `0` for itself into `tasks` moves
+    /// without it (Linux 6.1 and later; older kernels take the lock for
+    /// both).
+    pub fn enter_single_threaded(&self, unified_placed: bool) -> Result<()> {
+        for (_, dir) in &self.v1_dirs {
+            write_file(&dir.join("tasks"), "0")?;
+        }
+        match &self.unified_dir {
+            Some(dir) if !unified_placed => write_file(&dir.join("cgroup.procs"), "0"),
+            _ => Ok(()),
+        }
+    }
+
     /// Freezes every process of the cgroup and waits until the kernel says so.
     pub fn freeze(&self) -> Result<()> {
         self.set_frozen(true)
