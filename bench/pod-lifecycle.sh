@@ -19,6 +19,7 @@ curl -sf "http://$REG/v2/e2e-test-images/busybox/manifests/1.29-2" \
     || { echo "no $IMAGE: start a registry on $REG and run ../shared/tools/critest-images.py" >&2; exit 1; }
 
 cargo build --release --bins -q
+cargo static-bins -q
 target=${CARGO_TARGET_DIR:-target}/release
 
 rm -rf "$WORK"; mkdir -p "$WORK/containerd/cni" "$WORK/carrack" "$WORK/logs"
@@ -43,7 +44,13 @@ trap cleanup EXIT
 
 containerd --config "$WORK/containerd/config.toml" >"$WORK/containerd.log" 2>&1 &
 ctr_pid=$!; pids+=("$ctr_pid")
-"$target/carrackd" --root "$WORK/carrack/root" --state "$WORK/carrack/state" \
+# carrackd runs the shim and the runtime found beside it: the statically
+# linked ones that the installers ship.
+mkdir -p "$WORK/bin"
+cp "$target/carrackd" "$WORK/bin/"
+cp "$target/../x86_64-unknown-linux-gnu/release/carrack-shim" \
+    "$target/../x86_64-unknown-linux-gnu/release/carrack-runtime" "$WORK/bin/"
+"$WORK/bin/carrackd" --root "$WORK/carrack/root" --state "$WORK/carrack/state" \
     --socket "$WORK/carrack/carrack.sock" --registry-insecure "$REG" \
     >"$WORK/carrackd.log" 2>&1 &
 carrack_pid=$!; pids+=("$carrack_pid")

@@ -55,3 +55,14 @@ pub fn require_file(path: &str, package: &str) -> bool {
         &format!("{path} (Debian package {package})"),
     )
 }
+
+/// The binary a test drives: the path in the environment variable `var`
+/// when it is set (CI points `CARRACK_TEST_RUNTIME` and `CARRACK_TEST_SHIM`
+/// at the statically linked release builds of `cargo static-bins`), else
+/// `default`, the one cargo built for the test.
+pub fn binary_under_test(var: &str, default: &str) -> std::path::PathBuf {
+    match std::env::var_os(var) {
+        Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
+        _ => std::path::PathBuf::from(default),
+    }
+}

@@ -5,7 +5,10 @@
 //! process (wait4's ru_maxrss: the runtime and the children it reaped).
 //!
 //! `cargo bench -p carrack-runtime --bench lifecycle` (root; ROUNDS=N, 50 by
-//! default). A runtime that is not installed or refuses this host is
+//! default). It runs the carrack-runtime cargo built for it, or the one
+//! `CARRACK_BENCH_RUNTIME` names: the statically linked build that
+//! `cargo static-bins` makes and the installers ship is
+//! `target/x86_64-unknown-linux-gnu/release/carrack-runtime`. A runtime that is not installed or refuses this host is
 //! reported with its error and left out of the ratios. crun 1.8 refuses a
 //! hybrid host while hugetlb sits on cgroup2; then
 //! `mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb` moves it to v1
@@ -117,7 +120,10 @@ fn main() {
     let mut runtimes = vec![
         Runtime {
             name: "carrack-runtime",
-            binary: PathBuf::from(env!("CARGO_BIN_EXE_carrack-runtime")),
+            binary: carrack_e2e::prerequisite::binary_under_test(
+                "CARRACK_BENCH_RUNTIME",
+                env!("CARGO_BIN_EXE_carrack-runtime"),
+            ),
             times: Vec::new(),
             max_rss_kib: 0,
             error: None,
@@ -183,6 +189,7 @@ fn main() {
     println!(
         "lifecycle of /bin/true (run = create + start + wait + delete), {rounds} rounds interleaved"
     );
+    println!("carrack-runtime: {}", runtimes[0].binary.display());
     println!(
         "{:<16} {:>10} {:>10} {:>10} {:>14}",
         "runtime", "median ms", "p90 ms", "x crun", "peak RSS KiB"

@@ -15,7 +15,13 @@ use carrack_cgroups::Cgroup;
 use carrack_e2e::prerequisite::{require_file, require_root};
 use serde_json::{Value, json};
 
-const RUNTIME: &str = env!("CARGO_BIN_EXE_carrack-runtime");
+/// carrack-runtime as cargo built it, or the one `CARRACK_TEST_RUNTIME` names.
+static RUNTIME: std::sync::LazyLock<PathBuf> = std::sync::LazyLock::new(|| {
+    carrack_e2e::prerequisite::binary_under_test(
+        "CARRACK_TEST_RUNTIME",
+        env!("CARGO_BIN_EXE_carrack-runtime"),
+    )
+});
 const PREFIX: &str = "carrack-test-runtime-cgroups";
 
 /// One container's bundle, state root and cgroup; everything is removed when
@@ -67,7 +73,7 @@ impl Container {
     }
 
     fn runtime(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(RUNTIME);
+        let mut cmd = Command::new(&*RUNTIME);
         cmd.arg("--root").arg(self.dir.join("state")).args(args);
         cmd
     }

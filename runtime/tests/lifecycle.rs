@@ -12,7 +12,13 @@ use carrack_e2e::oci::{add_mount, add_namespace, busybox_config};
 use carrack_e2e::prerequisite::require_root;
 use serde_json::{Value, json};
 
-const RUNTIME: &str = env!("CARGO_BIN_EXE_carrack-runtime");
+/// carrack-runtime as cargo built it, or the one `CARRACK_TEST_RUNTIME` names.
+static RUNTIME: std::sync::LazyLock<PathBuf> = std::sync::LazyLock::new(|| {
+    carrack_e2e::prerequisite::binary_under_test(
+        "CARRACK_TEST_RUNTIME",
+        env!("CARGO_BIN_EXE_carrack-runtime"),
+    )
+});
 const PREFIX: &str = "carrack-test-runtime";
 
 /// One container's bundle and state root; removed (with the container) on drop.
@@ -63,7 +69,7 @@ impl Container {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(RUNTIME);
+        let mut cmd = Command::new(&*RUNTIME);
         cmd.arg("--root")
             .arg(self.state_root())
             .args(args)
@@ -346,7 +352,7 @@ fn runtime_binary_cannot_be_reopened_for_writing_through_proc_exe() {
     let mut reached: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat(2) of a valid fd (O_PATH fds allow it) into that struct.
     assert_eq!(unsafe { libc::fstat(held.as_raw_fd(), &mut reached) }, 0);
-    let host = std::fs::metadata(RUNTIME).unwrap();
+    let host = std::fs::metadata(&*RUNTIME).unwrap();
     if (reached.st_dev, reached.st_ino) == (host.dev(), host.ino()) {
         // The host binary's inode: it must be reached through a read-only
         // mount. Opening it for writing then fails: EROFS, or ETXTBSY
@@ -360,7 +366,8 @@ fn runtime_binary_cannot_be_reopened_for_writing_through_proc_exe() {
         assert_ne!(
             vfs.f_flag & libc::ST_RDONLY,
             0,
-            "the host binary {RUNTIME} is reachable through /proc/<pid>/exe on a writable mount"
+            "the host binary {} is reachable through /proc/<pid>/exe on a writable mount",
+            RUNTIME.display()
         );
         let e = std::fs::OpenOptions::new()
             .write(true)

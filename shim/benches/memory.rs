@@ -4,6 +4,10 @@
 //! hand (see bench/pod-lifecycle.sh for the side-by-side through CRI).
 //!
 //! `cargo bench -p carrack-shim --bench memory` (root; N=50 by default, SHIMS=N to change).
+//! It runs the carrack-shim cargo built for it, or the one
+//! `CARRACK_BENCH_SHIM` names, such as the statically linked build of
+//! `cargo static-bins` that the installers ship
+//! (`target/x86_64-unknown-linux-gnu/release/carrack-shim`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -50,7 +54,11 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("carrack-bench-shim-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("rootfs")).unwrap();
     carrack_e2e::rootfs::write_busybox_rootfs(&dir.join("rootfs")).unwrap();
-    let shim_binary = PathBuf::from(env!("CARGO_BIN_EXE_carrack-shim"));
+    let shim_binary = carrack_e2e::prerequisite::binary_under_test(
+        "CARRACK_BENCH_SHIM",
+        env!("CARGO_BIN_EXE_carrack-shim"),
+    );
+    println!("carrack-shim: {}", shim_binary.display());
     let mut pids = Vec::new();
     let mut ids = Vec::new();
     for i in 0..n {

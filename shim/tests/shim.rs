@@ -21,12 +21,16 @@ struct Fixture {
 }
 
 /// carrack-runtime beside the test's target dir (`cargo build --workspace
-/// --bins` puts it there): the shim drives it as it drives runc.
+/// --bins` puts it there), or the one `CARRACK_TEST_RUNTIME` names: the
+/// shim drives it as it drives runc.
 fn carrack_runtime() -> String {
     let exe = std::env::current_exe().unwrap();
     // <target>/debug/deps/<test> → <target>/debug/carrack-runtime
     let dir = exe.parent().unwrap().parent().unwrap();
-    dir.join("carrack-runtime").display().to_string()
+    let beside = dir.join("carrack-runtime").display().to_string();
+    carrack_e2e::prerequisite::binary_under_test("CARRACK_TEST_RUNTIME", &beside)
+        .display()
+        .to_string()
 }
 
 fn carrack_runtime_present() -> bool {
@@ -82,7 +86,10 @@ impl Fixture {
         let mut opts = ShimOptions::new(&id, runtime);
         opts.state_dir = state_dir.clone();
         opts.runtime_root = Some(dir.join("runtime-root"));
-        opts.shim_binary = PathBuf::from(env!("CARGO_BIN_EXE_carrack-shim"));
+        opts.shim_binary = carrack_e2e::prerequisite::binary_under_test(
+            "CARRACK_TEST_SHIM",
+            env!("CARGO_BIN_EXE_carrack-shim"),
+        );
         let client = start_shim(&opts).await.unwrap();
         Fixture {
             id,
