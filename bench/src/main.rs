@@ -263,15 +263,21 @@ fn field_kib(text: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
-/// PIDs of the processes whose comm is `comm`.
+/// PIDs of the live processes named `comm`. Zombies are left out: shims of removed pods
+/// that exited under a PID 1 that does not reap them hold no memory.
 fn pids_named(comm: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm)
-        {
+        let named = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim_end() == comm);
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.starts_with("State:") && l.contains("Z"))
+        });
+        if named && !zombie {
             pids.push(pid);
         }
     }
