@@ -721,11 +721,9 @@ impl Daemon {
     }
 }
 
-/// The identity the container's process was given (its OCI spec's
+/// The identity a container's process is given (its OCI spec's
 /// `process.user`): what ContainerStatus reports as `user`.
-fn process_user(bundle: &Path) -> Option<cri::ContainerUser> {
-    let spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
+fn process_user(spec: &serde_json::Value) -> Option<cri::ContainerUser> {
     let user = &spec["process"]["user"];
     let id = |v: &serde_json::Value| v.as_i64();
     Some(cri::ContainerUser {
@@ -1126,6 +1124,7 @@ impl Runtime {
             runtime_handler: sb.runtime_handler.clone(),
             stop_signal: spec::stop_signal(&image.config),
             resources: config.linux.as_ref().and_then(|l| l.resources.clone()),
+            user: None,
         };
         d.store.insert_container(&rec).map_err(store_err)?;
         let made = async {
@@ -1162,6 +1161,7 @@ impl Runtime {
                 serde_json::to_vec_pretty(&spec).map_err(internal)?,
             )
             .map_err(|e| Status::internal(format!("writing {}: {e}", cfg_path.display())))?;
+            let user = process_user(&spec);
             if !log_path.is_empty()
                 && let Some(parent) = Path::new(&log_path).parent()
             {
@@ -1200,15 +1200,19 @@ impl Runtime {
                         format!("creating the container: {}", e.message()),
                     )
                 })?;
-            Ok::<(), Status>(())
+            Ok::<_, Status>(user)
         }
         .await;
-        if let Err(e) = made {
-            d.destroy_container(&rec).await;
-            return Err(e);
-        }
+        let user = match made {
+            Ok(user) => user,
+            Err(e) => {
+                d.destroy_container(&rec).await;
+                return Err(e);
+            }
+        };
         let mut rec = rec;
         rec.state = ContainerState::Created;
+        rec.user = user;
         let _g = d.records.lock().await;
         if let Err(e) = d.store.update_container(&rec) {
             drop(_g);
@@ -1252,7 +1256,10 @@ impl Runtime {
                 linux: Some(r),
                 windows: None,
             }),
-            user: process_user(&c.bundle),
+            user: c.user.clone().or_else(|| {
+                let spec = std::fs::read(c.bundle.join("config.json")).ok()?;
+                process_user(&serde_json::from_slice(&spec).ok()?)
+            }),
         };
         let mut info = HashMap::new();
         if verbose {

@@ -144,6 +144,11 @@ pub struct ContainerRecord {
     pub stop_signal: i32,
     /// Resources as last applied.
     pub resources: Option<cri::LinuxContainerResources>,
+    /// The uid, gid and groups the process was given (its OCI spec's
+    /// `process.user`), set once the spec is written. Records of an older
+    /// carrackd have none; ContainerStatus reads their bundle's spec then.
+    #[serde(default)]
+    pub user: Option<cri::ContainerUser>,
 }
 
 /// The database.

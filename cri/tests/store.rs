@@ -66,6 +66,13 @@ fn container(id: &str, name: &str, sandbox_id: &str) -> ContainerRecord {
             memory_limit_in_bytes: 1 << 30,
             ..Default::default()
         }),
+        user: Some(cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: 1000,
+                gid: 1000,
+                supplemental_groups: vec![1000, 5],
+            }),
+        }),
     }
 }
 
@@ -100,6 +107,7 @@ fn container_records_survive_reopen_with_every_field() {
     assert_eq!(got.message, "memory limit");
     assert_eq!(got.config, c.config);
     assert_eq!(got.resources, c.resources);
+    assert_eq!(got.user, c.user);
     assert_eq!(got.stop_signal, 3);
     assert_eq!(got.bundle, c.bundle);
     assert_eq!(got.image_ref, "reg/x@sha256:def");
