@@ -5,13 +5,13 @@
 #
 #   REG      registry holding e2e-test-images/busybox:1.29-2 and pause:3.9
 #            (../shared/tools/critest-images.py pushes them; default 127.0.0.1:5000)
-#   ITER     lifecycles per runtime (default 30); PODS pods for memory (default 20)
+#   ITER     lifecycles per runtime (default 30); PODS pods for memory (default 50)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REG=${REG:-127.0.0.1:5000}
 WORK=${WORK:-/tmp/carrack-bench}
 ITER=${ITER:-30}
-PODS=${PODS:-20}
+PODS=${PODS:-50}
 IMAGE="$REG/e2e-test-images/busybox:1.29-2"
 
 curl -sf "http://$REG/v2/e2e-test-images/busybox/manifests/1.29-2" \
@@ -19,7 +19,7 @@ curl -sf "http://$REG/v2/e2e-test-images/busybox/manifests/1.29-2" \
     || { echo "no $IMAGE: start a registry on $REG and run ../shared/tools/critest-images.py" >&2; exit 1; }
 
 cargo build --release --bins -q
-cargo static-bins -q
+bash deploy/build-static.sh --quiet
 target=${CARGO_TARGET_DIR:-target}/release
 
 rm -rf "$WORK"; mkdir -p "$WORK/containerd/cni" "$WORK/carrack" "$WORK/logs"
@@ -48,8 +48,7 @@ ctr_pid=$!; pids+=("$ctr_pid")
 # linked ones that the installers ship.
 mkdir -p "$WORK/bin"
 cp "$target/carrackd" "$WORK/bin/"
-cp "$target/../x86_64-unknown-linux-gnu/release/carrack-shim" \
-    "$target/../x86_64-unknown-linux-gnu/release/carrack-runtime" "$WORK/bin/"
+cp "$target/../static/carrack-shim" "$target/../static/carrack-runtime" "$WORK/bin/"
 "$WORK/bin/carrackd" --root "$WORK/carrack/root" --state "$WORK/carrack/state" \
     --socket "$WORK/carrack/carrack.sock" --registry-insecure "$REG" \
     >"$WORK/carrackd.log" 2>&1 &

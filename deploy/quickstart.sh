@@ -19,12 +19,11 @@ fi
 command -v cargo >/dev/null || { echo "quickstart: needs a Rust toolchain (cargo) on PATH" >&2; exit 1; }
 
 cargo build --release --workspace --bins
-# The runtime and the shim linked statically (.cargo/config.toml).
-cargo static-bins
+# The runtime and the shim linked statically, into target/static/.
+bash deploy/build-static.sh
 target=${CARGO_TARGET_DIR:-target}
 install -m 0755 "$target/release/carrackd" /usr/local/bin/
-install -m 0755 "$target/x86_64-unknown-linux-gnu/release/carrack-shim" \
-    "$target/x86_64-unknown-linux-gnu/release/carrack-runtime" /usr/local/bin/
+install -m 0755 "$target/static/carrack-shim" "$target/static/carrack-runtime" /usr/local/bin/
 
 socket=/run/carrack/carrack.sock
 if [ -d /run/systemd/system ]; then

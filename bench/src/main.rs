@@ -367,7 +367,7 @@ async fn main() -> Result<()> {
     }
     if targets.len() >= 2 {
         let base = &targets[1].name;
-        for t in &targets {
+        for t in targets.iter().filter(|t| &t.name != base) {
             println!(
                 "ratio {} / {}: start {:.2}",
                 t.name,
@@ -379,6 +379,7 @@ async fn main() -> Result<()> {
 
     if args.pods > 0 {
         println!("memory with {} pods running", args.pods);
+        let mut figures = Vec::new();
         for t in &mut targets {
             let daemon = named(&args.daemon_pids, &t.name).and_then(|p| p.parse::<u32>().ok());
             let idle = daemon.and_then(rss_kib);
@@ -407,10 +408,59 @@ async fn main() -> Result<()> {
                 rss as f64 / n,
                 pss as f64 / n
             );
+            figures.push((
+                t.name.clone(),
+                MemoryFigures {
+                    idle,
+                    busy,
+                    shim_rss: rss as f64 / n,
+                    shim_pss: pss as f64 / n,
+                    pods: args.pods,
+                },
+            ));
             for pod in pods {
                 t.stop_pod(pod).await?;
             }
         }
+        if let [.., (base, b)] = figures.as_slice() {
+            for (name, f) in &figures[..figures.len() - 1] {
+                println!("{}", f.ratios_to(b, name, base));
+            }
+        }
     }
     Ok(())
+}
+
+/// What one endpoint's memory run measured.
+struct MemoryFigures {
+    idle: Option<u64>,
+    busy: Option<u64>,
+    shim_rss: f64,
+    shim_pss: f64,
+    pods: usize,
+}
+
+impl MemoryFigures {
+    /// Per-container overhead: a shim's RSS plus the daemon's growth per pod.
+    fn per_container(&self) -> Option<f64> {
+        let growth = self.busy?.saturating_sub(self.idle?) as f64 / self.pods.max(1) as f64;
+        Some(self.shim_rss + growth)
+    }
+
+    /// One line of ratios, `name` over `base`.
+    fn ratios_to(&self, b: &MemoryFigures, name: &str, base: &str) -> String {
+        let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
+            (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
+            _ => "n/a".to_owned(),
+        };
+        let kib = |v: Option<u64>| v.map(|v| v as f64);
+        format!(
+            "ratio {name} / {base}: daemon RSS idle {}, with pods {}; shim RSS {}, PSS {}; per-container overhead (shim RSS + daemon growth per pod) {}",
+            ratio(kib(self.idle), kib(b.idle)),
+            ratio(kib(self.busy), kib(b.busy)),
+            ratio(Some(self.shim_rss), Some(b.shim_rss)),
+            ratio(Some(self.shim_pss), Some(b.shim_pss)),
+            ratio(self.per_container(), b.per_container()),
+        )
+    }
 }

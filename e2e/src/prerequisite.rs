@@ -58,7 +58,7 @@ pub fn require_file(path: &str, package: &str) -> bool {
 
 /// The binary a test drives: the path in the environment variable `var`
 /// when it is set (CI points `CARRACK_TEST_RUNTIME` and `CARRACK_TEST_SHIM`
-/// at the statically linked release builds of `cargo static-bins`), else
+/// at the statically linked builds of `deploy/build-static.sh`), else
 /// `default`, the one cargo built for the test.
 pub fn binary_under_test(var: &str, default: &str) -> std::path::PathBuf {
     match std::env::var_os(var) {

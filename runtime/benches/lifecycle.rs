@@ -7,8 +7,8 @@
 //! `cargo bench -p carrack-runtime --bench lifecycle` (root; ROUNDS=N, 50 by
 //! default). It runs the carrack-runtime cargo built for it, or the one
 //! `CARRACK_BENCH_RUNTIME` names: the statically linked build that
-//! `cargo static-bins` makes and the installers ship is
-//! `target/x86_64-unknown-linux-gnu/release/carrack-runtime`. A runtime that is not installed or refuses this host is
+//! `deploy/build-static.sh` makes and the installers ship is
+//! `target/static/carrack-runtime`. A runtime that is not installed or refuses this host is
 //! reported with its error and left out of the ratios. crun 1.8 refuses a
 //! hybrid host while hugetlb sits on cgroup2; then
 //! `mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb` moves it to v1
