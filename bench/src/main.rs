@@ -254,13 +254,16 @@ fn pss_kib(pid: u32) -> Option<u64> {
     field_kib(&rollup, "Pss:")
 }
 
-fn field_kib(text: &str, key: &str) -> Option<u64> {
+/// The first word after `key` in a `/proc` file of `Key: value` lines.
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines()
         .find(|l| l.starts_with(key))?
         .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+        .nth(1)
+}
+
+fn field_kib(text: &str, key: &str) -> Option<u64> {
+    field(text, key)?.parse().ok()
 }
 
 /// PIDs of the live processes named `comm`. Zombies are left out: shims of removed pods
@@ -271,13 +274,10 @@ fn pids_named(comm: &str) -> Vec<u32> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let named = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .is_ok_and(|c| c.trim_end() == comm);
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
-            s.lines()
-                .any(|l| l.starts_with("State:") && l.contains("Z"))
-        });
-        if named && !zombie {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        if field(&status, "Name:") == Some(comm) && field(&status, "State:") != Some("Z") {
             pids.push(pid);
         }
     }
@@ -422,8 +422,9 @@ async fn main() -> Result<()> {
                 t.stop_pod(pod).await?;
             }
         }
-        if let [.., (base, b)] = figures.as_slice() {
-            for (name, f) in &figures[..figures.len() - 1] {
+        // Over the same base as the start-up ratio.
+        if let Some((base, b)) = figures.get(1) {
+            for (name, f) in figures.iter().filter(|(name, _)| name != base) {
                 println!("{}", f.ratios_to(b, name, base));
             }
         }
