@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "quickstart: run as root (carrackd manages namespaces, mounts, cgroups)" >&2; exit 1; }
 
-packages=(protobuf-compiler libseccomp-dev pkg-config iptables iproute2 containernetworking-plugins)
+packages=(protobuf-compiler pkg-config iptables iproute2 containernetworking-plugins)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -14,7 +14,7 @@
 //! - [`ops`]: start, kill, delete, pause, resume, update, ps, stats, list;
 //! - [`exec`]: a new process in a running container;
 //! - [`hooks`]: OCI hooks;
-//! - [`seccomp`]: `linux.seccomp` compiled with libseccomp and loaded
+//! - [`seccomp`]: `linux.seccomp` compiled to BPF and loaded
 //!   before exec;
 //! - [`spawn`]: the intermediate child, forked straight into its cgroup.
 //!
