@@ -12,6 +12,7 @@ REG=${REG:-127.0.0.1:5000}
 WORK=${WORK:-/tmp/carrack-bench}
 ITER=${ITER:-30}
 PODS=${PODS:-50}
+BRIDGE=crbench0
 IMAGE="$REG/e2e-test-images/busybox:1.29-2"
 
 curl -sf "http://$REG/v2/e2e-test-images/busybox/manifests/1.29-2" \
@@ -39,6 +40,22 @@ cleanup() {
     pkill -f "carrack-shim serve .*--state-dir $WORK/" 2>/dev/null || true
     umount -R "$WORK"/containerd/state/* "$WORK"/carrack/* 2>/dev/null || true
     ip link del cbench0 2>/dev/null || true
+    # carrackd's built-in network on a bridge of the bench's own: the bridge,
+    # its chains and the jumps to them (carrackd keeps them when it stops).
+    ip link del "$BRIDGE" 2>/dev/null || true
+    for t in nat filter; do
+        iptables-save -t "$t" 2>/dev/null | grep -E "^-A [A-Z]+ .*-j CARRACK-[A-Z]+-$BRIDGE\$" \
+            | sed 's/^-A /-D /' | while read -r rule; do
+                eval "iptables -w -t $t $rule" || true
+            done
+        for c in HP MASQ FWD; do
+            iptables -w -t "$t" -F "CARRACK-$c-$BRIDGE" 2>/dev/null || true
+            iptables -w -t "$t" -X "CARRACK-$c-$BRIDGE" 2>/dev/null || true
+        done
+    done
+    # The pods' cgroup parent (cri-bench removes each pod's own).
+    find /sys/fs/cgroup/*/cri-bench /sys/fs/cgroup/cri-bench -depth -type d \
+        -exec rmdir {} + 2>/dev/null || true
 }
 trap cleanup EXIT
 
@@ -49,7 +66,12 @@ ctr_pid=$!; pids+=("$ctr_pid")
 mkdir -p "$WORK/bin"
 cp "$target/carrackd" "$WORK/bin/"
 cp "$target/../static/carrack-shim" "$target/../static/carrack-runtime" "$WORK/bin/"
-"$WORK/bin/carrackd" --root "$WORK/carrack/root" --state "$WORK/carrack/state" \
+cat > "$WORK/carrack/carrack.toml" <<TOML
+[network.builtin]
+bridge = "$BRIDGE"
+subnet = "10.236.0.0/16"
+TOML
+"$WORK/bin/carrackd" --config "$WORK/carrack/carrack.toml" --root "$WORK/carrack/root" --state "$WORK/carrack/state" \
     --socket "$WORK/carrack/carrack.sock" --registry-insecure "$REG" \
     >"$WORK/carrackd.log" 2>&1 &
 carrack_pid=$!; pids+=("$carrack_pid")
