@@ -130,8 +130,10 @@ async fn cri_container_and_pod_stats() {
     .await;
     assert_eq!(code, 0, "{err}");
     let after = working_set(&container_stats(&mut rt, &mem).await);
+    // The file alone is charged 32 MiB; of what was charged before, some
+    // (the exec's own pages, reclaimable cache) may since have gone.
     assert!(
-        after >= before + 30 * 1024 * 1024,
+        after >= 32 * 1024 * 1024 && after >= before + 28 * 1024 * 1024,
         "working set {before} -> {after}"
     );
     // With a limit, available is what the working set leaves of it.
