@@ -338,59 +338,38 @@ fn compare(a: &mut Asm, c: &Cmp, wide: bool, fail: Label) {
     let lo_off = OFF_ARGS + 8 * u32::from(c.index);
     let hi_off = lo_off + 4;
     let (hi, lo) = ((c.datum >> 32) as u32, c.datum as u32);
+    // Ne, Lt and Le are the negations of Eq, Ge and Gt: the same test with
+    // its two outcomes swapped.
+    let (test, mask, negated) = match c.op {
+        Op::Eq => (Cond::Eq, None, false),
+        Op::Ne => (Cond::Eq, None, true),
+        Op::MaskedEq(m) => (Cond::Eq, Some(m), false),
+        Op::Gt => (Cond::Gt, None, false),
+        Op::Ge => (Cond::Ge, None, false),
+        Op::Lt => (Cond::Ge, None, true),
+        Op::Le => (Cond::Gt, None, true),
+    };
     let pass = a.label();
-    let f = To::Label(fail);
-    let p = To::Label(pass);
-    match c.op {
-        Op::Eq => {
-            if wide {
-                a.load(hi_off);
-                a.jump(Cond::Eq, hi, To::Next, f);
-            }
-            a.load(lo_off);
-            a.jump(Cond::Eq, lo, To::Next, f);
+    let (yes, no) = if negated {
+        (To::Label(fail), To::Label(pass))
+    } else {
+        (To::Label(pass), To::Label(fail))
+    };
+    if wide {
+        a.load(hi_off);
+        if let Some(m) = mask {
+            a.and((m >> 32) as u32);
         }
-        Op::Ne => {
-            if wide {
-                a.load(hi_off);
-                a.jump(Cond::Eq, hi, To::Next, p);
-            }
-            a.load(lo_off);
-            a.jump(Cond::Eq, lo, f, To::Next);
+        if !matches!(test, Cond::Eq) {
+            // The high words decide unless they are equal.
+            a.jump(Cond::Gt, hi, yes, To::Next);
         }
-        Op::MaskedEq(mask) => {
-            let (mhi, mlo) = ((mask >> 32) as u32, mask as u32);
-            if wide {
-                a.load(hi_off);
-                a.and(mhi);
-                a.jump(Cond::Eq, hi, To::Next, f);
-            }
-            a.load(lo_off);
-            a.and(mlo);
-            a.jump(Cond::Eq, lo, To::Next, f);
-        }
-        Op::Gt | Op::Ge => {
-            if wide {
-                // hi > HI: pass; hi < HI: fail; equal: the low words decide.
-                a.load(hi_off);
-                a.jump(Cond::Gt, hi, p, To::Next);
-                a.jump(Cond::Eq, hi, To::Next, f);
-            }
-            a.load(lo_off);
-            let cond = if c.op == Op::Gt { Cond::Gt } else { Cond::Ge };
-            a.jump(cond, lo, To::Next, f);
-        }
-        Op::Lt | Op::Le => {
-            if wide {
-                a.load(hi_off);
-                a.jump(Cond::Gt, hi, f, To::Next);
-                a.jump(Cond::Eq, hi, To::Next, p);
-            }
-            a.load(lo_off);
-            // lt: fail when lo >= LO; le: fail when lo > LO.
-            let cond = if c.op == Op::Lt { Cond::Ge } else { Cond::Gt };
-            a.jump(cond, lo, f, To::Next);
-        }
+        a.jump(Cond::Eq, hi, To::Next, no);
     }
+    a.load(lo_off);
+    if let Some(m) = mask {
+        a.and(m as u32);
+    }
+    a.jump(test, lo, yes, no);
     a.bind(pass);
 }
