@@ -42,17 +42,10 @@ cleanup() {
     ip link del cbench0 2>/dev/null || true
     # carrackd's built-in network on a bridge of the bench's own: the bridge,
     # its chains and the jumps to them (carrackd keeps them when it stops).
-    ip link del "$BRIDGE" 2>/dev/null || true
-    for t in nat filter; do
-        iptables-save -t "$t" 2>/dev/null | grep -E "^-A [A-Z]+ .*-j CARRACK-[A-Z]+-$BRIDGE\$" \
-            | sed 's/^-A /-D /' | while read -r rule; do
-                eval "iptables -w -t $t $rule" || true
-            done
-        for c in HP MASQ FWD; do
-            iptables -w -t "$t" -F "CARRACK-$c-$BRIDGE" 2>/dev/null || true
-            iptables -w -t "$t" -X "CARRACK-$c-$BRIDGE" 2>/dev/null || true
-        done
-    done
+    if [ -x "$WORK/bin/carrackd" ] && [ -f "$WORK/carrack/carrack.toml" ]; then
+        "$WORK/bin/carrackd" --config "$WORK/carrack/carrack.toml" network remove-builtin \
+            || echo "pod-lifecycle: the bench's bridge $BRIDGE is left behind" >&2
+    fi
     # The pods' cgroup parent (cri-bench removes each pod's own).
     find /sys/fs/cgroup/*/cri-bench /sys/fs/cgroup/cri-bench -depth -type d \
         -exec rmdir {} + 2>/dev/null || true

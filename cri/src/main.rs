@@ -44,6 +44,11 @@ enum Cmd {
         #[command(subcommand)]
         what: ImageCmd,
     },
+    /// The built-in network, for uninstalling.
+    Network {
+        #[command(subcommand)]
+        what: NetworkCmd,
+    },
     /// The infra process of a pod that shares one PID namespace (started
     /// by carrackd itself; see carrackd::pod_infra).
     #[command(name = "pod-infra", hide = true)]
@@ -74,6 +79,14 @@ enum ImageCmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum NetworkCmd {
+    /// Removes the built-in network's bridge (`network.builtin.bridge`)
+    /// and its iptables chains, which carrackd keeps across restarts; pods
+    /// still attached lose their network. Nothing to remove is no error.
+    RemoveBuiltin,
 }
 
 #[derive(Subcommand, Debug)]
@@ -136,6 +149,14 @@ async fn import_images(cfg: &Config, files: &[PathBuf]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A single-threaded runtime for the one-shot subcommands.
+fn current_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Before anything else: the infra process needs a single-threaded
@@ -154,11 +175,17 @@ fn main() -> anyhow::Result<()> {
         Some(Cmd::Image {
             what: ImageCmd::Import { files },
         }) => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting tokio")?;
+            let rt = current_thread_runtime()?;
             return rt.block_on(import_images(&cfg, &files));
+        }
+        Some(Cmd::Network {
+            what: NetworkCmd::RemoveBuiltin,
+        }) => {
+            let rt = current_thread_runtime()?;
+            let bridge = &cfg.network.builtin.bridge;
+            return rt
+                .block_on(carrack_network::builtin::remove_bridge(bridge))
+                .with_context(|| format!("removing the built-in network's bridge {bridge}"));
         }
         Some(Cmd::PodInfra { .. }) => unreachable!("handled before the config is read"),
         Some(Cmd::Check) => {

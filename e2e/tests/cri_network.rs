@@ -521,4 +521,37 @@ async fn builtin_network_without_cni_binaries() {
         "{}",
         d.log()
     );
+    // Uninstalling: the bridge and its chains outlive pods, and
+    // `carrackd network remove-builtin` takes both away.
+    let bridge_dir = std::path::PathBuf::from(format!("/sys/class/net/{}", net.bridge));
+    assert!(bridge_dir.exists() && bridge_chains(&net.bridge) > 0);
+    let st = std::process::Command::new(carrack_e2e::carrackd::bin_dir().join("carrackd"))
+        .arg("--config")
+        .arg(d.dir.join("carrackd.toml"))
+        .args(["network", "remove-builtin"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "carrackd network remove-builtin: {st}");
+    assert!(!bridge_dir.exists(), "{} is still there", net.bridge);
+    assert_eq!(bridge_chains(&net.bridge), 0);
+}
+
+/// The chains (and jumps to them) of the built-in network on `bridge`, in
+/// iptables-save's nat and filter tables.
+fn bridge_chains(bridge: &str) -> usize {
+    let suffix = format!("-{bridge}");
+    ["nat", "filter"]
+        .iter()
+        .map(|t| {
+            let out = std::process::Command::new("iptables-save")
+                .args(["-t", t])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(|w| w.trim_start_matches(':'))
+                .filter(|w| w.starts_with("CARRACK-") && w.ends_with(&suffix))
+                .count()
+        })
+        .sum()
 }
