@@ -9,6 +9,7 @@
 //! - [`create`]: namespaces, the init process, the exec fifo;
 //! - [`rootfs`]: mounts resolved inside the rootfs, devices, pivot_root,
 //!   masked and read-only paths;
+//! - [`cgroup_mount`]: the container's own cgroups as its `/sys/fs/cgroup`;
 //! - [`process`]: rlimits, oom_score_adj, identity, capabilities, terminal,
 //!   execve;
 //! - [`ops`]: start, kill, delete, pause, resume, update, ps, stats, list;
@@ -22,6 +23,7 @@
 //! Not yet here: the systemd cgroup driver (`--systemd-cgroup` is refused
 //! with a clear error) and seccomp agents (SCMP_ACT_NOTIFY).
 
+pub mod cgroup_mount;
 pub mod container;
 pub mod error;
 pub mod hooks;

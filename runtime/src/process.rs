@@ -175,6 +175,23 @@ pub fn set_identity_and_caps(p: &Process) -> Result<()> {
     Ok(())
 }
 
+/// The home directory of `uid` in the container's /etc/passwd, or `/`
+/// (runc's rule for a process whose env has no HOME).
+fn home_of(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| passwd_home(&passwd, uid))
+        .unwrap_or_else(|| "/".into())
+}
+
+/// The home field of the first passwd line whose uid is `uid`.
+fn passwd_home(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 6 && f[2].parse() == Ok(uid) && !f[5].is_empty()).then(|| f[5].to_owned())
+    })
+}
+
 /// Finds `arg0` on the PATH given in the container's env (not ours).
 pub fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf> {
     if arg0.contains('/') {
@@ -197,13 +214,14 @@ pub fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf> {
 }
 
 /// Closes (marks close-on-exec) every fd above stdio and the preserved
-/// ones, checks the cwd, and execs the process. Returns only on failure.
+/// ones, checks the cwd, gives every signal its default disposition and an
+/// empty mask, and execs the process. Returns only on failure.
 pub fn exec(p: &Process, extra_fds: i32, extra_env: &[String]) -> RuntimeError {
     let args = p.args().clone().unwrap_or_default();
     let mut env = p.env().clone().unwrap_or_default();
     env.extend(extra_env.iter().cloned());
     if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push("HOME=/".into());
+        env.push(format!("HOME={}", home_of(p.user().uid())));
     }
     if let Err(e) = nix::unistd::chdir(p.cwd()) {
         return sys(format!("process.cwd {}", p.cwd().display()))(e);
@@ -217,6 +235,9 @@ pub fn exec(p: &Process, extra_fds: i32, extra_env: &[String]) -> RuntimeError {
     let cargs: Vec<CString> = args.iter().map(|a| c(a.as_bytes())).collect();
     let cenv: Vec<CString> = env.iter().map(|a| c(a.as_bytes())).collect();
     crate::sys::cloexec_from(3 + extra_fds);
+    if let Err(e) = crate::sys::reset_signals() {
+        return sys("resetting signal dispositions and the signal mask")(e);
+    }
     match nix::unistd::execve(&cprog, &cargs, &cenv) {
         Err(e) => sys(format!("process.args: exec {}", prog.display()))(e),
     }
@@ -238,6 +259,16 @@ mod tests {
                 && got.contains(&Cap::CAP_SYS_ADMIN)
                 && got.len() == 2
         );
+    }
+
+    #[test]
+    fn home_comes_from_the_passwd_line_of_the_uid() {
+        let passwd =
+            "root:x:0:0:root:/root:/bin/sh\nbad line\nwww:x:33:33::/var/www:\nnohome:x:7:7:::\n";
+        assert_eq!(passwd_home(passwd, 0).as_deref(), Some("/root"));
+        assert_eq!(passwd_home(passwd, 33).as_deref(), Some("/var/www"));
+        assert_eq!(passwd_home(passwd, 7), None);
+        assert_eq!(passwd_home(passwd, 1000), None);
     }
 
     #[test]

@@ -145,6 +145,21 @@ fn recursive_attr(opt: &str) -> Option<(u64, bool)> {
     })
 }
 
+/// The `MOUNT_ATTR_*` equivalents of mount(2) flags (read-only, nosuid,
+/// nodev, noexec).
+fn mount_attrs(flags: MsFlags) -> u64 {
+    use crate::sys::mount_attr::{NODEV, NOEXEC, NOSUID, RDONLY};
+    [
+        (MsFlags::MS_RDONLY, RDONLY),
+        (MsFlags::MS_NOSUID, NOSUID),
+        (MsFlags::MS_NODEV, NODEV),
+        (MsFlags::MS_NOEXEC, NOEXEC),
+    ]
+    .into_iter()
+    .filter(|(f, _)| flags.contains(*f))
+    .fold(0, |acc, (_, a)| acc | a)
+}
+
 /// Parses `rootfsPropagation`.
 pub fn parse_propagation(p: &str) -> Result<MsFlags> {
     let o = parse_options(&[p.to_owned()]);
@@ -207,7 +222,7 @@ pub fn setup(spec: &Spec, rootfs: &Path, has_userns: bool) -> Result<()> {
         if m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs") {
             dev_is_tmpfs = true;
         }
-        mount_one(&root_fd, rootfs, m, has_userns)?;
+        mount_one(&root_fd, rootfs, spec, m, has_userns)?;
     }
     if dev_is_tmpfs {
         default_devices(&root_fd, has_userns)?;
@@ -315,7 +330,25 @@ pub fn finalize(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
-fn mount_one(root_fd: &OwnedFd, rootfs: &Path, m: &Mount, has_userns: bool) -> Result<()> {
+/// True when the container has a cgroup namespace (new or joined): its
+/// cgroup mounts are then fresh ones, rooted by the kernel.
+fn spec_has_cgroupns(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Cgroup)
+        })
+}
+
+fn mount_one(
+    root_fd: &OwnedFd,
+    rootfs: &Path,
+    spec: &Spec,
+    m: &Mount,
+    has_userns: bool,
+) -> Result<()> {
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
     let typ = m
         .typ()
@@ -365,27 +398,8 @@ fn mount_one(root_fd: &OwnedFd, rootfs: &Path, m: &Mount, has_userns: bool) -> R
             .map_err(mnt(what("remounting with its options")))?;
         }
     } else if typ == "cgroup" || typ == "cgroup2" {
-        // The container sees the host's cgroup tree, read-only unless asked.
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
-        mount(
-            Some("/sys/fs/cgroup"),
-            tpath.as_str(),
-            None::<&str>,
-            flags,
-            None::<&str>,
-        )
-        .map_err(mnt(what("bind of /sys/fs/cgroup")))?;
-        let t = mkdir_all_in_root(root_fd.as_raw_fd(), dest, false)
-            .map_err(mnt(what("reopening the target")))?;
-        let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
-        mount(
-            None::<&str>,
-            fd_path(&t).as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
-            None::<&str>,
-        )
-        .map_err(mnt(what("remount")))?;
+        let cgroupns = spec_has_cgroupns(spec);
+        crate::cgroup_mount::mount_cgroups(root_fd, dest, opts.flags, cgroupns)?;
     } else {
         let r = mount(Some(&source), tpath.as_str(), Some(typ), opts.flags, data);
         match r {
@@ -406,6 +420,14 @@ fn mount_one(root_fd: &OwnedFd, rootfs: &Path, m: &Mount, has_userns: bool) -> R
                     None::<&str>,
                 )
                 .map_err(mnt(what(&format!("bind of {host}"))))?;
+                // The host's tree comes with its submounts (securityfs,
+                // bpf, debugfs, the cgroups): the mount's flags go onto
+                // every one of them, not only the top (runc's remount
+                // leaves the submounts writable).
+                let t = mkdir_all_in_root(root_fd.as_raw_fd(), dest, false)
+                    .map_err(mnt(what("reopening the target")))?;
+                set_mount_attrs_recursive(&t, mount_attrs(opts.flags), 0)
+                    .map_err(mnt(what(&format!("flags of the bind of {host}"))))?;
             }
             r => r.map_err(mnt(what(&format!("mount type {typ}"))))?,
         }
@@ -564,6 +586,9 @@ fn make_device(
     Ok(())
 }
 
+/// Makes `p` a read-only bind of itself. The remount keeps the flags the
+/// mount already has (nosuid, nodev, noexec, atime): a user namespace may
+/// not clear flags that are locked on it, and runc keeps them too.
 fn readonly_path(p: &str) -> Result<()> {
     match mount(
         Some(p),
@@ -575,14 +600,27 @@ fn readonly_path(p: &str) -> Result<()> {
         Err(nix::Error::ENOENT) => return Ok(()),
         r => r.map_err(mnt(format!("linux.readonlyPaths {p}: bind")))?,
     }
-    let flags = MsFlags::MS_BIND
-        | MsFlags::MS_REMOUNT
-        | MsFlags::MS_RDONLY
-        | MsFlags::MS_NOSUID
-        | MsFlags::MS_NODEV
-        | MsFlags::MS_NOEXEC;
+    let current =
+        nix::sys::statvfs::statvfs(p).map_err(mnt(format!("linux.readonlyPaths {p}: statvfs")))?;
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | mount_flags(&current);
     mount(None::<&str>, p, None::<&str>, flags, None::<&str>)
         .map_err(mnt(format!("linux.readonlyPaths {p}: remount ro")))
+}
+
+/// The per-mount flags of a mount, from statvfs(2), as mount(2) flags.
+fn mount_flags(st: &nix::sys::statvfs::Statvfs) -> MsFlags {
+    use nix::sys::statvfs::FsFlags;
+    [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ]
+    .into_iter()
+    .filter(|(st_flag, _)| st.flags().contains(*st_flag))
+    .fold(MsFlags::empty(), |acc, (_, ms)| acc | ms)
 }
 
 fn mask_path(p: &str) -> Result<()> {

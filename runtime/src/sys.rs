@@ -227,3 +227,59 @@ pub fn set_child_subreaper() -> nix::Result<()> {
     // SAFETY: plain prctl with integer arguments.
     Errno::result(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }).map(drop)
 }
+
+/// The kernel's `struct sigaction` for rt_sigaction(2) (x86_64 and aarch64
+/// both define `SA_RESTORER`, so the restorer field is present).
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// Gives every signal its default disposition and unblocks all of them, so
+/// that a process exec'd next starts as it would under runc: nothing the
+/// runtime (or the shim and daemon above it) ignored or blocked is
+/// inherited. An ignored signal survives execve (SIGPIPE, which Rust's
+/// start-up ignores, and whatever a parent ignored, such as SIGQUIT or
+/// libc's internal signals 32 and 33); a handled one is reset by execve
+/// anyway. Raw syscalls: glibc's and musl's sigaction refuse signals 32-34.
+pub fn reset_signals() -> nix::Result<()> {
+    let dfl = KernelSigaction {
+        handler: 0, // SIG_DFL
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: rt_sigaction with a valid kernel sigaction for SIG_DFL,
+        // no old action, and the kernel's sigset size.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+        Errno::result(r)?;
+    }
+    let empty: u64 = 0;
+    // SAFETY: rt_sigprocmask(SIG_SETMASK) with a valid empty set, no old
+    // set, and the kernel's sigset size.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            std::ptr::null_mut::<u64>(),
+            std::mem::size_of::<u64>(),
+        )
+    };
+    Errno::result(r).map(drop)
+}

@@ -431,6 +431,42 @@ fn user_namespace_mapping_shows_in_uid_map() {
     assert_eq!(maps[1], ["0", "100000", "65536"], "{out}");
 }
 
+/// A user namespace without a network namespace of its own cannot mount
+/// sysfs; the host's /sys is bound instead, and every mount of that tree
+/// (the host's cgroup hierarchies here) must be read-only, not just the top.
+#[test]
+fn sysfs_bound_from_the_host_is_read_only_all_the_way_down() {
+    if !require_root() {
+        return;
+    }
+    let c = Container::new(
+        "userns-hostnet",
+        &["/bin/sh", "-c", "cat /proc/self/mountinfo"],
+        |cfg| {
+            let ns = cfg["linux"]["namespaces"].as_array_mut().unwrap();
+            ns.retain(|n| n["type"] != "network");
+            ns.push(json!({"type": "user"}));
+            cfg["linux"]["uidMappings"] =
+                json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+            cfg["linux"]["gidMappings"] =
+                json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        },
+    );
+    let out = c.run();
+    let sys: Vec<&str> = out
+        .lines()
+        .filter(|l| {
+            let mp = l.split(' ').nth(4).unwrap_or("");
+            mp == "/sys" || mp.starts_with("/sys/")
+        })
+        .collect();
+    assert!(sys.len() > 1, "the host's /sys has submounts here: {out}");
+    for m in sys {
+        let opts = m.split(' ').nth(5).unwrap();
+        assert!(opts.split(',').any(|o| o == "ro"), "writable: {m}");
+    }
+}
+
 #[test]
 fn hooks_run_in_order_with_the_state_on_stdin() {
     if !require_root() {

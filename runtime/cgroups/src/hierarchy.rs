@@ -47,9 +47,25 @@ pub enum Mode {
     Unified,
 }
 
-/// The v1 controllers this crate drives.
+/// The v1 controllers a cgroup is created in: those this crate drives, and
+/// those it only places processes in (net_cls, net_prio, perf_event, rdma,
+/// misc), as runc joins every hierarchy, so that a container's view of its
+/// cgroups lists each hierarchy of the host.
 pub const V1_CONTROLLERS: &[&str] = &[
-    "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "hugetlb",
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "blkio",
+    "pids",
+    "hugetlb",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+    "rdma",
+    "misc",
 ];
 
 impl Hierarchy {
@@ -153,6 +169,23 @@ pub fn unescape_mountinfo(field: &str) -> PathBuf {
         }
     }
     PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+/// The directory of cgroup `abs` (a path from the hierarchy's root, as
+/// /proc/<pid>/cgroup shows it) in a hierarchy mounted at `mount` whose
+/// mountinfo root is `root` (not "/" inside a cgroup namespace or a
+/// bind-mounted subtree).
+pub fn cgroup_dir(mount: &Path, root: &str, abs: &str) -> PathBuf {
+    let rel = if root != "/" && abs.starts_with(root) {
+        &abs[root.len()..]
+    } else {
+        abs
+    };
+    let mut dir = mount.to_path_buf();
+    for c in rel.split('/').filter(|c| !c.is_empty()) {
+        dir.push(c);
+    }
+    dir
 }
 
 /// The layout of this host, from `/proc/self/mountinfo`.

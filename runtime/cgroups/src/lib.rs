@@ -36,7 +36,8 @@ use oci_spec::runtime::LinuxResources;
 
 pub use error::{CgroupError, Result};
 pub use hierarchy::{
-    Hierarchy, Mode, V1Mount, hierarchy, own_cgroups, parse_proc_cgroup, unescape_mountinfo,
+    Hierarchy, Mode, V1Mount, cgroup_dir, hierarchy, own_cgroups, parse_proc_cgroup,
+    unescape_mountinfo,
 };
 pub use oom::OomWatcher;
 pub use stats::{
@@ -113,13 +114,13 @@ impl Cgroup {
             let abs = absolute(controller);
             v1_dirs.push((
                 mount.controllers.clone(),
-                join_cgroup(&mount.mount_point, &mount.root, &abs),
+                cgroup_dir(&mount.mount_point, &mount.root, &abs),
             ));
         }
         let unified_dir = hierarchy
             .unified
             .as_ref()
-            .map(|m| join_cgroup(m, "/", &absolute("")));
+            .map(|m| cgroup_dir(m, "/", &absolute("")));
         Ok(Cgroup {
             hierarchy,
             path,
@@ -297,21 +298,6 @@ impl Cgroup {
         }
         Ok(())
     }
-}
-
-/// The directory of cgroup `abs` in a hierarchy mounted at `mount` whose root
-/// is `root` (not "/" inside a cgroup namespace or a bind-mounted subtree).
-fn join_cgroup(mount: &Path, root: &str, abs: &str) -> PathBuf {
-    let rel = if root != "/" && abs.starts_with(root) {
-        &abs[root.len()..]
-    } else {
-        abs
-    };
-    let mut dir = mount.to_path_buf();
-    for c in rel.split('/').filter(|c| !c.is_empty()) {
-        dir.push(c);
-    }
-    dir
 }
 
 fn mkdir_all(dir: &Path) -> Result<()> {
