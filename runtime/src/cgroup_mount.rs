@@ -137,8 +137,15 @@ fn own_path<'a>(own: &'a BTreeMap<String, String>, controller: &str) -> Result<&
 
 /// Carries out [`plan`] at `dest` inside the rootfs (`root_fd`), with the
 /// spec mount's `flags` (`MS_RDONLY`, `MS_NOSUID`, … ; bind and remount
-/// bits are ignored). Runs in the init, which is already in its cgroups.
-pub fn mount_cgroups(root_fd: &OwnedFd, dest: &Path, flags: MsFlags, cgroupns: bool) -> Result<()> {
+/// bits are ignored) and `source` (the name fresh mounts carry, as runc's).
+/// Runs in the init, which is already in its cgroups.
+pub fn mount_cgroups(
+    root_fd: &OwnedFd,
+    dest: &Path,
+    source: &Path,
+    flags: MsFlags,
+    cgroupns: bool,
+) -> Result<()> {
     let layout = carrack_cgroups::hierarchy().map_err(|e| RuntimeError::Init(e.to_string()))?;
     let own = carrack_cgroups::own_cgroups().map_err(|e| RuntimeError::Init(e.to_string()))?;
     let flags = flags
@@ -155,7 +162,7 @@ pub fn mount_cgroups(root_fd: &OwnedFd, dest: &Path, flags: MsFlags, cgroupns: b
             .map_err(sys(what(&format!("creating {}", p.display()))))
     };
     match plan(&layout, &own, cgroupns)? {
-        Plan::V2(source) => mount_source(&source, &target, dest, flags, &what("cgroup2")),
+        Plan::V2(plan) => mount_source(&plan, source, &target, dest, flags, &what("cgroup2")),
         Plan::V1(entries) => {
             let t = target(dest)?;
             mount(
@@ -170,7 +177,7 @@ pub fn mount_cgroups(root_fd: &OwnedFd, dest: &Path, flags: MsFlags, cgroupns: b
             let dir = target(dest)?;
             for e in &entries {
                 let sub = dest.join(&e.name);
-                mount_source(&e.source, &target, &sub, flags, &what(&e.name))?;
+                mount_source(&e.source, source, &target, &sub, flags, &what(&e.name))?;
                 for link in &e.links {
                     match nix::unistd::symlinkat(e.name.as_str(), &dir, link.as_str()) {
                         Ok(()) | Err(nix::Error::EEXIST) => {}
@@ -194,9 +201,11 @@ pub fn mount_cgroups(root_fd: &OwnedFd, dest: &Path, flags: MsFlags, cgroupns: b
 }
 
 /// Mounts `source` at `path`; `target` opens (creating it) the mount point
-/// inside the rootfs.
+/// inside the rootfs. A fresh mount's source name is `name`, or for a named
+/// v1 hierarchy its name (`systemd`), as runc's.
 fn mount_source(
     source: &Source,
+    name: &Path,
     target: &dyn Fn(&Path) -> Result<OwnedFd>,
     path: &Path,
     flags: MsFlags,
@@ -205,9 +214,8 @@ fn mount_source(
     let fd = target(path)?;
     let tpath = fd_path(&fd);
     match source {
-        // A named hierarchy's source is its name (`systemd`), as runc's.
         Source::Fresh { fstype, data } => mount(
-            Some(data.strip_prefix("name=").unwrap_or(fstype)),
+            Some(data.strip_prefix("name=").map(Path::new).unwrap_or(name)),
             tpath.as_str(),
             Some(*fstype),
             flags,

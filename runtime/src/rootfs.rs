@@ -399,7 +399,7 @@ fn mount_one(
         }
     } else if typ == "cgroup" || typ == "cgroup2" {
         let cgroupns = spec_has_cgroupns(spec);
-        crate::cgroup_mount::mount_cgroups(root_fd, dest, opts.flags, cgroupns)?;
+        crate::cgroup_mount::mount_cgroups(root_fd, dest, &source, opts.flags, cgroupns)?;
     } else {
         let r = mount(Some(&source), tpath.as_str(), Some(typ), opts.flags, data);
         match r {

@@ -196,6 +196,7 @@ elif ((build)); then
     # pause/resume through the v2 freezer) on a pure cgroup v2 kernel too.
     if ((${#cargo_args[@]} == 0)) && [[ -f $repo/runtime/tests/lifecycle.rs ]]; then
         add_tests -p carrack-runtime --test lifecycle
+        add_tests -p carrack-runtime --test parity
     fi
 else
     die "--no-build needs test executables as arguments"
