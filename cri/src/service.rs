@@ -852,6 +852,14 @@ fn apparmor_available() -> bool {
         .unwrap_or(false)
 }
 
+/// True when the host's cgroups are v2 only (read once).
+fn cgroup_unified() -> bool {
+    static UNIFIED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *UNIFIED.get_or_init(|| {
+        carrack_cgroups::hierarchy().is_ok_and(|h| h.mode() == carrack_cgroups::Mode::Unified)
+    })
+}
+
 fn to_oci_resources(r: &cri::LinuxContainerResources) -> Result<Vec<u8>, Status> {
     let mut v = spec::resources(r);
     if let serde_json::Value::Object(m) = &mut v {
@@ -1150,6 +1158,7 @@ impl Runtime {
                     image: &image.config,
                     rootfs: &rootfs,
                     apparmor_available: apparmor_available(),
+                    cgroup_unified: cgroup_unified(),
                     target_pidns: target_pidns.as_deref(),
                 },
                 &rootfs,

@@ -619,6 +619,9 @@ pub struct SpecInput<'a> {
     pub rootfs: &'a Path,
     /// Whether the host has AppArmor.
     pub apparmor_available: bool,
+    /// Whether the host's cgroups are v2 only (unified): non-privileged
+    /// containers then get a cgroup namespace of their own.
+    pub cgroup_unified: bool,
     /// The PID namespace of the running container `namespace_options.target_id`
     /// names, resolved by the caller (None: not resolved, not asked).
     pub target_pidns: Option<&'a str>,
@@ -876,6 +879,12 @@ pub fn generate(input: &SpecInput<'_>, files: &dyn RootfsFiles) -> Result<Value,
     }
     if !sb.userns.is_empty() {
         namespaces.push(json!({"type": "user", "path": sb.userns}));
+    }
+    // As containerd: on a cgroup v2 host a non-privileged container gets a
+    // cgroup namespace, so that its cgroup mount is rooted at its own cgroup
+    // and /proc/self/cgroup reads "0::/". A privileged one sees the host's.
+    if input.cgroup_unified && !privileged {
+        namespaces.push(json!({"type": "cgroup"}));
     }
     for (kind, path) in [
         ("network", &sb.netns),
@@ -1214,6 +1223,7 @@ mod tests {
                 image: &img,
                 rootfs: Path::new("/r/rootfs"),
                 apparmor_available: false,
+                cgroup_unified: false,
                 target_pidns: None,
             },
             &files(),

@@ -87,6 +87,7 @@ fn gen_with(
             image: img,
             rootfs: Path::new("/r/ctr1/rootfs"),
             apparmor_available: apparmor,
+            cgroup_unified: false,
             target_pidns: None,
         },
         f,
@@ -426,6 +427,7 @@ fn pod_and_target_pid_modes_join_the_namespace_they_name() {
             image: &image("", ""),
             rootfs: Path::new("/r/ctr1/rootfs"),
             apparmor_available: false,
+            cgroup_unified: false,
             target_pidns: Some("/proc/88/ns/pid"),
         },
         f,
@@ -721,4 +723,40 @@ fn all_capabilities_are_those_the_daemon_can_grant() {
         grantable.len() as u32,
         (bounding & ((1u64 << known) - 1)).count_ones()
     );
+}
+
+/// As containerd: on a cgroup v2 host a non-privileged container gets a
+/// cgroup namespace of its own; a privileged one, and any on v1, does not.
+#[test]
+fn cgroup_namespace_for_unprivileged_containers_on_cgroup_v2() {
+    let has_cgroupns = |c: &cri::ContainerConfig, sb: &SandboxView, unified: bool| {
+        let f: &dyn RootfsFiles = &files();
+        let s = generate(
+            &SpecInput {
+                id: "ctr1",
+                config: c,
+                sandbox: sb,
+                image: &image("", ""),
+                rootfs: Path::new("/r/ctr1/rootfs"),
+                apparmor_available: false,
+                cgroup_unified: unified,
+                target_pidns: None,
+            },
+            f,
+        )
+        .unwrap();
+        s["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "cgroup")
+    };
+    let plain = with_sc(cri::LinuxContainerSecurityContext::default());
+    let privileged = with_sc(cri::LinuxContainerSecurityContext {
+        privileged: true,
+        ..Default::default()
+    });
+    assert!(has_cgroupns(&plain, &sandbox(), true));
+    assert!(!has_cgroupns(&plain, &sandbox(), false));
+    assert!(!has_cgroupns(&privileged, &privileged_sandbox(), true));
 }
