@@ -319,6 +319,44 @@ fn lifecycle_create_start_exec_pause_resume_kill_delete() {
     );
 }
 
+/// The intermediate child reports the init's pid and the init reports
+/// `ready` on one channel, in that order. strace holds the intermediate on
+/// its way out of fork() (glibc's fork is a `clone`, musl's a `fork`; the
+/// runtime's own first fork is a clone3, not delayed) while the init runs
+/// on: the init must not report before the pid is sent. Before the fix this
+/// ended `unexpected message "ready"`, as `run` did now and then on a busy
+/// host.
+#[test]
+fn run_reports_the_pid_before_ready_when_the_intermediate_child_is_slow() {
+    if !require_root()
+        || !carrack_e2e::prerequisite::check(
+            Path::new("/usr/bin/strace").exists(),
+            "/usr/bin/strace (apt-get install strace)",
+        )
+    {
+        return;
+    }
+    let c = Container::new("pid-order", &["/bin/echo", "ran"], |_| {});
+    let b = c.bundle();
+    let out = Command::new("/usr/bin/strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=clone,fork"])
+        .args(["-e", "inject=clone,fork:delay_exit=200000"])
+        .arg(&*RUNTIME)
+        .arg("--root")
+        .arg(c.state_root())
+        .args(["run", "--bundle", b.to_str().unwrap(), &c.id])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "run under strace: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ran");
+}
+
 /// CVE-2019-5736: a process that holds /proc/<pid>/exe of a runtime
 /// process in the container (here the waiting init, before start) and
 /// reopens it for writing once the runtime is gone cannot reach the host
