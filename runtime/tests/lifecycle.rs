@@ -319,6 +319,30 @@ fn lifecycle_create_start_exec_pause_resume_kill_delete() {
     );
 }
 
+/// A FIFO in `linux.devices` is made in the container's /dev like a device
+/// node, with no device cgroup rule (`p` is not a cgroup device type:
+/// writing one to devices.allow is EINVAL).
+#[test]
+fn fifo_in_linux_devices_is_created() {
+    if !require_root() {
+        return;
+    }
+    let c = Container::new(
+        "fifo",
+        &[
+            "/bin/sh",
+            "-c",
+            "test -p /dev/fifo0 && stat -c %a /dev/fifo0",
+        ],
+        |config| {
+            config["linux"]["devices"] = json!([{
+                "path": "/dev/fifo0", "type": "p", "major": 8, "minor": 666, "fileMode": 0o640
+            }]);
+        },
+    );
+    assert_eq!(c.run().trim(), "640");
+}
+
 /// The intermediate child reports the init's pid and the init reports
 /// `ready` on one channel, in that order. strace holds the intermediate on
 /// its way out of fork() (glibc's fork is a `clone`, musl's a `fork`; the
