@@ -319,6 +319,50 @@ fn lifecycle_create_start_exec_pause_resume_kill_delete() {
     );
 }
 
+/// Each `rootfsPropagation` of runtime-tools' linux_rootfs_propagation
+/// runs, and the container's `/` shows it in /proc/self/mountinfo. An
+/// unbindable `/` cannot be the source of the rootfs bind mount, so it is
+/// only applied at the end (before the fix: `bind-mounting rootfs: EINVAL`).
+#[test]
+fn every_rootfs_propagation_runs_and_shows_on_the_root() {
+    if !require_root() {
+        return;
+    }
+    for (propagation, want) in [
+        ("shared", Some("shared:")),
+        ("slave", None),
+        ("private", None),
+        ("unbindable", Some("unbindable")),
+        ("runbindable", Some("unbindable")),
+    ] {
+        let c = Container::new(
+            &format!("propagation-{propagation}"),
+            &["/bin/cat", "/proc/self/mountinfo"],
+            |config| config["linux"]["rootfsPropagation"] = json!(propagation),
+        );
+        let mountinfo = c.run();
+        let root = mountinfo
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some("/"))
+            .unwrap_or_else(|| panic!("{propagation}: no / in\n{mountinfo}"));
+        let optional: Vec<&str> = root
+            .split_whitespace()
+            .skip(6)
+            .take_while(|f| *f != "-")
+            .collect();
+        match want {
+            Some(w) => assert!(
+                optional.iter().any(|f| f.starts_with(w)),
+                "{propagation}: {root}"
+            ),
+            None if propagation == "private" => {
+                assert!(optional.is_empty(), "{propagation}: {root}")
+            }
+            None => {}
+        }
+    }
+}
+
 /// A FIFO in `linux.devices` is made in the container's /dev like a device
 /// node, with no device cgroup rule (`p` is not a cgroup device type:
 /// writing one to devices.allow is EINVAL).
