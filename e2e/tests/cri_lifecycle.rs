@@ -903,3 +903,38 @@ async fn cri_stop_right_after_start_reaches_a_late_handler() {
     assert_eq!(st.exit_code, 7, "the trap ran (137 would be the SIGKILL)");
     remove_pod(&mut rt, &pod).await;
 }
+
+/// carrackd's log in a file (as after quickstart, or in the journal) has no
+/// ANSI colour codes; `--log-format json` makes every line a JSON object.
+#[test]
+fn log_has_no_colour_off_a_terminal_and_is_json_on_request() {
+    if !prerequisites() {
+        return;
+    }
+    // No pull happens: the registry is never contacted.
+    let text = Carrackd::start("127.0.0.1:1");
+    let log = text.log();
+    assert!(
+        log.contains("serving exec, attach and port-forward"),
+        "{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in the log file:\n{log}"
+    );
+    drop(text);
+
+    let json = Carrackd::options()
+        .args(&["--log-format", "json"])
+        .start("127.0.0.1:1");
+    let log = json.log();
+    assert!(
+        log.contains("serving exec, attach and port-forward"),
+        "{log}"
+    );
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+}
