@@ -37,6 +37,7 @@ pub mod store;
 pub mod streaming;
 pub mod telemetry;
 pub mod userns;
+pub mod verbose_info;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -137,7 +137,17 @@ async fn pod_lifecycle(runtime: &'static str) {
         cri::PodSandboxState::SandboxReady as i32
     );
     assert_eq!(ps.status.as_ref().unwrap().runtime_handler, runtime);
-    assert!(ps.info["info"].contains("netns"));
+    // Verbose info as containerd's: the netns path, the handler and its
+    // binary, and pid 0 (no infra process in a pod without a shared PID
+    // namespace).
+    let info: serde_json::Value = serde_json::from_str(&ps.info["info"]).unwrap();
+    assert!(
+        Path::new(info["netns"].as_str().unwrap()).exists(),
+        "{info}"
+    );
+    assert_eq!(info["runtimeHandler"], runtime, "{info}");
+    assert!(info["runtimeBinary"].is_string(), "{info}");
+    assert_eq!(info["pid"], 0, "{info}");
     let listed = rt
         .list_pod_sandbox(cri::ListPodSandboxRequest {
             filter: Some(cri::PodSandboxFilter {
@@ -220,6 +230,30 @@ async fn pod_lifecycle(runtime: &'static str) {
     let s = status(&mut rt, &ctr).await;
     assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
     assert!(s.started_at >= s.created_at && s.created_at > 0);
+    // `crictl inspect -o go-template --template '{{.info.pid}}'`: the
+    // init's host pid (in the container's cgroup), and the OCI spec.
+    let verbose = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: ctr.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    let pid = info["pid"].as_i64().unwrap_or_default();
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    assert!(
+        cgroup.contains(&ctr),
+        "pid {pid} is not the container's:\n{info}"
+    );
+    assert_eq!(
+        info["runtimeSpec"]["process"]["args"][2],
+        "echo hello-out; echo hello-err >&2; exec sleep 1000",
+        "{info}"
+    );
+    assert_eq!(info["runtimeHandler"], runtime, "{info}");
+    assert_eq!(info["sandboxID"], pod.as_str(), "{info}");
     assert_eq!(s.image_id, image_id);
     assert_eq!(s.labels["tier"], "front");
     assert_eq!(s.annotations["note"], "x");
