@@ -574,8 +574,9 @@ fn wait_forwarding(pid: i32) -> Result<i32> {
 
 /// The device rules a container always gets after the spec's own: the
 /// default devices (/dev/null, zero, full, random, urandom, tty, ptmx and
-/// /dev/pts/*) and the spec's `linux.devices` but FIFOs, as runc adds them — without
-/// them a spec that denies all devices could not even open /dev/null.
+/// /dev/pts/*) and the spec's `linux.devices` but FIFOs, as runc adds them
+/// — without them a spec that denies all devices could not even open
+/// /dev/null.
 fn with_default_devices(
     mut r: LinuxResources,
     devices: &Option<Vec<oci_spec::runtime::LinuxDevice>>,

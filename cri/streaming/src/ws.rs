@@ -10,7 +10,8 @@
 //! Channel protocol: every binary message starts with a channel byte
 //! (0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize). v5 adds the close
 //! signal: a message `[255, channel]` from the client ends that channel (it
-//! closes stdin); the server never sends one. The error channel carries the same `Status` JSON as SPDY v4.
+//! closes stdin); the server never sends one. The error channel carries the
+//! same `Status` JSON as SPDY v4.
 
 use std::io;
 use std::pin::Pin;
