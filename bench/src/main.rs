@@ -90,6 +90,15 @@ fn pod_config(tag: &str, log_dir: &std::path::Path) -> PodSandboxConfig {
         log_directory: log_dir.join(tag).display().to_string(),
         linux: Some(LinuxPodSandboxConfig {
             cgroup_parent: format!("/cri-bench/pod-{tag}"),
+            // What kubelet sends for a pod without shareProcessNamespace
+            // (none would mean POD: a shared PID namespace).
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()

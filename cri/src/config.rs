@@ -60,14 +60,45 @@ pub enum ConfigError {
     },
 }
 
-/// One OCI runtime a pod can ask for by `runtime_handler`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+/// One OCI runtime a pod can ask for by `runtime_handler`. A key the file
+/// leaves out takes the handler's default ([`RuntimeHandler::builtin`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
 pub struct RuntimeHandler {
     /// The runtime binary (runc's CLI contract).
     pub binary: PathBuf,
     /// The runtime's `--root` (its state directory).
     pub root: PathBuf,
+}
+
+impl RuntimeHandler {
+    /// The defaults of handler `name` under the state dir `state`: the
+    /// carrack, runc and crun binaries for those names, else the name
+    /// itself (looked up on PATH); the root `<state>/<name>`
+    /// (`<state>/runtime` for carrack).
+    pub fn builtin(name: &str, state: &Path) -> RuntimeHandler {
+        let (binary, dir) = match name {
+            "carrack" => (beside_self("carrack-runtime"), "runtime"),
+            "runc" => (PathBuf::from("/usr/sbin/runc"), name),
+            "crun" => (PathBuf::from("/usr/bin/crun"), name),
+            _ => (PathBuf::from(name), name),
+        };
+        RuntimeHandler {
+            binary,
+            root: state.join(dir),
+        }
+    }
+
+    /// Gives each key the file left out (empty) its default.
+    fn fill_defaults(&mut self, name: &str, state: &Path) {
+        let builtin = RuntimeHandler::builtin(name, state);
+        if self.binary.as_os_str().is_empty() {
+            self.binary = builtin.binary;
+        }
+        if self.root.as_os_str().is_empty() {
+            self.root = builtin.root;
+        }
+    }
 }
 
 /// The daemon configuration.
@@ -113,28 +144,10 @@ pub fn beside_self(name: &str) -> PathBuf {
 impl Default for Config {
     fn default() -> Self {
         let state = PathBuf::from("/run/carrack");
-        let mut runtimes = BTreeMap::new();
-        runtimes.insert(
-            "carrack".to_owned(),
-            RuntimeHandler {
-                binary: beside_self("carrack-runtime"),
-                root: state.join("runtime"),
-            },
-        );
-        runtimes.insert(
-            "runc".to_owned(),
-            RuntimeHandler {
-                binary: PathBuf::from("/usr/sbin/runc"),
-                root: state.join("runc"),
-            },
-        );
-        runtimes.insert(
-            "crun".to_owned(),
-            RuntimeHandler {
-                binary: PathBuf::from("/usr/bin/crun"),
-                root: state.join("crun"),
-            },
-        );
+        let runtimes = ["carrack", "runc", "crun"]
+            .into_iter()
+            .map(|name| (name.to_owned(), RuntimeHandler::builtin(name, &state)))
+            .collect();
         Config {
             root: PathBuf::from("/var/lib/carrack"),
             socket: state.join("carrack.sock"),
@@ -164,10 +177,13 @@ impl Config {
 
     /// Parses TOML text (`path` only names it in errors).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
         })?;
+        for (name, h) in &mut config.runtimes {
+            h.fill_defaults(name, &config.state);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -304,6 +320,39 @@ mod tests {
         assert!(e.to_string().contains("metrics_address"), "{e}");
         let c = Config::parse("metrics_address = \"9464\"", Path::new("x")).unwrap();
         assert_eq!(c.metrics_address, "9464");
+    }
+
+    /// A file needs only the keys it changes, in a runtime handler's table
+    /// too; a handler the file adds gets its name as binary and root dir.
+    #[test]
+    fn runtime_handler_keys_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("carrackd.toml");
+        std::fs::write(
+            &file,
+            "[runtimes.carrack]\nbinary = \"/opt/carrack-runtime\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&file).unwrap();
+        let h = &c.runtimes["carrack"];
+        assert_eq!(h.binary, PathBuf::from("/opt/carrack-runtime"));
+        assert_eq!(h.root, PathBuf::from("/run/carrack/runtime"));
+        let c = Config::parse(
+            "state = \"/tmp/s\"\ndefault_runtime = \"kata\"\n[runtimes.kata]\n[runtimes.runc]\nroot = \"/r\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.runtimes["kata"],
+            RuntimeHandler {
+                binary: PathBuf::from("kata"),
+                root: PathBuf::from("/tmp/s/kata"),
+            }
+        );
+        assert_eq!(c.runtimes["runc"].binary, PathBuf::from("/usr/sbin/runc"));
+        assert_eq!(c.runtimes["runc"].root, PathBuf::from("/r"));
+        let e = Config::parse("[runtimes.runc]\nbinnary = \"/x\"\n", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("binnary"), "{e}");
     }
 
     #[test]

@@ -50,13 +50,16 @@ const DOCS: &[(&str, &str)] = &[
     ),
     (
         "runtimes",
-        "Runtime handlers by name, as RuntimeClass objects name them. Each\nbinary speaks runc's command line (carrack-runtime, runc, crun, youki).",
+        "Runtime handlers by name, as RuntimeClass objects name them. Each\nbinary speaks runc's command line (carrack-runtime, runc, crun, youki).\nA file that lists handlers replaces these three; in each, a key left\nout takes its default.",
     ),
     ("runtimes.*", "One runtime handler."),
-    ("runtimes.*.binary", "The OCI runtime binary."),
+    (
+        "runtimes.*.binary",
+        "The OCI runtime binary (default: carrack-runtime, runc or crun for\nthose names, else the handler's name on PATH).",
+    ),
     (
         "runtimes.*.root",
-        "Its --root: the directory of its container state.",
+        "Its --root: the directory of its container state (default:\n<state>/<name>, <state>/runtime for carrack).",
     ),
     (
         "registries",

@@ -18,6 +18,7 @@
 //! - [`streaming`]: exec, attach and port-forward (the streaming server);
 //! - [`serve`]: the gRPC server on the unix socket.
 
+pub mod authority;
 pub mod check;
 pub mod config;
 pub mod config_doc;
@@ -37,6 +38,7 @@ pub mod store;
 pub mod streaming;
 pub mod telemetry;
 pub mod userns;
+pub mod verbose_info;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -45,6 +47,7 @@ use std::sync::Arc;
 use carrack_proto::cri::image_service_server::ImageServiceServer;
 use carrack_proto::cri::runtime_service_server::RuntimeServiceServer;
 use tokio::net::UnixListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 
 /// Binds `socket` (parent created, stale socket removed, mode 0660).
@@ -91,7 +94,10 @@ pub async fn serve(
         .layer(telemetry::RpcMetricsLayer(daemon.telemetry.clone()))
         .add_service(RuntimeServiceServer::new(service::Runtime(daemon.clone())))
         .add_service(ImageServiceServer::new(service::Images(daemon.clone())))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|c| c.map(authority::AnyAuthority::new)),
+            shutdown,
+        )
         .await?;
     daemon.streaming.stop().await;
     let _ = std::fs::remove_file(&socket);

@@ -28,8 +28,36 @@ struct Args {
     /// The default runtime handler (config key `default_runtime`).
     #[arg(long, global = true)]
     default_runtime: Option<String>,
+    /// The log's format on stderr: `text` (coloured only on a terminal)
+    /// or `json` (one object a line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Cmd>,
+}
+
+/// `--log-format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr at `RUST_LOG`'s levels (info by default): JSON lines, or
+/// text with ANSI colours only when stderr is a terminal (not a file or
+/// the journal, where escape codes are noise).
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let logger = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logger.json().init(),
+        LogFormat::Text => logger.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -195,13 +223,7 @@ fn main() -> anyhow::Result<()> {
         }
         None => {}
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(args.log_format);
     let rt = tokio::runtime::Runtime::new().context("starting tokio")?;
     rt.block_on(async {
         let shutdown = async {

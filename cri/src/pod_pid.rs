@@ -39,16 +39,16 @@ pub fn validate_sandbox(ns: &cri::NamespaceOption) -> Result<(), SpecError> {
 }
 
 /// Whether the pod asks for a PID namespace shared by its containers:
-/// `namespace_options` given with `pid = POD`. Without namespace options a
-/// pod has none (as a container without them gets a PID namespace of its
-/// own, see [`crate::spec`]), although POD is protobuf's zero value.
+/// `namespace_options.pid = POD`, which is also what a pod without
+/// namespace options asks for (POD is protobuf's zero value, and CRI's
+/// default; containerd gives such a pod one PID namespace too).
 pub fn shares_pid(config: &cri::PodSandboxConfig) -> bool {
     config
         .linux
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.namespace_options.as_ref())
-        .is_some_and(|n| n.pid == cri::NamespaceMode::Pod as i32)
+        .is_none_or(|n| n.pid == cri::NamespaceMode::Pod as i32)
 }
 
 /// The cgroup of `rec`'s infra process: `<pod cgroup>/<sandbox id>`.
@@ -159,4 +159,34 @@ pub(crate) fn watch_infra(d: &Arc<Daemon>, sandbox_id: String, infra: InfraProce
             d.infra_exited(&sandbox_id, infra).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(ns: Option<cri::NamespaceMode>) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: ns.map(|pid| cri::NamespaceOption {
+                        pid: pid as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_pod_without_namespace_options_shares_its_pid_namespace() {
+        assert!(shares_pid(&cri::PodSandboxConfig::default()));
+        assert!(shares_pid(&pod(None)));
+        assert!(shares_pid(&pod(Some(cri::NamespaceMode::Pod))));
+        assert!(!shares_pid(&pod(Some(cri::NamespaceMode::Container))));
+        assert!(!shares_pid(&pod(Some(cri::NamespaceMode::Node))));
+    }
 }

@@ -198,7 +198,7 @@ impl Daemon {
             .unwrap_or_default()
             .iter()
             .filter(|x| x.sandbox_id == sandbox_id && x.state != ContainerState::Creating)
-            .filter_map(|x| rt.container_status(x, false).status)
+            .filter_map(|x| rt.container_status(x).status)
             .collect();
         self.events
             .publish(kind, id, now_nanos(), sandbox, containers);
@@ -1234,7 +1234,7 @@ impl Runtime {
         Ok(id)
     }
 
-    fn container_status(&self, c: &ContainerRecord, verbose: bool) -> cri::ContainerStatusResponse {
+    fn container_status(&self, c: &ContainerRecord) -> cri::ContainerStatusResponse {
         let status = cri::ContainerStatus {
             id: c.id.clone(),
             metadata: c.config.metadata.clone(),
@@ -1270,22 +1270,9 @@ impl Runtime {
                 process_user(&serde_json::from_slice(&spec).ok()?)
             }),
         };
-        let mut info = HashMap::new();
-        if verbose {
-            info.insert(
-                "info".to_owned(),
-                serde_json::json!({
-                    "sandboxID": c.sandbox_id,
-                    "bundle": c.bundle,
-                    "runtimeHandler": c.runtime_handler,
-                    "config": c.config,
-                })
-                .to_string(),
-            );
-        }
         cri::ContainerStatusResponse {
             status: Some(status),
-            info,
+            info: HashMap::new(),
         }
     }
 }
@@ -1457,18 +1444,10 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
             annotations: sb.config.annotations.clone(),
             runtime_handler: sb.runtime_handler.clone(),
         };
-        let mut info = HashMap::new();
-        if r.verbose {
-            info.insert(
-                "info".to_owned(),
-                serde_json::json!({
-                    "netns": sb.netns, "ipcns": sb.ipcns, "utsns": sb.utsns,
-                    "infraPid": sb.infra.map(|i| i.pid), "userns": sb.userns,
-                    "cgroupPath": sb.cgroup_path, "config": sb.config,
-                })
-                .to_string(),
-            );
-        }
+        let info = match r.verbose {
+            true => crate::verbose_info::sandbox(&self.0.cfg, &sb),
+            false => HashMap::new(),
+        };
         Ok(Response::new(cri::PodSandboxStatusResponse {
             status: Some(status),
             info,
@@ -1658,7 +1637,12 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         let c = self.0.container(&r.container_id)?.ok_or_else(|| {
             Status::not_found(format!("container {:?} not found", r.container_id))
         })?;
-        Ok(Response::new(self.container_status(&c, r.verbose)))
+        let mut response = self.container_status(&c);
+        if r.verbose {
+            let pid = crate::verbose_info::container_pid(&self.0, &c).await;
+            response.info = crate::verbose_info::container(&self.0.cfg, &c, pid);
+        }
+        Ok(Response::new(response))
     }
 
     async fn update_container_resources(

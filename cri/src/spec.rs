@@ -844,11 +844,17 @@ pub fn generate(input: &SpecInput<'_>, files: &dyn RootfsFiles) -> Result<Value,
 
     // Namespaces.
     let mut namespaces = vec![json!({"type": "mount"})];
-    // No namespace options at all: a PID namespace of the container's own.
+    // No namespace options: protobuf's zero values, so the pod's PID
+    // namespace (POD), or one of the container's own where the pod shares
+    // none (its own options said CONTAINER).
     let ns = sc
         .and_then(|s| s.namespace_options.clone())
         .unwrap_or(cri::NamespaceOption {
-            pid: 1,
+            pid: if sb.pidns.is_empty() {
+                cri::NamespaceMode::Container
+            } else {
+                cri::NamespaceMode::Pod
+            } as i32,
             ..Default::default()
         });
     let pid_field = "config.linux.security_context.namespace_options.pid";

@@ -436,6 +436,21 @@ fn pod_and_target_pid_modes_join_the_namespace_they_name() {
     assert!(ns_types(&s).contains(&("pid".into(), Some("/proc/88/ns/pid".into()))));
 }
 
+/// A container without namespace options gets protobuf's zero values: the
+/// pod's PID namespace (POD) where the pod shares one, else one of its own.
+#[test]
+fn no_namespace_options_join_the_pods_pid_namespace() {
+    let bare = cri::ContainerConfig::default();
+    let mut sb = sandbox();
+    sb.pidns = "/proc/77/ns/pid".into();
+    let s = gen_with(&bare, &sb, &image("", ""), false).unwrap();
+    assert!(ns_types(&s).contains(&("pid".into(), Some("/proc/77/ns/pid".into()))));
+    let s = gen_with(&with_sc(Default::default()), &sb, &image("", ""), false).unwrap();
+    assert!(ns_types(&s).contains(&("pid".into(), Some("/proc/77/ns/pid".into()))));
+    let s = gen_spec(&bare).unwrap();
+    assert!(ns_types(&s).contains(&("pid".into(), None)));
+}
+
 #[test]
 fn pod_sysctls_annotations_and_cgroup_path() {
     let mut sb = sandbox();

@@ -122,6 +122,7 @@ pub struct CarrackdOptions {
     runtime: String,
     extra_config: String,
     network_base: Option<u8>,
+    extra_args: Vec<String>,
 }
 
 impl Default for CarrackdOptions {
@@ -130,6 +131,7 @@ impl Default for CarrackdOptions {
             runtime: "runc".into(),
             extra_config: String::new(),
             network_base: None,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -146,6 +148,13 @@ impl CarrackdOptions {
     /// from the harness (so it may open tables of its own).
     pub fn config(mut self, toml: &str) -> Self {
         self.extra_config.push_str(toml);
+        self
+    }
+
+    /// Command-line arguments added after the harness's own (e.g.
+    /// `--log-format json`).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
         self
     }
 
@@ -264,6 +273,7 @@ impl Carrackd {
             .arg(self.socket())
             .arg("--registry-insecure")
             .arg(&self.registry_host)
+            .args(&self.options.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

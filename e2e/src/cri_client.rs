@@ -45,7 +45,9 @@ impl Carrackd {
 }
 
 /// A pod in namespace `default` with hostname `<name>-host`, cluster DNS
-/// settings, an `app=<name>` label and its logs under `log_dir`.
+/// settings, an `app=<name>` label and its logs under `log_dir`; PID
+/// namespace mode CONTAINER, as kubelet sends for a pod without
+/// `shareProcessNamespace`.
 pub fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
@@ -62,7 +64,16 @@ pub fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
             options: vec!["ndots:5".into()],
         }),
         labels: HashMap::from([("app".into(), name.into())]),
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

@@ -137,7 +137,17 @@ async fn pod_lifecycle(runtime: &'static str) {
         cri::PodSandboxState::SandboxReady as i32
     );
     assert_eq!(ps.status.as_ref().unwrap().runtime_handler, runtime);
-    assert!(ps.info["info"].contains("netns"));
+    // Verbose info as containerd's: the netns path, the handler and its
+    // binary, and pid 0 (no infra process in a pod without a shared PID
+    // namespace).
+    let info: serde_json::Value = serde_json::from_str(&ps.info["info"]).unwrap();
+    assert!(
+        Path::new(info["netns"].as_str().unwrap()).exists(),
+        "{info}"
+    );
+    assert_eq!(info["runtimeHandler"], runtime, "{info}");
+    assert!(info["runtimeBinary"].is_string(), "{info}");
+    assert_eq!(info["pid"], 0, "{info}");
     let listed = rt
         .list_pod_sandbox(cri::ListPodSandboxRequest {
             filter: Some(cri::PodSandboxFilter {
@@ -220,6 +230,30 @@ async fn pod_lifecycle(runtime: &'static str) {
     let s = status(&mut rt, &ctr).await;
     assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
     assert!(s.started_at >= s.created_at && s.created_at > 0);
+    // `crictl inspect -o go-template --template '{{.info.pid}}'`: the
+    // init's host pid (in the container's cgroup), and the OCI spec.
+    let verbose = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: ctr.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    let pid = info["pid"].as_i64().unwrap_or_default();
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    assert!(
+        cgroup.contains(&ctr),
+        "pid {pid} is not the container's:\n{info}"
+    );
+    assert_eq!(
+        info["runtimeSpec"]["process"]["args"][2],
+        "echo hello-out; echo hello-err >&2; exec sleep 1000",
+        "{info}"
+    );
+    assert_eq!(info["runtimeHandler"], runtime, "{info}");
+    assert_eq!(info["sandboxID"], pod.as_str(), "{info}");
     assert_eq!(s.image_id, image_id);
     assert_eq!(s.labels["tier"], "front");
     assert_eq!(s.annotations["note"], "x");
@@ -902,4 +936,122 @@ async fn cri_stop_right_after_start_reaches_a_late_handler() {
     assert_eq!(st.state, cri::ContainerState::ContainerExited as i32);
     assert_eq!(st.exit_code, 7, "the trap ran (137 would be the SIGKILL)");
     remove_pod(&mut rt, &pod).await;
+}
+
+/// carrackd's log in a file (as after quickstart, or in the journal) has no
+/// ANSI colour codes; `--log-format json` makes every line a JSON object.
+#[test]
+fn log_has_no_colour_off_a_terminal_and_is_json_on_request() {
+    if !prerequisites() {
+        return;
+    }
+    // No pull happens: the registry is never contacted.
+    let text = Carrackd::start("127.0.0.1:1");
+    let log = text.log();
+    assert!(
+        log.contains("serving exec, attach and port-forward"),
+        "{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in the log file:\n{log}"
+    );
+    drop(text);
+
+    let json = Carrackd::options()
+        .args(&["--log-format", "json"])
+        .start("127.0.0.1:1");
+    let log = json.log();
+    assert!(
+        log.contains("serving exec, attach and port-forward"),
+        "{log}"
+    );
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+}
+
+/// One HTTP/2 frame: type, flags, stream id, payload.
+fn h2_frame(typ: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend([typ, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+/// An HPACK "literal header field without indexing, new name", no Huffman.
+fn hpack_literal(block: &mut Vec<u8>, name: &str, value: &str) {
+    assert!(
+        name.len() < 127 && value.len() < 127,
+        "one-byte lengths only"
+    );
+    block.push(0);
+    for s in [name, value] {
+        block.push(s.len() as u8);
+        block.extend(s.as_bytes());
+    }
+}
+
+/// Calls RuntimeService/Version over `socket` as gRPC C-core does (Python's
+/// grpcio with its default options, Falco's and Sysdig's C++ clients): the
+/// socket path as `:authority`. Returns the response's DATA payload, or the
+/// RST_STREAM/GOAWAY error code that ended the call.
+async fn version_with_path_authority(socket: &Path) -> Result<Vec<u8>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/runtime.v1.RuntimeService/Version"),
+        (":authority", socket.to_str().unwrap()),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        hpack_literal(&mut block, name, value);
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(4, 0, 0, &[])); // SETTINGS
+    out.extend(h2_frame(1, 0x4, 1, &block)); // HEADERS, END_HEADERS
+    // An empty VersionRequest: uncompressed, length 0; END_STREAM.
+    out.extend(h2_frame(0, 0x1, 1, &[0, 0, 0, 0, 0]));
+    conn.write_all(&out).await.unwrap();
+    loop {
+        let mut head = [0u8; 9];
+        if conn.read_exact(&mut head).await.is_err() {
+            return Err("connection closed".into());
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        conn.read_exact(&mut payload).await.unwrap();
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        match head[3] {
+            0 if stream == 1 => return Ok(payload),
+            3 if stream == 1 => return Err(format!("RST_STREAM, error code {payload:?}")),
+            7 => return Err(format!("GOAWAY {payload:?}")),
+            4 if head[4] & 1 == 0 => conn.write_all(&h2_frame(4, 1, 0, &[])).await.unwrap(),
+            _ => {}
+        }
+    }
+}
+
+/// gRPC C-core clients send the unix socket's path as `:authority`, which
+/// is no valid authority: carrackd answers them, as containerd does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_c_core_clients_with_the_socket_path_as_authority_are_answered() {
+    if !prerequisites() {
+        return;
+    }
+    let daemon = Carrackd::start("127.0.0.1:1");
+    let data = version_with_path_authority(&daemon.socket())
+        .await
+        .unwrap_or_else(|e| panic!("Version with :authority {:?}: {e}", daemon.socket()));
+    assert!(
+        data.windows(b"carrack".len()).any(|w| w == b"carrack"),
+        "no runtime name in the VersionResponse: {data:?}"
+    );
 }

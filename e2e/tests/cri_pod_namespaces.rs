@@ -269,6 +269,41 @@ async fn shared_pid_namespace(runtime: &str) {
     );
 }
 
+/// A pod and containers whose configs have no namespace options (crictl's
+/// minimal configs) get CRI's default, POD: one PID namespace for the pod,
+/// as containerd gives, with the infra process as PID 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_namespace_options_share_the_pods_pid_namespace() {
+    if !prerequisites() {
+        return;
+    }
+    let image = test_image();
+    let daemon = start_daemon(&image.host, "carrack");
+    let (mut rt, mut img) = daemon.clients().await;
+    pull(&mut img, &image.name).await;
+    let mut config = pod_config("no-ns-options", &daemon.dir.join("logs"));
+    config.linux = None;
+    let pod = run_pod(&mut rt, config).await;
+    let bare = |name: &str, arg: &str| cri::ContainerConfig {
+        linux: None,
+        ..container_config(name, &image.name, &["sleep", arg])
+    };
+    let a = run_container(&mut rt, &pod, bare("a", "1011"), None).await;
+    let _b = run_container(&mut rt, &pod, bare("b", "1012"), None).await;
+    let seen = ps(&mut rt, &a).await;
+    assert!(seen.contains("sleep 1012"), "a does not see b:\n{seen}");
+    let pid1 = seen
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("1"))
+        .unwrap_or_default();
+    assert!(
+        pid1.contains("pod-infra"),
+        "PID 1 is not the infra process:\n{seen}"
+    );
+    stop_pod(&mut rt, &pod).await;
+    remove_pod(&mut rt, &pod).await;
+}
+
 /// pid = TARGET: a container joins the PID namespace of a running one; a
 /// target that does not exist is NotFound, one that does not run is
 /// FailedPrecondition, both naming target_id; TARGET for a pod and POD in

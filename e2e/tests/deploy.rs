@@ -313,3 +313,24 @@ fn kubernetes_manifests_validate_against_the_schemas() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The README's commands run as root on a fresh machine, which may have no
+/// sudo: no command in its shell blocks starts with `sudo`.
+#[test]
+fn readme_commands_do_not_need_sudo() {
+    let readme = fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let mut in_sh = false;
+    let mut commands = 0;
+    for line in readme.lines() {
+        match line.trim() {
+            "```sh" => in_sh = true,
+            "```" => in_sh = false,
+            cmd if in_sh && !cmd.is_empty() => {
+                commands += 1;
+                assert_ne!(cmd.split_whitespace().next(), Some("sudo"), "README: {cmd}");
+            }
+            _ => {}
+        }
+    }
+    assert!(commands >= 2, "the README's shell blocks were not found");
+}

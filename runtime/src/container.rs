@@ -574,8 +574,9 @@ fn wait_forwarding(pid: i32) -> Result<i32> {
 
 /// The device rules a container always gets after the spec's own: the
 /// default devices (/dev/null, zero, full, random, urandom, tty, ptmx and
-/// /dev/pts/*) and the spec's `linux.devices`, as runc adds them — without
-/// them a spec that denies all devices could not even open /dev/null.
+/// /dev/pts/*) and the spec's `linux.devices` but FIFOs, as runc adds them
+/// — without them a spec that denies all devices could not even open
+/// /dev/null.
 fn with_default_devices(
     mut r: LinuxResources,
     devices: &Option<Vec<oci_spec::runtime::LinuxDevice>>,
@@ -597,7 +598,13 @@ fn with_default_devices(
         rules.push(rule(LinuxDeviceType::C, major, Some(minor)));
     }
     rules.push(rule(LinuxDeviceType::C, 136, None));
-    for d in devices.iter().flatten() {
+    // A FIFO is no device: the device cgroup has no rule for it (`p` is
+    // EINVAL in devices.allow) and none is needed to open it.
+    for d in devices
+        .iter()
+        .flatten()
+        .filter(|d| d.typ() != LinuxDeviceType::P)
+    {
         rules.push(rule(d.typ(), d.major(), Some(d.minor())));
     }
     r.set_devices(Some(rules));

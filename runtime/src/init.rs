@@ -162,12 +162,36 @@ pub fn create_stage1(b: &Bundle, ch: &Channel, args: InitArgs) -> Result<Infalli
     }
     unshare(new_flags).map_err(sys(format!("unshare({new_flags:?})")))?;
     write_time_offsets(b, new_flags)?;
+    fork_reporting_pid(ch, "fork of the container init", || {
+        create_init(b, ch, args)
+    })
+}
+
+/// The intermediate child's last step: forks the process that runs `child`,
+/// sends its pid on `ch` and exits. The child shares `ch` and sends its own
+/// messages on it (`ready`, `error …`); it waits until the `pid` message is
+/// queued, else an intermediate descheduled between fork and send lets the
+/// child's message reach the parent first (`unexpected message "ready"`).
+fn fork_reporting_pid(
+    ch: &Channel,
+    what: &str,
+    child: impl FnOnce() -> Result<Infallible>,
+) -> Result<Infallible> {
+    let (pid_sent, release) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
     // SAFETY: the runtime is single-threaded, so the child may run any code.
-    match unsafe { fork() }.map_err(sys("fork of the container init"))? {
-        ForkResult::Child => child_main(ch, || create_init(b, ch, args)),
+    match unsafe { fork() }.map_err(sys(what))? {
+        ForkResult::Child => {
+            drop(release);
+            // End of file once the intermediate, the only writer, closed it.
+            let mut byte = [0u8; 1];
+            while let Err(nix::Error::EINTR) = nix::unistd::read(&pid_sent, &mut byte) {}
+            drop(pid_sent);
+            child_main(ch, child)
+        }
         ForkResult::Parent { child } => {
             ch.send(&format!("pid {child}"))?;
-            // SAFETY: ends the intermediate child; the init lives on.
+            drop(release);
+            // SAFETY: ends the intermediate child; its child lives on.
             unsafe { libc::_exit(0) }
         }
     }
@@ -399,28 +423,20 @@ pub fn exec_stage1(
             ns_proc_name(t)
         )))?;
     }
-    // SAFETY: single-threaded runtime; the child may run any code.
-    match unsafe { fork() }.map_err(sys("fork of the exec process"))? {
-        ForkResult::Child => child_main(ch, || {
-            if let Some(c) = &args.console {
-                nix::unistd::setsid().map_err(sys("setsid"))?;
-                setup_console(c.as_raw_fd())?;
-            }
-            drop(args.console);
-            setup_process(process, args.seccomp.as_ref())?;
-            // On success the channel closes with the exec (CLOEXEC).
-            Err(crate::process::exec(
-                process,
-                args.extra_fds,
-                &args.extra_env,
-            ))
-        }),
-        ForkResult::Parent { child } => {
-            ch.send(&format!("pid {child}"))?;
-            // SAFETY: ends the intermediate child.
-            unsafe { libc::_exit(0) }
+    fork_reporting_pid(ch, "fork of the exec process", || {
+        if let Some(c) = &args.console {
+            nix::unistd::setsid().map_err(sys("setsid"))?;
+            setup_console(c.as_raw_fd())?;
         }
-    }
+        drop(args.console);
+        setup_process(process, args.seccomp.as_ref())?;
+        // On success the channel closes with the exec (CLOEXEC).
+        Err(crate::process::exec(
+            process,
+            args.extra_fds,
+            &args.extra_env,
+        ))
+    })
 }
 
 /// Fails when an `error …` arrives, for the parent.

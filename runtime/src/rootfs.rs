@@ -193,9 +193,15 @@ pub fn setup(spec: &Spec, rootfs: &Path, has_userns: bool) -> Result<()> {
     // host's mounts, so the mount holding the rootfs is made private first:
     // pivot_root refuses a shared parent, and the container's mounts
     // under the rootfs must not show up on the host.
+    // An unbindable tree could not be bind-mounted as the rootfs below:
+    // (r)unbindable starts as rslave and is set by `finalize`.
     let initial = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
         Some(p) => parse_propagation(p)?,
         None => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+    };
+    let initial = match initial.contains(MsFlags::MS_UNBINDABLE) {
+        true => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        false => initial,
     };
     mount(None::<&str>, "/", None::<&str>, initial, None::<&str>)
         .map_err(mnt("setting the initial propagation of /".into()))?;

@@ -319,6 +319,112 @@ fn lifecycle_create_start_exec_pause_resume_kill_delete() {
     );
 }
 
+/// Each `rootfsPropagation` of runtime-tools' linux_rootfs_propagation
+/// runs, and the container's `/` shows it in /proc/self/mountinfo. An
+/// unbindable `/` cannot be the source of the rootfs bind mount, so it is
+/// only applied at the end (before the fix: `bind-mounting rootfs: EINVAL`).
+#[test]
+fn every_rootfs_propagation_runs_and_shows_on_the_root() {
+    if !require_root() {
+        return;
+    }
+    for (propagation, want) in [
+        ("shared", Some("shared:")),
+        ("slave", None),
+        ("private", None),
+        ("unbindable", Some("unbindable")),
+        ("runbindable", Some("unbindable")),
+    ] {
+        let c = Container::new(
+            &format!("propagation-{propagation}"),
+            &["/bin/cat", "/proc/self/mountinfo"],
+            |config| config["linux"]["rootfsPropagation"] = json!(propagation),
+        );
+        let mountinfo = c.run();
+        let root = mountinfo
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some("/"))
+            .unwrap_or_else(|| panic!("{propagation}: no / in\n{mountinfo}"));
+        let optional: Vec<&str> = root
+            .split_whitespace()
+            .skip(6)
+            .take_while(|f| *f != "-")
+            .collect();
+        match want {
+            Some(w) => assert!(
+                optional.iter().any(|f| f.starts_with(w)),
+                "{propagation}: {root}"
+            ),
+            None if propagation == "private" => {
+                assert!(optional.is_empty(), "{propagation}: {root}")
+            }
+            None => {}
+        }
+    }
+}
+
+/// A FIFO in `linux.devices` is made in the container's /dev like a device
+/// node, with no device cgroup rule (`p` is not a cgroup device type:
+/// writing one to devices.allow is EINVAL).
+#[test]
+fn fifo_in_linux_devices_is_created() {
+    if !require_root() {
+        return;
+    }
+    let c = Container::new(
+        "fifo",
+        &[
+            "/bin/sh",
+            "-c",
+            "test -p /dev/fifo0 && stat -c %a /dev/fifo0",
+        ],
+        |config| {
+            config["linux"]["devices"] = json!([{
+                "path": "/dev/fifo0", "type": "p", "major": 8, "minor": 666, "fileMode": 0o640
+            }]);
+        },
+    );
+    assert_eq!(c.run().trim(), "640");
+}
+
+/// The intermediate child reports the init's pid and the init reports
+/// `ready` on one channel, in that order. strace holds the intermediate on
+/// its way out of fork() (glibc's fork is a `clone`, musl's a `fork`; the
+/// runtime's own first fork is a clone3, not delayed) while the init runs
+/// on: the init must not report before the pid is sent. Before the fix this
+/// ended `unexpected message "ready"`, as `run` did now and then on a busy
+/// host.
+#[test]
+fn run_reports_the_pid_before_ready_when_the_intermediate_child_is_slow() {
+    if !require_root()
+        || !carrack_e2e::prerequisite::check(
+            Path::new("/usr/bin/strace").exists(),
+            "/usr/bin/strace (apt-get install strace)",
+        )
+    {
+        return;
+    }
+    let c = Container::new("pid-order", &["/bin/echo", "ran"], |_| {});
+    let b = c.bundle();
+    let out = Command::new("/usr/bin/strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=clone,fork"])
+        .args(["-e", "inject=clone,fork:delay_exit=200000"])
+        .arg(&*RUNTIME)
+        .arg("--root")
+        .arg(c.state_root())
+        .args(["run", "--bundle", b.to_str().unwrap(), &c.id])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "run under strace: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ran");
+}
+
 /// CVE-2019-5736: a process that holds /proc/<pid>/exe of a runtime
 /// process in the container (here the waiting init, before start) and
 /// reopens it for writing once the runtime is gone cannot reach the host

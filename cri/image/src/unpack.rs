@@ -7,9 +7,10 @@
 //! - every parent of an entry must be a real directory inside the snapshot
 //!   (checked with `lstat`, never followed through a symlink; only this
 //!   process writes into the snapshot while it unpacks, so the check holds);
-//! - relative symlink targets must not climb above the snapshot root (absolute
-//!   targets are kept: they resolve inside the container's root at run time,
-//!   and the unpacker never follows a link);
+//! - a symlink is data: its target is stored as the layer has it, absolute
+//!   or relative, even one that climbs above the root (`../../../tmp/x`; in
+//!   the container `..` at `/` stays at `/`, and containerd stores it too).
+//!   The unpacker never follows a link, so no entry is written through one;
 //! - character and block devices are refused (fifos are allowed); the only
 //!   device nodes in a snapshot are the 0/0 whiteouts written here;
 //! - extended attributes are kept only in the `user.` and `security.capability`
@@ -153,28 +154,6 @@ fn normalise(p: &Path) -> Result<Option<PathBuf>, String> {
     } else {
         Some(out)
     })
-}
-
-/// True when a relative symlink target, read from directory `parent`
-/// (relative to the root), climbs above the root.
-fn symlink_escapes(parent: &Path, target: &Path) -> bool {
-    if target.is_absolute() {
-        return false;
-    }
-    let mut depth = parent.components().count() as i64;
-    for c in target.components() {
-        match c {
-            Component::ParentDir => {
-                depth -= 1;
-                if depth < 0 {
-                    return true;
-                }
-            }
-            Component::Normal(_) => depth += 1,
-            _ => {}
-        }
-    }
-    false
 }
 
 fn cpath(p: &Path) -> io::Result<CString> {
@@ -374,15 +353,6 @@ impl Unpacker<'_> {
                     .flatten()
                     .ok_or_else(|| self.unsafe_entry(&raw, "symlink without a target"))?
                     .into_owned();
-                if symlink_escapes(&parent, &target) {
-                    return Err(self.unsafe_entry(
-                        &raw,
-                        format!(
-                            "symlink target {} points outside the layer",
-                            target.display()
-                        ),
-                    ));
-                }
                 self.replace(&rel, false)?;
                 std::os::unix::fs::symlink(&target, &abs)
                     .map_err(|e| self.io_err(&raw, "symlink", e))?;
@@ -643,20 +613,58 @@ mod tests {
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
     }
 
+    /// A symlink whose relative target climbs above the root is stored as
+    /// it is; an entry written through it later is still refused and
+    /// nothing lands where it points on the host.
     #[test]
-    fn symlink_escape_rules() {
-        assert!(!symlink_escapes(
-            Path::new("bin"),
-            Path::new("/bin/busybox")
-        ));
-        assert!(!symlink_escapes(
-            Path::new("usr/bin"),
-            Path::new("../../bin/sh")
-        ));
-        assert!(symlink_escapes(
-            Path::new("usr/bin"),
-            Path::new("../../../etc")
-        ));
-        assert!(symlink_escapes(Path::new(""), Path::new("..")));
+    fn climbing_symlinks_are_kept_and_never_written_through() {
+        if !carrack_e2e::prerequisite::require_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        let dest = dir.path().join("dest");
+        for d in [&outside, &dest] {
+            fs::create_dir(d).unwrap();
+        }
+        let symlink = |b: &mut tar::Builder<Vec<u8>>, path: &str, target: &str| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(EntryType::Symlink);
+            h.set_size(0);
+            b.append_link(&mut h, path, target).unwrap();
+        };
+        // Climbs from dest/usr/lib to the host's outside dir, whatever the depth.
+        let up = format!("{}{}", "../".repeat(32), outside.display());
+        let mut b = tar::Builder::new(Vec::new());
+        symlink(&mut b, "usr/lib/tmp-x", "../../../../tmp/x");
+        symlink(&mut b, "usr/lib/up", &up);
+        let tar = b.into_inner().unwrap();
+        unpack_layer("sha256:test", &tar[..], &dest).unwrap();
+        assert_eq!(
+            fs::read_link(dest.join("usr/lib/tmp-x")).unwrap(),
+            Path::new("../../../../tmp/x")
+        );
+        assert_eq!(
+            fs::read_link(dest.join("usr/lib/up")).unwrap(),
+            Path::new(&up)
+        );
+
+        let mut b = tar::Builder::new(Vec::new());
+        symlink(&mut b, "usr/lib/up", &up);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(1);
+        b.append_data(&mut h, "usr/lib/up/pwned", &b"x"[..])
+            .unwrap();
+        let tar = b.into_inner().unwrap();
+        let dest2 = dir.path().join("dest2");
+        fs::create_dir(&dest2).unwrap();
+        let err = unpack_layer("sha256:test", &tar[..], &dest2);
+        assert!(
+            matches!(&err, Err(ImageError::UnsafeLayer { entry, .. }) if entry == "usr/lib/up/pwned"),
+            "{err:?}"
+        );
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
     }
 }

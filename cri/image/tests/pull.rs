@@ -134,7 +134,9 @@ async fn multi_layer_whiteouts_opaque_dirs_and_mounted_rootfs() {
             .hardlink("data/b-link", "data/b")
             // A hardlink to a file of a lower layer: copied up at unpack.
             .hardlink("data/motd-link", "etc/motd")
-            .symlink("data/rel", "../etc/motd"),
+            .symlink("data/rel", "../etc/motd")
+            // Legal, if odd: in the container `..` at `/` stays at `/`.
+            .symlink("data/up", "../../../../tmp/x"),
     ];
     let (built, _) = push(
         &reg,
@@ -163,6 +165,10 @@ async fn multi_layer_whiteouts_opaque_dirs_and_mounted_rootfs() {
     assert_eq!(read("data/b").unwrap(), "b\n");
     assert_eq!(read("data/b-link").unwrap(), "b\n");
     assert_eq!(read("data/rel").unwrap(), "layer two\n");
+    assert_eq!(
+        fs::read_link(target.join("data/up")).unwrap(),
+        std::path::Path::new("../../../../tmp/x")
+    );
     assert_eq!(read("data/motd-link").unwrap(), "layer two\n");
     assert!(
         !target.join("keep/x").exists(),
@@ -393,12 +399,19 @@ async fn malicious_layers_are_refused_and_leave_nothing() {
     let reg = Registry::start().unwrap();
     let outside = dir.path().join("outside");
     fs::create_dir_all(&outside).unwrap();
-    let mut through_symlink = Layer::new(Compression::None)
-        .symlink("link", &outside.display().to_string())
-        .tar();
-    // Append `link/pwned` after the symlink, without the end blocks between.
-    through_symlink.truncate(through_symlink.len() - 1024);
-    through_symlink.extend(raw_entry("link/pwned", tar::EntryType::Regular, None, b"x"));
+    // A symlink `link` to `target`, then `link/pwned` written through it.
+    let write_through = |link: &str, target: &str| {
+        let mut bytes = Layer::new(Compression::None).symlink(link, target).tar();
+        // Append the entry after the symlink, without the end blocks between.
+        bytes.truncate(bytes.len() - 1024);
+        let through = format!("{link}/pwned");
+        bytes.extend(raw_entry(&through, tar::EntryType::Regular, None, b"x"));
+        bytes
+    };
+    let through_symlink = write_through("link", &outside.display().to_string());
+    // A relative target that climbs from any depth to `outside`.
+    let climb = format!("{}{}", "../".repeat(32), outside.display());
+    let through_climbing = write_through("up", &climb);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "dotdot",
@@ -410,11 +423,8 @@ async fn malicious_layers_are_refused_and_leave_nothing() {
             raw_entry("/tmp/pwned", tar::EntryType::Regular, None, b"x"),
             "/tmp/pwned",
         ),
-        (
-            "symlink-out",
-            raw_entry("evil", tar::EntryType::Symlink, Some("../../../etc"), b""),
-            "evil",
-        ),
+        // The climbing symlink itself is data; the write through it is not.
+        ("through-climbing-symlink", through_climbing, "up/pwned"),
         (
             "hardlink-out",
             raw_entry("evil", tar::EntryType::Link, Some("../etc/passwd"), b""),

@@ -48,6 +48,11 @@ pub enum ClientError {
     /// The error stream reported a failure other than an exit code.
     #[error("remote error: {0}")]
     Remote(String),
+    /// The server sent a WebSocket message on a channel a server never
+    /// writes to (stdin, resize, or v5's client-to-server close signal):
+    /// client-go and crictl print `Unknown stream, discarding message`.
+    #[error("the server sent a message on channel {0}, which only clients write to")]
+    ServerChannel(u8),
 }
 
 /// The CA the SPDY client trusts for `https://` URLs, process-wide (the
@@ -370,6 +375,7 @@ pub async fn exec_ws(url: &str, protocols: &[&str], io: ExecIo) -> Result<i32, C
     }
     let (mut stdout, mut stderr) = (io.stdout, io.stderr);
     let mut error = Vec::new();
+    let mut wrong_channel = None;
     while let Ok(Some(m)) = ws::read_message(&mut rd).await {
         match m {
             Message::Ping(p) => {
@@ -385,7 +391,10 @@ pub async fn exec_ws(url: &str, protocols: &[&str], io: ExecIo) -> Result<i32, C
                         error.extend_from_slice(&d[1..]);
                         None
                     }
-                    _ => None,
+                    other => {
+                        wrong_channel.get_or_insert(other);
+                        None
+                    }
                 };
                 if let Some(t) = target {
                     let _ = t.write_all(&d[1..]).await;
@@ -403,6 +412,9 @@ pub async fn exec_ws(url: &str, protocols: &[&str], io: ExecIo) -> Result<i32, C
     let _ = out_tx.send(Out::Close(done_tx));
     let _ = done_rx.await;
     let _ = writer.await;
+    if let Some(c) = wrong_channel {
+        return Err(ClientError::ServerChannel(c));
+    }
     parse_status(4, &error)
 }
 

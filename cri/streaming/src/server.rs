@@ -481,7 +481,6 @@ where
         Box::new(ws::ChannelWriter {
             tx: out_tx.clone(),
             channel,
-            v5,
             closed: false,
         }) as BoxWriter
     };

@@ -9,8 +9,9 @@
 //!
 //! Channel protocol: every binary message starts with a channel byte
 //! (0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize). v5 adds the close
-//! signal: a message `[255, channel]` ends that channel (the client closing
-//! stdin). The error channel carries the same `Status` JSON as SPDY v4.
+//! signal: a message `[255, channel]` from the client ends that channel (it
+//! closes stdin); the server never sends one. The error channel carries the
+//! same `Status` JSON as SPDY v4.
 
 use std::io;
 use std::pin::Pin;
@@ -212,24 +213,19 @@ impl AsyncRead for ChannelReader {
     }
 }
 
-/// Writes to one channel; v5 sends the close signal on shutdown or drop.
+/// Writes to one channel (stdout or stderr). Shutting it down sends
+/// nothing: the v5 close signal goes from client to server only (client-go
+/// and crictl discard, and log, a message on channel 255); the client
+/// learns that output ended from the error channel and the close frame.
 pub(crate) struct ChannelWriter {
     pub(crate) tx: mpsc::UnboundedSender<Out>,
     pub(crate) channel: u8,
-    pub(crate) v5: bool,
     pub(crate) closed: bool,
 }
 
 impl ChannelWriter {
     fn close(&mut self) {
-        if !self.closed {
-            self.closed = true;
-            if self.v5 {
-                let _ = self
-                    .tx
-                    .send(Out::Binary(vec![channel::CLOSE, self.channel]));
-            }
-        }
+        self.closed = true;
     }
 }
 

@@ -552,7 +552,9 @@ async fn port_forward_dial_failure_is_reported() {
 #[tokio::test]
 async fn websocket_v5_exec_stdin_echo_exit_code_and_close_signal() {
     let s = server(StreamingConfig::default()).await;
-    // `cat` only ends when the v5 close signal closes its stdin.
+    // `cat` only ends when the v5 close signal closes its stdin. The close
+    // signal goes client to server only: the client fails on a message on
+    // channel 255 (or any channel a server must not write to).
     let url = s
         .exec_url(&spec(
             &["sh", "-c", "cat; echo bye >&2; exit 5"],
