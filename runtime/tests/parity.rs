@@ -5,11 +5,12 @@
 //! under both runtimes, one after the other, with the same container id,
 //! cgroup path and stdio. Inside, a script prints its mount table, the
 //! signal, capability, no_new_privs and seccomp lines of
-//! /proc/self/status, its rlimits, umask, environment, oom_score_adj and
-//! open file descriptors. The two outputs must be the same once the
-//! numbers that differ between any two runs (mount ids, device numbers of
-//! fresh mounts, pipe inodes) are taken out, except where
-//! [`known_difference`] says why Carrack differs from runc on purpose.
+//! /proc/self/status, its rlimits, umask, environment, oom_score_adj,
+//! personality and open file descriptors. The two outputs must be the
+//! same once the numbers that differ between any two runs (mount ids,
+//! device numbers of fresh mounts, pipe inodes) are taken out, except
+//! where [`known_difference`] says why Carrack differs from runc on
+//! purpose.
 
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -36,6 +37,7 @@ echo "== limits"; cat /proc/self/limits
 echo "== umask"; umask
 echo "== env"; env | sort
 echo "== oom_score_adj"; cat /proc/self/oom_score_adj
+echo "== personality"; cat /proc/self/personality
 echo "== fds"; ls -l /proc/self/fd/ | sed -n 's/.* \([0-9]*\) -> \(.*\)/\1 \2/p'
 echo "== memory limit"; cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null
 echo "== end"
