@@ -134,6 +134,8 @@ impl Daemon {
         std::fs::create_dir_all(&cfg.state)?;
         let store = Store::open(&cfg.db_path())?;
         let images = ImageStore::open(cfg.image_store_config()).await?;
+        let overlay = images.overlay_method();
+        info!(method = %overlay.method, reason = overlay.reason, "rootfs overlays");
         let handler_features = crate::handler_features::probe_all(&cfg);
         Ok(Arc::new_cyclic(|me| Daemon {
             cfg,
