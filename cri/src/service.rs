@@ -913,10 +913,14 @@ impl Runtime {
             "{}_{}_{}_{}",
             meta.name, meta.namespace, meta.uid, meta.attempt
         );
-        let cgroup_path = match config.linux.as_ref().map(|l| l.cgroup_parent.as_str()) {
-            Some(p) if !p.is_empty() => p.to_owned(),
-            _ => format!("{}/{}", d.cfg.cgroup_parent.trim_end_matches('/'), id),
-        };
+        let cgroup_path = crate::pod_cgroup::pod_cgroup_path(
+            config
+                .linux
+                .as_ref()
+                .map_or("", |l| l.cgroup_parent.as_str()),
+            &d.cfg.cgroup_parent,
+            &id,
+        );
         let mut rec = SandboxRecord {
             id: id.clone(),
             name,
