@@ -11,6 +11,7 @@
 //! - [`pod_pid`]: PID namespace sharing (POD and TARGET);
 //! - [`userns`]: pod user namespaces (`hostUsers: false`);
 //! - [`spec`]: the OCI spec of a container (pure logic);
+//! - [`sd_notify`]: readiness for systemd's `Type=notify`;
 //! - [`seccomp`]: the RuntimeDefault seccomp profile;
 //! - [`service`]: the RuntimeService and ImageService;
 //! - [`stats`]: container and pod stats, CRI metrics;
@@ -30,6 +31,7 @@ pub mod pod_infra;
 pub mod pod_network;
 pub mod pod_pid;
 pub mod sandbox;
+pub mod sd_notify;
 pub mod seccomp;
 pub mod service;
 pub mod spec;
@@ -74,10 +76,13 @@ pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
-/// Opens the daemon, recovers, and serves CRI on the socket until `shutdown`.
+/// Opens the daemon, recovers, and serves CRI on the socket until `shutdown`;
+/// tells systemd through `notifier` once the socket accepts connections and
+/// when shutting down.
 pub async fn serve(
     cfg: config::Config,
     shutdown: impl std::future::Future<Output = ()> + Send,
+    notifier: &sd_notify::Notifier,
 ) -> anyhow::Result<()> {
     let socket = cfg.socket.clone();
     let streaming_settings = cfg.streaming.clone();
@@ -89,6 +94,15 @@ pub async fn serve(
     let listener = bind(&socket)?;
     let _metrics = serve_metrics(&daemon).await?;
     tracing::info!(socket = %socket.display(), "serving CRI");
+    if let Err(e) = notifier.ready() {
+        tracing::warn!("telling systemd carrackd is ready: {e}");
+    }
+    let shutdown = async {
+        shutdown.await;
+        if let Err(e) = notifier.stopping() {
+            tracing::warn!("telling systemd carrackd is stopping: {e}");
+        }
+    };
     tonic::transport::Server::builder()
         .layer(telemetry::RpcMetricsLayer(daemon.telemetry.clone()))
         .add_service(RuntimeServiceServer::new(service::Runtime(daemon.clone())))

@@ -171,6 +171,8 @@ fn current_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // SAFETY: the process has one thread until tokio starts below.
+    let notifier = unsafe { carrackd::sd_notify::Notifier::from_env() };
     let args = Args::parse();
     // Before anything else: the infra process needs a single-threaded
     // process and no config.
@@ -227,7 +229,7 @@ fn main() -> anyhow::Result<()> {
             }
             tracing::info!("shutting down (containers keep running)");
         };
-        carrackd::serve(cfg, shutdown).await
+        carrackd::serve(cfg, shutdown, &notifier).await
     })
 }
 

@@ -13,7 +13,8 @@
 //! - under the cgroupfs driver, kubelet's slice-named parent taken from the
 //!   cgroup root, never below carrackd.service (which holds processes);
 //! - `systemctl restart carrackd` (KillMode=process) leaves running
-//!   containers running, listed, the same processes, and exec-able.
+//!   containers running, listed, the same processes, and exec-able;
+//! - the daemon answers as soon as `systemctl` returns (`Type=notify`).
 //!
 //! Environment: `CARRACK_E2E_SOCKET` (default /run/carrack/carrack.sock),
 //! `CARRACK_E2E_REGISTRY` (default 127.0.0.1:5000, plain HTTP),
@@ -49,24 +50,21 @@ fn unit() -> String {
     env_or("CARRACK_E2E_UNIT", "carrackd.service")
 }
 
-/// Connects to the installed daemon, waiting (bounded) for it to answer:
-/// systemd reports a `Type=simple` service started before it listens.
+/// Connects to the installed daemon, which answers at once: the unit is
+/// `Type=notify`, so `systemctl start`/`restart` returned only once carrackd
+/// said its socket accepts connections.
 async fn clients() -> (Rt, ImageServiceClient<Channel>) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok((mut rt, img)) = connect(&socket()).await
-            && rt.version(cri::VersionRequest::default()).await.is_ok()
-        {
-            return (rt, img);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no CRI answer on {} after 120 s:\n{}",
+    let (mut rt, img) = connect(&socket()).await.unwrap_or_else(|e| {
+        panic!(
+            "connect to {} (Type=notify: systemctl returned once it was ready): {e}\n{}",
             socket().display(),
             journal()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        )
+    });
+    if let Err(e) = rt.version(cri::VersionRequest::default()).await {
+        panic!("Version on {}: {e}\n{}", socket().display(), journal());
     }
+    (rt, img)
 }
 
 fn systemctl(args: &[&str]) -> String {

@@ -36,10 +36,11 @@
 #          `-p`/`--test` select what `cargo test --no-run` builds instead of
 #          the default; arguments after `--` go to every test executable
 #          (e.g. a test name filter).
-#        run.sh systemd [--variant NAME]... [--no-build]
+#        run.sh systemd [--variant NAME]... [--service-only] [--no-build]
 #          `--variant` runs only the named variants (default: every file
-#          in e2e/vm/variants/); `--no-build` uses the binaries and test
-#          executables already built.
+#          in e2e/vm/variants/); `--service-only` runs only the tests of the
+#          installed service, not SYSTEMD_SUITES; `--no-build` uses the
+#          binaries and test executables already built.
 # Environment: CARRACK_VM_CACHE, CARRACK_VM_TIMEOUT (seconds, default 1800),
 #   CARRACK_VM_MEM (MiB, default 2048 for cgroup2, 3072 for systemd),
 #   CARRACK_VM_CPUS (default 2), CARRACK_VM_ACCEL (tcg, the default, or kvm);
@@ -79,6 +80,7 @@ case $mode in
 esac
 
 build=1
+service_only=0
 executables=()
 test_args=()
 cargo_args=()
@@ -90,6 +92,9 @@ while (($#)); do
             [[ $mode == cgroup2 ]] || die "$1 is an option of the cgroup2 mode"
             (($# >= 2)) || die "$1 needs a value"
             cargo_args+=("$1" "$2"); shift ;;
+        --service-only)
+            [[ $mode == systemd ]] || die "--service-only is an option of the systemd mode"
+            service_only=1 ;;
         --variant)
             [[ $mode == systemd ]] || die "--variant is an option of the systemd mode"
             (($# >= 2)) || die "--variant needs a name"
@@ -270,6 +275,7 @@ else
     operator=$(suite_executable carrack-e2e systemd_service)
     suites=$work/suites
     : >"$suites"
+    ((service_only)) && SYSTEMD_SUITES=()
     for s in "${SYSTEMD_SUITES[@]}"; do
         read -r package test names <<<"$s"
         line=$(suite_executable "$package" "$test")
