@@ -14,6 +14,7 @@
 # its state wiped. Then the end-to-end suites of the plan, whose tests start
 # daemons of their own. Each test is printed by name; the last line is
 # "CARRACK-VM-RESULT <status>", and the VM powers off.
+# shellcheck disable=SC2154 # repo, bin_dir…: the plan's variables
 set -uo pipefail
 plan=$1
 # shellcheck source=/dev/null

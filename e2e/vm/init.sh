@@ -12,6 +12,7 @@
 #   tmpfs hid them, the Debian kernel's modules at /lib/modules/<release>,
 #   an empty fstab (the host's disks are not the guest's), no container
 #   marker, the units of guest-systemd.sh, and systemd as PID 1.
+# shellcheck disable=SC2154 # mode, plan, kver…: set in /vm.env
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -43,7 +44,6 @@ for d in /tmp:1777 /var/lib/carrack:0711; do
     mkdir -p "/newroot${d%:*}"
     mount -t tmpfs -o "mode=${d#*:}" tmpfs "/newroot${d%:*}" || fail "mount tmpfs on ${d%:*}"
 done
-# shellcheck disable=SC2154 # keep: set in /vm.env
 for d in $keep; do
     [ -e "/newroot$d" ] && continue
     mkdir -p "/newroot$d"

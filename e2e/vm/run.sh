@@ -55,7 +55,7 @@ vm_cpus=${CARRACK_VM_CPUS:-2}
 
 # The end-to-end tests the systemd guest runs after the installed daemon's,
 # as "<package> <test target> [<test name>...]" (no names: the whole target).
-# TCG makes the guest some ten times slower than the host: these are chosen
+# Emulation makes the guest several times slower than the host: these are chosen
 # to cover what differs on such a node (the check, the pod lifecycle and a
 # carrackd SIGKILL with carrack-runtime on cgroup v2, pod networking and
 # port mapping, container and pod stats from cgroup v2 files) and no more.
