@@ -331,7 +331,8 @@ async fn installed_service_runs_a_pod_lifecycle() {
     assert_eq!(pod_stats.containers.len(), 2);
 
     // The pod network: a second pod serves a file over HTTP to the first.
-    let web_config = node_pod("web", &logs.0, &kubelet_parent(driver, "web").0);
+    let web_uid = format!("web-{}", std::process::id());
+    let web_config = node_pod("web", &logs.0, &kubelet_parent(driver, &web_uid).0);
     let web = run_pod(&mut rt, web_config.clone()).await;
     pods.0.push(web.clone());
     let httpd = container_config(
