@@ -5,11 +5,13 @@
 //! - [`check`]: `carrackd check`, what this node has and lacks;
 //! - [`store`]: sandboxes and containers in SQLite (WAL), intent first;
 //! - [`sandbox`]: pinned namespaces, pod files, the pod network seam;
+//! - [`pod_cgroup`]: the pod cgroup's path from kubelet's `cgroup_parent`;
 //! - [`pod_network`]: the pod network over CNI (`carrack-network`);
 //! - [`pod_infra`]: the infra process holding a pod's shared PID namespace;
 //! - [`pod_pid`]: PID namespace sharing (POD and TARGET);
 //! - [`userns`]: pod user namespaces (`hostUsers: false`);
 //! - [`spec`]: the OCI spec of a container (pure logic);
+//! - [`sd_notify`]: readiness for systemd's `Type=notify`;
 //! - [`seccomp`]: the RuntimeDefault seccomp profile;
 //! - [`service`]: the RuntimeService and ImageService;
 //! - [`stats`]: container and pod stats, CRI metrics;
@@ -25,10 +27,12 @@ pub mod config_doc;
 pub mod events;
 pub mod file_caps;
 pub mod handler_features;
+pub mod pod_cgroup;
 pub mod pod_infra;
 pub mod pod_network;
 pub mod pod_pid;
 pub mod sandbox;
+pub mod sd_notify;
 pub mod seccomp;
 pub mod service;
 pub mod spec;
@@ -75,10 +79,13 @@ pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
-/// Opens the daemon, recovers, and serves CRI on the socket until `shutdown`.
+/// Opens the daemon, recovers, and serves CRI on the socket until `shutdown`;
+/// tells systemd through `notifier` once the socket accepts connections and
+/// when shutting down.
 pub async fn serve(
     cfg: config::Config,
     shutdown: impl std::future::Future<Output = ()> + Send,
+    notifier: &sd_notify::Notifier,
 ) -> anyhow::Result<()> {
     let socket = cfg.socket.clone();
     let streaming_settings = cfg.streaming.clone();
@@ -90,6 +97,15 @@ pub async fn serve(
     let listener = bind(&socket)?;
     let _metrics = serve_metrics(&daemon).await?;
     tracing::info!(socket = %socket.display(), "serving CRI");
+    if let Err(e) = notifier.ready() {
+        tracing::warn!("telling systemd carrackd is ready: {e}");
+    }
+    let shutdown = async {
+        shutdown.await;
+        if let Err(e) = notifier.stopping() {
+            tracing::warn!("telling systemd carrackd is stopping: {e}");
+        }
+    };
     tonic::transport::Server::builder()
         .layer(telemetry::RpcMetricsLayer(daemon.telemetry.clone()))
         .add_service(RuntimeServiceServer::new(service::Runtime(daemon.clone())))
