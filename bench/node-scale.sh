@@ -13,6 +13,7 @@
 #   PODS       pods per runtime (default 250); WINDOW polling seconds (default 120)
 #   FILES, FILE_BYTES   what each container writes (default 200 × 20971 ≈ 4 MiB)
 #   RUNTIMES   which to run, in order (default "carrackd containerd")
+#   SKIP_BUILD=1   run the binaries already in target/release and target/static
 #
 # Everything it makes (daemons, shims, containers, mounts, network
 # namespaces, veths, bridges, iptables rules, cgroups) is removed on exit,
@@ -50,7 +51,7 @@ work_pids() {
     for p in /proc/[0-9]*; do
         p=${p#/proc/}
         [ "$p" = $$ ] || [ "$p" = "$BASHPID" ] && continue
-        tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -qF -- "$WORK/" && echo "$p"
+        { tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null | grep -qF -- "$WORK/" && echo "$p"
     done
     return 0
 }
@@ -74,8 +75,8 @@ kill_all() { # signal, then the PIDs on stdin
 remove_rules() {
     local net=$1 table rule chain
     for table in nat filter; do
-        iptables -t "$table" -S 2>/dev/null | grep -F -- "name: \\\"$net\\\"" | grep '^-A ' \
-            | while read -r rule; do
+        { iptables -t "$table" -S 2>/dev/null || true; } | { grep -F -- "name: \\\"$net\\\"" || true; } \
+            | { grep '^-A ' || true; } | while read -r rule; do
                 eval "iptables -t $table ${rule/#-A/-D}" 2>/dev/null || true
                 chain=$(sed -n 's/.* -j \(CNI-[0-9a-f]*\)\( .*\)\?$/\1/p' <<<"$rule")
                 if [ -n "$chain" ]; then
@@ -141,13 +142,15 @@ for rt in $RUNTIMES; do
         && { echo "node-scale: ${SUBNET[$rt]} is routed on this host already" >&2; exit 1; }
 done
 
-cargo build --release -p carrackd -p carrack-bench --bins -q
-bash deploy/build-static.sh --quiet
+if [ -z "${SKIP_BUILD:-}" ]; then
+    cargo build --release -p carrackd -p carrack-bench --bins -q
+    bash deploy/build-static.sh --quiet
+fi
 target=${CARGO_TARGET_DIR:-target}/release
 
 rm -rf --one-file-system "$WORK/carrackd" "$WORK/containerd" "$WORK/ipam" "$WORK/logs"
 mkdir -p "$WORK/bin" "$WORK/ipam" "$WORK/logs"
-ulimit -n 1048576
+ulimit -n "$(ulimit -Hn)" # 250 pods: sockets, pipes and fds in both daemons
 
 conflist() { # runtime
     cat <<CNI

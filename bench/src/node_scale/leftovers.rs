@@ -22,7 +22,8 @@ pub struct Held {
     pub pod_processes: usize,
     /// Mounts under the runtime's directory, pinned netns excluded.
     pub mounts: usize,
-    /// Network namespaces pinned under the runtime's directory.
+    /// Namespaces pinned under the runtime's directory (nsfs mounts:
+    /// network, and IPC and UTS where a runtime pins those too).
     pub netns: usize,
     /// Interfaces enslaved to the runtime's bridge.
     pub veths: usize,
@@ -30,7 +31,8 @@ pub struct Held {
     pub iptables_rules: usize,
     /// Addresses host-local holds for the network.
     pub ipam_addresses: usize,
-    /// Cgroups below the pods' parent (pod cgroups and what is in them).
+    /// Cgroups inside the pods' cgroups (containers', in every hierarchy);
+    /// the pod cgroups themselves are the bench's, as kubelet's.
     pub cgroups: usize,
 }
 
@@ -61,11 +63,11 @@ impl Held {
             ("shim processes", self.shims),
             ("processes in pod cgroups", self.pod_processes),
             ("mounts", self.mounts),
-            ("network namespaces", self.netns),
+            ("pinned namespaces", self.netns),
             ("veths on the bridge", self.veths),
             ("iptables rules", self.iptables_rules),
             ("host-local addresses", self.ipam_addresses),
-            ("cgroups", self.cgroups),
+            ("container cgroups", self.cgroups),
         ]
     }
 }
@@ -127,7 +129,8 @@ fn ipam_addresses(dir: &Path) -> usize {
         .count()
 }
 
-/// Cgroup directories below `root` in every hierarchy.
+/// Cgroup directories inside the pod cgroups below `root`, in every
+/// hierarchy.
 fn cgroups_below(root: &str) -> usize {
     let mut n = 0;
     // v1 hierarchies (their aliases, such as cpu -> cpu,cpuacct, are
@@ -138,19 +141,28 @@ fn cgroups_below(root: &str) -> usize {
         .flatten()
     {
         if h.file_type().is_ok_and(|t| t.is_dir()) {
-            n += count_dirs(&h.path().join(root.trim_start_matches('/')));
+            n += inside_pods(&h.path().join(root.trim_start_matches('/')));
         }
     }
     // A pure cgroup v2 host has the tree at the top.
-    n + count_dirs(&Path::new("/sys/fs/cgroup").join(root.trim_start_matches('/')))
+    n + inside_pods(&Path::new("/sys/fs/cgroup").join(root.trim_start_matches('/')))
 }
 
-fn count_dirs(dir: &Path) -> usize {
+/// Directories below the subdirectories (the pods) of `dir`.
+fn inside_pods(dir: &Path) -> usize {
+    subdirs(dir).map(|pod| count_dirs(&pod)).sum()
+}
+
+fn subdirs(dir: &Path) -> impl Iterator<Item = std::path::PathBuf> {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| 1 + count_dirs(&e.path()))
-        .sum()
+        .map(|e| e.path())
+}
+
+/// Directories below `dir`, at any depth.
+fn count_dirs(dir: &Path) -> usize {
+    subdirs(dir).map(|d| 1 + count_dirs(&d)).sum()
 }

@@ -137,10 +137,9 @@ async fn run(t: &Target, args: &Args, payload: Payload, f: &mut Figures) -> Resu
     let removed = teardown::remove_all(t, &pods).await;
     f.removal = removed.as_ref().ok().copied();
     let mut left = Held::count(t);
-    // What was left inside the pod cgroups is counted; the pod cgroups
-    // themselves are the bench's (kubelet's) to remove, and count only if
-    // they cannot be.
-    left.cgroups = left.cgroups.saturating_sub(pods.len()) + teardown::remove_pod_cgroups(&pods);
+    // The pod cgroups themselves are the bench's (kubelet's) to remove,
+    // and count only where they cannot be.
+    left.cgroups += teardown::remove_pod_cgroups(&pods);
     f.left = Some(left);
     measured.and(removed.map(|_| ()))
 }
