@@ -8,6 +8,7 @@
 //! default_runtime = "runc"
 //! cgroup_parent = "/carrack"
 //! metrics_address = "127.0.0.1:9464"   # Prometheus /metrics; unset: off
+//! disk_usage_refresh_seconds = 10      # writable layers' usage, at most this old
 //! [runtimes.runc]
 //! binary = "/usr/sbin/runc"
 //! root = "/run/carrack/runc"
@@ -128,6 +129,9 @@ pub struct Config {
     /// Where carrackd serves Prometheus `/metrics`: `host:port`, or a bare
     /// port for loopback; empty (the default): not served.
     pub metrics_address: String,
+    /// A change in a container's writable layer shows in its stats within
+    /// this many seconds (`carrack_image::usage`).
+    pub disk_usage_refresh_seconds: u64,
     /// The exec/attach/port-forward server (`[streaming]`).
     pub streaming: crate::streaming::StreamingSettings,
 }
@@ -160,6 +164,7 @@ impl Default for Config {
             registries: RegistryConfig::default(),
             network: Default::default(),
             metrics_address: String::new(),
+            disk_usage_refresh_seconds: 10,
             streaming: Default::default(),
         }
     }
@@ -206,6 +211,15 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "metrics_address".into(),
                 message,
+            });
+        }
+        if !(1..=3600).contains(&self.disk_usage_refresh_seconds) {
+            return Err(ConfigError::Invalid {
+                key: "disk_usage_refresh_seconds".into(),
+                message: format!(
+                    "expected 1 to 3600 seconds, got {}",
+                    self.disk_usage_refresh_seconds
+                ),
             });
         }
         for (key, p) in [
@@ -267,6 +281,7 @@ impl Config {
             registries: self.registries.clone(),
             max_concurrent_downloads: self.max_concurrent_downloads,
             overlay_method: None,
+            usage_refresh: std::time::Duration::from_secs(self.disk_usage_refresh_seconds),
         }
     }
 
@@ -321,6 +336,13 @@ mod tests {
         assert!(e.to_string().contains("metrics_address"), "{e}");
         let c = Config::parse("metrics_address = \"9464\"", Path::new("x")).unwrap();
         assert_eq!(c.metrics_address, "9464");
+        let e = Config::parse("disk_usage_refresh_seconds = 0", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("disk_usage_refresh_seconds"), "{e}");
+        let c = Config::parse("disk_usage_refresh_seconds = 2", Path::new("x")).unwrap();
+        assert_eq!(
+            c.image_store_config().usage_refresh,
+            std::time::Duration::from_secs(2)
+        );
     }
 
     /// A file needs only the keys it changes, in a runtime handler's table

@@ -49,6 +49,10 @@ const DOCS: &[(&str, &str)] = &[
         "carrackd's Prometheus /metrics: \"host:port\", or a bare port for\n127.0.0.1 only; \"\" (the default) serves none.",
     ),
     (
+        "disk_usage_refresh_seconds",
+        "How old a container's writable-layer usage (ContainerStats) may be\nafter it changed: layers are walked in the background, not per call.",
+    ),
+    (
         "runtimes",
         "Runtime handlers by name, as RuntimeClass objects name them. Each\nbinary speaks runc's command line (carrack-runtime, runc, crun, youki).\nA file that lists handlers replaces these three; in each, a key left\nout takes its default.",
     ),

@@ -146,19 +146,6 @@ async fn cri_container_and_pod_stats() {
             + limited.working_set_bytes.unwrap().value,
         MEM_LIMIT
     );
-    // The writable layer grows with a file written into the rootfs.
-    let layer0 = container_stats(&mut rt, &mem).await.writable_layer.unwrap();
-    let (code, _, err) = exec(
-        &mut rt,
-        &mem,
-        &["sh", "-c", "head -c 1048576 /dev/zero > /big"],
-    )
-    .await;
-    assert_eq!(code, 0, "{err}");
-    let layer1 = container_stats(&mut rt, &mem).await.writable_layer.unwrap();
-    assert!(layer1.used_bytes.unwrap().value >= layer0.used_bytes.unwrap().value + 1024 * 1024);
-    assert!(layer1.inodes_used.unwrap().value > layer0.inodes_used.unwrap().value);
-
     // Lists and their filters.
     let list = |f: cri::ContainerStatsFilter| {
         let mut rt = rt.clone();
@@ -344,6 +331,129 @@ async fn cri_container_and_pod_stats() {
 
     stop_pod(&mut rt, &pod_id).await;
     remove_pod(&mut rt, &pod_id).await;
+}
+
+/// The writable layers' refresh interval of the daemons below that set it.
+const USAGE_REFRESH: Duration = Duration::from_secs(2);
+
+/// (used bytes, inodes) of a container's writable layer.
+async fn writable_layer(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> (u64, u64) {
+    let l = container_stats(rt, id)
+        .await
+        .writable_layer
+        .expect("writable_layer");
+    (l.used_bytes.unwrap().value, l.inodes_used.unwrap().value)
+}
+
+/// The writable layer of `id` once `ok` holds for it, which must be within
+/// the refresh interval (and as long again for the walk and the scheduler
+/// of a loaded machine). ContainerStats is asked every 100 ms: the cache
+/// has no event to wait on through CRI.
+async fn writable_layer_within_refresh(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    what: &str,
+    ok: impl Fn((u64, u64)) -> bool,
+) -> (u64, u64) {
+    let deadline = Instant::now() + USAGE_REFRESH * 2;
+    loop {
+        let layer = writable_layer(rt, id).await;
+        if ok(layer) {
+            return layer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the writable layer is still {layer:?} after {:?}",
+            USAGE_REFRESH * 2
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writable_layer_shows_a_file_written_and_deleted_within_the_refresh_interval() {
+    if !prerequisites() {
+        return;
+    }
+    let image = test_image();
+    let daemon = daemon_options()
+        .config(&format!(
+            "disk_usage_refresh_seconds = {}\n",
+            USAGE_REFRESH.as_secs()
+        ))
+        .start(&image.host);
+    let (mut rt, mut img) = daemon.clients().await;
+    pull(&mut img, &image.name).await;
+    let (pod_id, pod) = run_pod(&mut rt, &daemon, "layer").await;
+    let c = container_config("writer", &image.name, &["sleep", "1000"]);
+    let c = run_container(&mut rt, &pod_id, c, Some(&pod)).await;
+    let before = writable_layer(&mut rt, &c).await;
+
+    const SIZE: u64 = 4 << 20;
+    let (code, _, err) = exec(
+        &mut rt,
+        &c,
+        &[
+            "sh",
+            "-c",
+            "mkdir /data && head -c 4194304 /dev/zero > /data/big",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let grown = writable_layer_within_refresh(&mut rt, &c, "after the write", |(used, _)| {
+        used >= before.0 + SIZE
+    })
+    .await;
+    assert!(grown.1 >= before.1 + 2, "{before:?} -> {grown:?}");
+
+    let (code, _, err) = exec(&mut rt, &c, &["rm", "/data/big"]).await;
+    assert_eq!(code, 0, "{err}");
+    let shrunk = writable_layer_within_refresh(&mut rt, &c, "after the delete", |(used, _)| {
+        used + SIZE <= grown.0
+    })
+    .await;
+    assert_eq!(shrunk.1, grown.1 - 1, "{grown:?} -> {shrunk:?}");
+
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
+}
+
+/// (used bytes, inodes) of the image file system.
+async fn image_fs(img: &mut cri::image_service_client::ImageServiceClient<Channel>) -> (u64, u64) {
+    let fs = img
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let u = &fs.image_filesystems[0];
+    (u.used_bytes.unwrap().value, u.inodes_used.unwrap().value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_fs_info_follows_pulls_and_removals() {
+    if !prerequisites() {
+        return;
+    }
+    let image = test_image();
+    let daemon = daemon_options().start(&image.host);
+    let (_, mut img) = daemon.clients().await;
+    let empty = image_fs(&mut img).await;
+    pull(&mut img, &image.name).await;
+    let pulled = image_fs(&mut img).await;
+    assert!(
+        pulled.0 > empty.0 + (512 << 10) && pulled.1 > empty.1,
+        "a busybox image: {empty:?} -> {pulled:?}"
+    );
+    img.remove_image(cri::RemoveImageRequest {
+        image: Some(cri::ImageSpec {
+            image: image.name.clone(),
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    assert_eq!(image_fs(&mut img).await, empty, "removed");
 }
 
 /// Every event on `stream` up to and including the first of `id` with

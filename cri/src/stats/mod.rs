@@ -5,8 +5,10 @@
 //!
 //! CPU and memory come from the cgroups (via `carrack-cgroups`, which reads
 //! v1, v2 and hybrid hosts alike: nothing here looks at a controller file),
-//! the writable layer from the image store's `rootfs_usage`, network
-//! counters from inside the pod's network namespace ([`network`]).
+//! the writable layer from the image store's `rootfs_usage` (a figure the
+//! store keeps up to date in the background, `carrack_image::usage`: no
+//! file tree is walked here, and its timestamp is when it was measured),
+//! network counters from inside the pod's network namespace ([`network`]).
 //!
 //! `usage_nano_cores` is a rate: the [`Sampler`] keeps the last CPU sample
 //! of every container and pod and divides the CPU time used since then by
@@ -36,8 +38,11 @@ pub const DEFAULT_INTERFACE: &str = "eth0";
 const UNLIMITED: u64 = 1 << 62;
 
 fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    unix_nanos(SystemTime::now())
+}
+
+fn unix_nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
 }
@@ -132,7 +137,7 @@ impl Sampler {
             .rootfs_usage(&c.id)
             .ok()
             .map(|u| cri::FilesystemUsage {
-                timestamp: now_nanos(),
+                timestamp: u.measured_at.map_or_else(now_nanos, unix_nanos),
                 fs_id: Some(cri::FilesystemIdentifier {
                     mountpoint: u.path.to_string_lossy().into_owned(),
                 }),
