@@ -79,10 +79,12 @@ fn nano_cores(prev: Option<CpuSample>, now: CpuSample) -> Option<u64> {
     Some((used * 1_000_000_000 / wall as u128) as u64)
 }
 
-/// Keeps the last CPU sample per container and per pod, for rates.
+/// Keeps the last CPU sample per container and per pod, for rates, and
+/// each container's cgroup path (read once from its bundle).
 #[derive(Debug, Default)]
 pub struct Sampler {
     last: Mutex<HashMap<String, CpuSample>>,
+    cgroup_paths: Mutex<HashMap<String, String>>,
 }
 
 impl Sampler {
@@ -98,6 +100,28 @@ impl Sampler {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         last.remove(id);
         last.remove(&format!("pod:{id}"));
+        drop(last);
+        let mut paths = self.cgroup_paths.lock().unwrap_or_else(|e| e.into_inner());
+        paths.remove(id);
+    }
+
+    /// The container's cgroup: `linux.cgroupsPath` of its bundle's
+    /// config.json (what the runtime was told; read once, it never
+    /// changes), else the pod cgroup's child named by the id.
+    fn container_cgroup_path(
+        &self,
+        c: &ContainerRecord,
+        sb: Option<&SandboxRecord>,
+    ) -> Option<String> {
+        let mut paths = self.cgroup_paths.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = paths.get(&c.id) {
+            return Some(p.clone());
+        }
+        if let Some(p) = spec_cgroup_path(c) {
+            paths.insert(c.id.clone(), p.clone());
+            return Some(p);
+        }
+        sb.map(|s| format!("{}/{}", s.cgroup_path.trim_end_matches('/'), c.id))
     }
 
     /// CPU and memory of one cgroup as CRI reports them; None when the
@@ -131,8 +155,9 @@ impl Sampler {
         c: &ContainerRecord,
         sb: Option<&SandboxRecord>,
     ) -> cri::ContainerStats {
-        let usage =
-            container_cgroup_path(c, sb).and_then(|path| self.cgroup_usage(&c.id, &path, &c.id));
+        let usage = self
+            .container_cgroup_path(c, sb)
+            .and_then(|path| self.cgroup_usage(&c.id, &path, &c.id));
         let writable_layer = images
             .rootfs_usage(&c.id)
             .ok()
@@ -243,14 +268,12 @@ fn swap_usage(m: &carrack_cgroups::MemoryStats, ts: i64) -> Option<cri::SwapUsag
     })
 }
 
-/// The container's cgroup: `linux.cgroupsPath` of its bundle's config.json
-/// (what the runtime was told), else the pod cgroup's child named by the id.
-fn container_cgroup_path(c: &ContainerRecord, sb: Option<&SandboxRecord>) -> Option<String> {
-    let from_spec = std::fs::read(c.bundle.join("config.json"))
+/// `linux.cgroupsPath` of the container's bundle, when it has one.
+fn spec_cgroup_path(c: &ContainerRecord) -> Option<String> {
+    std::fs::read(c.bundle.join("config.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["linux"]["cgroupsPath"].as_str().map(str::to_owned));
-    from_spec.or_else(|| sb.map(|s| format!("{}/{}", s.cgroup_path.trim_end_matches('/'), c.id)))
+        .and_then(|v| v["linux"]["cgroupsPath"].as_str().map(str::to_owned))
 }
 
 /// The pod's interfaces other than loopback, `eth0` as the default one;
@@ -337,6 +360,59 @@ mod tests {
         assert_eq!(
             swap_usage(&m, 7).unwrap().swap_usage_bytes.unwrap().value,
             50
+        );
+    }
+
+    fn record(id: &str, bundle: &Path) -> ContainerRecord {
+        ContainerRecord {
+            id: id.into(),
+            name: id.into(),
+            sandbox_id: "pod".into(),
+            config: Default::default(),
+            image_id: String::new(),
+            image_ref: String::new(),
+            state: crate::store::ContainerState::Running,
+            created_at: 0,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            log_path: String::new(),
+            bundle: bundle.to_owned(),
+            runtime_handler: String::new(),
+            stop_signal: 15,
+            resources: None,
+            user: None,
+        }
+    }
+
+    /// The bundle's spec is read once per container: stats of a full node
+    /// read no file per container but the cgroup's.
+    #[test]
+    fn a_containers_cgroup_path_is_read_from_its_bundle_once() {
+        let bundle = tempfile::tempdir().unwrap();
+        let spec = bundle.path().join("config.json");
+        std::fs::write(&spec, r#"{"linux":{"cgroupsPath":"/kubepods/pod1/c1"}}"#).unwrap();
+        let sm = Sampler::default();
+        let c = record("c1", bundle.path());
+        assert_eq!(
+            sm.container_cgroup_path(&c, None).as_deref(),
+            Some("/kubepods/pod1/c1")
+        );
+        std::fs::remove_file(&spec).unwrap();
+        assert_eq!(
+            sm.container_cgroup_path(&c, None).as_deref(),
+            Some("/kubepods/pod1/c1"),
+            "read again"
+        );
+        // Forgotten with the container; without a spec, none is cached.
+        sm.forget("c1");
+        assert_eq!(sm.container_cgroup_path(&c, None), None);
+        std::fs::write(&spec, r#"{"linux":{"cgroupsPath":"/kubepods/pod1/c1"}}"#).unwrap();
+        assert_eq!(
+            sm.container_cgroup_path(&c, None).as_deref(),
+            Some("/kubepods/pod1/c1")
         );
     }
 
