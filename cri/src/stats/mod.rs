@@ -22,7 +22,7 @@ pub mod network;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use carrack_image::ImageStore;
@@ -79,12 +79,16 @@ fn nano_cores(prev: Option<CpuSample>, now: CpuSample) -> Option<u64> {
     Some((used * 1_000_000_000 / wall as u128) as u64)
 }
 
-/// Keeps the last CPU sample per container and per pod, for rates, and
-/// each container's cgroup path (read once from its bundle).
+/// Keeps the last CPU sample per container and per pod, for rates, each
+/// container's cgroup path (read once from its bundle), and the host's
+/// cgroup layout (read once: finding it parses `/proc/self/mountinfo`,
+/// which on a full node lists every pod's mounts, and it does not change
+/// while a node runs).
 #[derive(Debug, Default)]
 pub struct Sampler {
     last: Mutex<HashMap<String, CpuSample>>,
     cgroup_paths: Mutex<HashMap<String, String>>,
+    hierarchy: OnceLock<Option<carrack_cgroups::Hierarchy>>,
 }
 
 impl Sampler {
@@ -127,7 +131,14 @@ impl Sampler {
     /// CPU and memory of one cgroup as CRI reports them; None when the
     /// cgroup cannot be read (not created yet, or already removed).
     fn cgroup_usage(&self, key: &str, cgroup_path: &str, id: &str) -> Option<CgroupUsage> {
-        let cg = carrack_cgroups::Cgroup::open(cgroup_path, id).ok()?;
+        let hierarchy = self
+            .hierarchy
+            .get_or_init(|| carrack_cgroups::hierarchy().ok());
+        let cg = match hierarchy {
+            Some(h) => carrack_cgroups::Cgroup::open_in(h.clone(), cgroup_path, id),
+            None => carrack_cgroups::Cgroup::open(cgroup_path, id),
+        }
+        .ok()?;
         let st = cg.stats().ok()?;
         let ts = now_nanos();
         let sample = CpuSample {
