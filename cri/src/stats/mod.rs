@@ -128,9 +128,17 @@ impl Sampler {
         sb.map(|s| format!("{}/{}", s.cgroup_path.trim_end_matches('/'), c.id))
     }
 
-    /// CPU and memory of one cgroup as CRI reports them; None when the
-    /// cgroup cannot be read (not created yet, or already removed).
-    fn cgroup_usage(&self, key: &str, cgroup_path: &str, id: &str) -> Option<CgroupUsage> {
+    /// CPU and memory of one cgroup as CRI reports them, and its process
+    /// count when `count_processes` (pods report one, containers do not);
+    /// None when the cgroup cannot be read (not created yet, or already
+    /// removed).
+    fn cgroup_usage(
+        &self,
+        key: &str,
+        cgroup_path: &str,
+        id: &str,
+        count_processes: bool,
+    ) -> Option<CgroupUsage> {
         let hierarchy = self
             .hierarchy
             .get_or_init(|| carrack_cgroups::hierarchy().ok());
@@ -139,7 +147,7 @@ impl Sampler {
             None => carrack_cgroups::Cgroup::open(cgroup_path, id),
         }
         .ok()?;
-        let st = cg.stats().ok()?;
+        let st = cg.stats_of(carrack_cgroups::Detail::CpuMemory).ok()?;
         let ts = now_nanos();
         let sample = CpuSample {
             at_nanos: ts,
@@ -150,7 +158,11 @@ impl Sampler {
             usage_core_nano_seconds: value(st.cpu.usage.total),
             usage_nano_cores: self.rate(key, sample).and_then(value),
         };
-        let processes = cg.pids().map(|p| p.len() as u64).unwrap_or(0);
+        let processes = if count_processes {
+            cg.pids().map(|p| p.len() as u64).unwrap_or(0)
+        } else {
+            0
+        };
         Some(CgroupUsage {
             cpu,
             memory: memory_usage(&st.memory, ts),
@@ -168,7 +180,7 @@ impl Sampler {
     ) -> cri::ContainerStats {
         let usage = self
             .container_cgroup_path(c, sb)
-            .and_then(|path| self.cgroup_usage(&c.id, &path, &c.id));
+            .and_then(|path| self.cgroup_usage(&c.id, &path, &c.id, false));
         let writable_layer = images
             .rootfs_usage(&c.id)
             .ok()
@@ -207,7 +219,7 @@ impl Sampler {
         containers: &[ContainerRecord],
     ) -> cri::PodSandboxStats {
         let ts = now_nanos();
-        let usage = self.cgroup_usage(&format!("pod:{}", sb.id), &sb.cgroup_path, &sb.id);
+        let usage = self.cgroup_usage(&format!("pod:{}", sb.id), &sb.cgroup_path, &sb.id, true);
         let (cpu, memory, process) = match usage {
             Some(u) => (
                 Some(u.cpu),
