@@ -24,18 +24,26 @@ pub mod authority;
 pub mod check;
 pub mod config;
 pub mod config_doc;
+pub mod container;
+pub mod cri_error;
+pub mod cri_records;
+pub mod daemon;
 pub mod events;
 pub mod file_caps;
 pub mod handler_features;
+pub mod id_maps;
 pub mod pod_cgroup;
+pub mod pod_config;
+pub mod pod_host;
 pub mod pod_infra;
 pub mod pod_network;
 pub mod pod_pid;
 pub mod sandbox;
 pub mod sd_notify;
 pub mod seccomp;
-pub mod service;
+pub mod server;
 pub mod spec;
+pub mod spec_error;
 pub mod stats;
 pub mod stop_signal;
 pub mod store;
@@ -88,11 +96,10 @@ pub async fn serve(
     notifier: &sd_notify::Notifier,
 ) -> anyhow::Result<()> {
     let socket = cfg.socket.clone();
-    let streaming_settings = cfg.streaming.clone();
     let network = pod_network::CniPodNetwork::open(&cfg.network, &cfg.root).await?;
-    let daemon = service::Daemon::open(cfg, Arc::new(network)).await?;
+    let daemon = daemon::Daemon::open(cfg, Arc::new(network)).await?;
     daemon.recover().await?;
-    let addr = streaming::Streaming::start(&daemon, &streaming_settings).await?;
+    let addr = daemon.start_streaming().await?;
     tracing::info!(%addr, "serving exec, attach and port-forward");
     let listener = bind(&socket)?;
     let _metrics = serve_metrics(&daemon).await?;
@@ -108,14 +115,14 @@ pub async fn serve(
     };
     tonic::transport::Server::builder()
         .layer(telemetry::RpcMetricsLayer(daemon.telemetry.clone()))
-        .add_service(RuntimeServiceServer::new(service::Runtime(daemon.clone())))
-        .add_service(ImageServiceServer::new(service::Images(daemon.clone())))
+        .add_service(RuntimeServiceServer::new(server::Runtime(daemon.clone())))
+        .add_service(ImageServiceServer::new(server::Images(daemon.clone())))
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener).map(|c| c.map(authority::AnyAuthority::new)),
             shutdown,
         )
         .await?;
-    daemon.streaming.stop().await;
+    daemon.stop_streaming().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
@@ -130,7 +137,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// Starts the Prometheus endpoint when `metrics_address` is set.
-async fn serve_metrics(daemon: &Arc<service::Daemon>) -> anyhow::Result<Option<AbortOnDrop>> {
+async fn serve_metrics(daemon: &Arc<daemon::Daemon>) -> anyhow::Result<Option<AbortOnDrop>> {
     let text = &daemon.config().metrics_address;
     if text.is_empty() {
         return Ok(None);

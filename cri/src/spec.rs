@@ -14,28 +14,8 @@ use carrack_proto::cri;
 use oci_spec::image::ImageConfiguration;
 use serde_json::{Value, json};
 
-/// Why no spec could be made: each names the CRI field at fault.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SpecError {
-    /// A field of the request is wrong.
-    #[error("{field}: {message}")]
-    Invalid {
-        /// The CRI field (e.g. `config.linux.security_context.run_as_username`).
-        field: String,
-        /// What is wrong and what was expected.
-        message: String,
-    },
-    /// A feature carrackd does not have yet.
-    #[error("{0}")]
-    Unsupported(String),
-}
-
-fn invalid(field: &str, message: impl Into<String>) -> SpecError {
-    SpecError::Invalid {
-        field: field.to_owned(),
-        message: message.into(),
-    }
-}
+pub use crate::spec_error::SpecError;
+use crate::spec_error::invalid;
 
 /// containerd's default capability set.
 pub const DEFAULT_CAPS: &[&str] = &[
@@ -965,7 +945,7 @@ pub fn generate(input: &SpecInput<'_>, files: &dyn RootfsFiles) -> Result<Value,
     // Joining the pod's user namespace by path: runtimes want its mappings
     // too (runc checks them against the namespace's).
     if !sb.userns.is_empty() {
-        let maps = crate::userns::pod_id_maps(&sb.config).ok_or_else(|| {
+        let maps = crate::id_maps::pod_id_maps(&sb.config).ok_or_else(|| {
             invalid(
                 "config.linux.security_context.namespace_options.userns_options",
                 "the pod has a user namespace but no usable id mappings",

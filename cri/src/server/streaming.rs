@@ -1,26 +1,41 @@
-//! Exec, Attach and PortForward requests: checked against the CRI rules
-//! kubelet relies on, then turned into a single-use streaming URL.
+//! Running commands in containers and reaching into pods: ExecSync (the
+//! command's output in the answer), and Exec, Attach and PortForward, which
+//! answer with a single-use URL of the streaming server (`crate::streaming`
+//! runs the sessions).
 //!
-//! Codes: a missing or malformed field is `InvalidArgument` naming it; an
-//! unknown container or sandbox `NotFound`; a container that is not running
-//! (or a sandbox that is not ready) `FailedPrecondition`. Nothing is made
+//! Exec, Attach and PortForward are checked against the CRI rules kubelet
+//! relies on: a missing or malformed field is InvalidArgument naming it; an
+//! unknown container or sandbox NotFound; a container that is not running
+//! (or a sandbox that is not ready) FailedPrecondition. Nothing is made
 //! before the URL is handed out: a refused request leaves nothing behind.
 
 use carrack_proto::cri;
 use carrack_streaming::{AttachSpec, ExecSpec, PortForwardSpec, StreamingError};
-use tonic::Status;
 
-use crate::service::Daemon;
+use crate::container;
+use crate::cri_error::CriError;
+use crate::daemon::Daemon;
 use crate::store::{ContainerRecord, ContainerState, SandboxState};
+use crate::streaming::NotRunning;
 
-fn invalid(field: &str, msg: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {msg}"))
+/// ExecSync: runs the command in the running container and answers with
+/// its exit code and output, or DeadlineExceeded after `timeout` seconds.
+pub(super) async fn exec_sync(
+    d: &Daemon,
+    r: cri::ExecSyncRequest,
+) -> Result<cri::ExecSyncResponse, CriError> {
+    let out = container::exec_sync(d, &r.container_id, r.cmd, r.timeout).await?;
+    Ok(cri::ExecSyncResponse {
+        stdout: out.stdout,
+        stderr: out.stderr,
+        exit_code: out.exit_code,
+    })
 }
 
 /// The stream flags every exec and attach must satisfy.
-fn check_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<(), Status> {
+fn check_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<(), CriError> {
     if !stdin && !stdout && !stderr {
-        return Err(invalid(
+        return Err(CriError::invalid(
             "stdin, stdout, stderr",
             "at least one of them must be set",
         ));
@@ -28,7 +43,7 @@ fn check_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<(
     if tty && stderr {
         // With a terminal stdout and stderr are one stream; kubelet's
         // streaming server refuses the combination the same way.
-        return Err(invalid(
+        return Err(CriError::invalid(
             "tty, stderr",
             "tty and stderr cannot both be set (a terminal merges stderr into stdout)",
         ));
@@ -36,15 +51,15 @@ fn check_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<(
     Ok(())
 }
 
-fn running_container(d: &Daemon, field: &str, id: &str) -> Result<ContainerRecord, Status> {
+fn running_container(d: &Daemon, field: &str, id: &str) -> Result<ContainerRecord, CriError> {
     if id.is_empty() {
-        return Err(invalid(field, "must not be empty"));
+        return Err(CriError::invalid(field, "must not be empty"));
     }
     let c = d
         .container(id)?
-        .ok_or_else(|| Status::not_found(format!("{field}: container {id:?} not found")))?;
+        .ok_or_else(|| CriError::NotFound(format!("{field}: container {id:?} not found")))?;
     if c.state != ContainerState::Running {
-        return Err(Status::failed_precondition(format!(
+        return Err(CriError::FailedPrecondition(format!(
             "container {id} is {:?}, not running",
             c.state
         )));
@@ -52,21 +67,22 @@ fn running_container(d: &Daemon, field: &str, id: &str) -> Result<ContainerRecor
     Ok(c)
 }
 
-fn url_err(e: StreamingError) -> Status {
+fn url_err(e: StreamingError) -> CriError {
     match e {
-        StreamingError::InvalidRequest(m) => Status::invalid_argument(m),
-        e => Status::internal(e.to_string()),
+        StreamingError::InvalidRequest(m) => CriError::InvalidArgument(m),
+        e => CriError::internal(e),
     }
 }
 
-fn not_running(e: super::NotRunning) -> Status {
-    Status::unavailable(e.to_string())
+fn not_running(e: NotRunning) -> CriError {
+    CriError::Unavailable(e.to_string())
 }
 
-/// Exec: a URL that runs `cmd` in the running container.
-pub(crate) fn exec_url(d: &Daemon, r: cri::ExecRequest) -> Result<cri::ExecResponse, Status> {
+/// Exec: a single-use URL of the streaming server that runs `cmd` in the
+/// running container.
+pub(super) fn exec(d: &Daemon, r: cri::ExecRequest) -> Result<cri::ExecResponse, CriError> {
     if r.cmd.is_empty() || r.cmd[0].is_empty() {
-        return Err(invalid("cmd", "must name a command"));
+        return Err(CriError::invalid("cmd", "must name a command"));
     }
     check_streams(r.stdin, r.stdout, r.stderr, r.tty)?;
     let c = running_container(d, "container_id", &r.container_id)?;
@@ -86,12 +102,12 @@ pub(crate) fn exec_url(d: &Daemon, r: cri::ExecRequest) -> Result<cri::ExecRespo
     Ok(cri::ExecResponse { url })
 }
 
-/// Attach: a URL that joins the running container's stdio.
-pub(crate) fn attach_url(d: &Daemon, r: cri::AttachRequest) -> Result<cri::AttachResponse, Status> {
+/// Attach: a single-use URL that joins the running container's stdio.
+pub(super) fn attach(d: &Daemon, r: cri::AttachRequest) -> Result<cri::AttachResponse, CriError> {
     check_streams(r.stdin, r.stdout, r.stderr, r.tty)?;
     let c = running_container(d, "container_id", &r.container_id)?;
     if r.stdin && !c.config.stdin {
-        return Err(invalid(
+        return Err(CriError::invalid(
             "stdin",
             format!(
                 "container {} was not created with stdin (ContainerConfig.stdin)",
@@ -114,27 +130,33 @@ pub(crate) fn attach_url(d: &Daemon, r: cri::AttachRequest) -> Result<cri::Attac
     Ok(cri::AttachResponse { url })
 }
 
-/// PortForward: a URL that forwards connections into the pod's network.
-pub(crate) fn port_forward_url(
+/// PortForward: a single-use URL that forwards connections to ports in the
+/// pod's network.
+pub(super) fn port_forward(
     d: &Daemon,
     r: cri::PortForwardRequest,
-) -> Result<cri::PortForwardResponse, Status> {
+) -> Result<cri::PortForwardResponse, CriError> {
     let id = &r.pod_sandbox_id;
     if id.is_empty() {
-        return Err(invalid("pod_sandbox_id", "must not be empty"));
+        return Err(CriError::invalid("pod_sandbox_id", "must not be empty"));
     }
     let mut ports = Vec::with_capacity(r.port.len());
     for p in &r.port {
         match u16::try_from(*p) {
             Ok(p) if p != 0 => ports.push(p),
-            _ => return Err(invalid("port", format!("{p} is not a TCP port (1-65535)"))),
+            _ => {
+                return Err(CriError::invalid(
+                    "port",
+                    format!("{p} is not a TCP port (1-65535)"),
+                ));
+            }
         }
     }
     let s = d
         .sandbox(id)?
-        .ok_or_else(|| Status::not_found(format!("pod_sandbox_id: sandbox {id:?} not found")))?;
+        .ok_or_else(|| CriError::NotFound(format!("pod_sandbox_id: sandbox {id:?} not found")))?;
     if s.state != SandboxState::Ready {
-        return Err(Status::failed_precondition(format!(
+        return Err(CriError::FailedPrecondition(format!(
             "sandbox {id} is {:?}, not ready",
             s.state
         )));
