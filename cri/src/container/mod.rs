@@ -1,8 +1,8 @@
-//! The container manager: CreateContainer ([`create`]), StartContainer
-//! ([`start`]), StopContainer ([`stop`]), RemoveContainer ([`remove`]),
-//! UpdateContainerResources ([`update_resources`]), ReopenContainerLog
-//! ([`reopen_log`]), ExecSync ([`exec_sync`]) and the selection of
-//! ListContainers ([`list`]), over the daemon's core. The OCI spec is
+//! The container manager: CreateContainer (`create`), StartContainer
+//! (`start`), StopContainer (`stop`), RemoveContainer (`remove`),
+//! UpdateContainerResources (`update_resources`), ReopenContainerLog
+//! (`reopen_log`), ExecSync (`exec_sync`) and the selection of
+//! ListContainers (`list`), over the daemon's core. The OCI spec is
 //! `crate::spec`'s; the shim runs the container.
 
 mod create;
