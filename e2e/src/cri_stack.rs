@@ -5,7 +5,7 @@
 //!
 //! Tests take the parts apart, naming them as before:
 //!
-//! ```ignore
+//! ```text
 //! let CriStack { image, daemon, mut rt, logs, pod, .. } =
 //!     CriStack::with_pod(Carrackd::options(), |logs| pod_config("web", logs)).await;
 //! ```
