@@ -215,6 +215,48 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Applies resources to a running container: for a systemd scope its
+    /// unit properties first (systemd would otherwise put its old values
+    /// back when it next realises the unit), then the files as [`Cgroup::apply`].
+    pub fn update(&self, resources: &LinuxResources) -> Result<()> {
+        if let Some(scope) = &self.scope {
+            let mut bus = systemd::Bus::connect().map_err(|e| bus_error(scope, e))?;
+            systemd::update_scope(&mut bus, scope, resources, &self.hierarchy)?;
+        }
+        self.apply(resources)
+    }
+
+    /// For a systemd scope: has systemd start it with `pid` (and so the
+    /// children `pid` forks afterwards) in it and `resources` as its
+    /// properties, then makes the directories systemd does not manage and
+    /// applies `resources` to the files: what [`Cgroup::create`] and
+    /// [`Cgroup::apply`] are for a cgroupfs path. The D-Bus connection is
+    /// closed (its threads joined) before this returns.
+    pub fn start_scope(&self, pid: i32, resources: &LinuxResources) -> Result<()> {
+        let Some(scope) = &self.scope else {
+            return Err(CgroupError::InvalidPath {
+                path: self.path.clone(),
+                reason: "not a systemd scope (slice:prefix:name)".into(),
+            });
+        };
+        let mut bus = systemd::Bus::connect().map_err(|e| bus_error(scope, e))?;
+        systemd::start_scope(&mut bus, scope, pid, resources, &self.hierarchy)?;
+        drop(bus);
+        self.create()?;
+        self.apply(resources)
+    }
+
+    /// For a systemd scope: stops and resets the unit (a gone unit is
+    /// fine), so that systemd forgets it; the caller has killed its
+    /// processes. Nothing for a cgroupfs path.
+    pub fn stop_scope(&self) -> Result<()> {
+        let Some(scope) = &self.scope else {
+            return Ok(());
+        };
+        let mut bus = systemd::Bus::connect().map_err(|e| bus_error(scope, e))?;
+        systemd::stop_scope(&mut bus, scope)
+    }
+
     /// Moves a process into the cgroup in every hierarchy.
     pub fn add_process(&self, pid: i32) -> Result<()> {
         for dir in self.paths() {
@@ -323,6 +365,14 @@ impl Cgroup {
             remove_tree(&dir)?;
         }
         Ok(())
+    }
+}
+
+fn bus_error(scope: &ScopeUnit, e: systemd::BusError) -> CgroupError {
+    CgroupError::Systemd {
+        unit: scope.name.clone(),
+        op: "connecting to systemd for",
+        reason: e.to_string(),
     }
 }
 
