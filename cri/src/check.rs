@@ -1,7 +1,8 @@
 //! `carrackd check`: verifies that this node can run Carrack's pods and says
 //! what is missing and how to fix it. It reads the kernel's and the
-//! configuration's facts and changes nothing (no directory is created, no
-//! module loaded).
+//! configuration's facts and changes nothing (no module is loaded; the only
+//! directories made are the overlay probe's two empty ones under the
+//! temporary directory, removed again).
 //!
 //! Each finding is `ok`, `warn` (a feature some pods need is missing) or
 //! `fail` (no pod can run, or every pod of a kind fails); the command exits
@@ -60,7 +61,7 @@ impl Finding {
 /// Checks the node against `cfg`.
 pub fn check_node(cfg: &Config) -> Vec<Finding> {
     let mut out = vec![check_root()];
-    out.push(check_overlayfs());
+    out.extend(check_overlayfs());
     out.extend(check_namespaces());
     out.extend(check_cgroups());
     out.push(check_seccomp());
@@ -110,20 +111,28 @@ fn check_root() -> Finding {
     }
 }
 
-fn check_overlayfs() -> Finding {
+fn check_overlayfs() -> Vec<Finding> {
     let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    if fs
+    if !fs
         .lines()
         .any(|l| l.split_whitespace().last() == Some("overlay"))
     {
-        return Finding::ok("overlayfs", "the kernel has overlay");
+        return vec![Finding::bad(
+            "overlayfs",
+            Level::Fail,
+            "overlay is not in /proc/filesystems: container root file systems cannot be mounted",
+            "modprobe overlay (and add it to /etc/modules-load.d/carrack.conf)",
+        )];
     }
-    Finding::bad(
-        "overlayfs",
-        Level::Fail,
-        "overlay is not in /proc/filesystems: container root file systems cannot be mounted",
-        "modprobe overlay (and add it to /etc/modules-load.d/carrack.conf)",
-    )
+    // Probed only once overlay is there: fsopen would load the module.
+    let found = carrack_image::OverlayMethod::detect(&std::env::temp_dir());
+    vec![
+        Finding::ok("overlayfs", "the kernel has overlay"),
+        Finding::ok(
+            "overlay mounts",
+            format!("{}; {}", found.method, found.reason),
+        ),
+    ]
 }
 
 fn check_namespaces() -> Vec<Finding> {

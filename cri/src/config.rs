@@ -250,6 +250,7 @@ impl Config {
             db_path: self.db_path(),
             registries: self.registries.clone(),
             max_concurrent_downloads: self.max_concurrent_downloads,
+            overlay_method: None,
         }
     }
 

@@ -5,6 +5,7 @@
 //! - [`check`]: `carrackd check`, what this node has and lacks;
 //! - [`store`]: sandboxes and containers in SQLite (WAL), intent first;
 //! - [`sandbox`]: pinned namespaces, pod files, the pod network seam;
+//! - [`pod_cgroup`]: the pod cgroup's path from kubelet's `cgroup_parent`;
 //! - [`pod_network`]: the pod network over CNI (`carrack-network`);
 //! - [`pod_infra`]: the infra process holding a pod's shared PID namespace;
 //! - [`pod_pid`]: PID namespace sharing (POD and TARGET);
@@ -24,6 +25,7 @@ pub mod config_doc;
 pub mod events;
 pub mod file_caps;
 pub mod handler_features;
+pub mod pod_cgroup;
 pub mod pod_infra;
 pub mod pod_network;
 pub mod pod_pid;

@@ -134,6 +134,8 @@ impl Daemon {
         std::fs::create_dir_all(&cfg.state)?;
         let store = Store::open(&cfg.db_path())?;
         let images = ImageStore::open(cfg.image_store_config()).await?;
+        let overlay = images.overlay_method();
+        info!(method = %overlay.method, reason = overlay.reason, "rootfs overlays");
         let handler_features = crate::handler_features::probe_all(&cfg);
         Ok(Arc::new_cyclic(|me| Daemon {
             cfg,
@@ -911,10 +913,14 @@ impl Runtime {
             "{}_{}_{}_{}",
             meta.name, meta.namespace, meta.uid, meta.attempt
         );
-        let cgroup_path = match config.linux.as_ref().map(|l| l.cgroup_parent.as_str()) {
-            Some(p) if !p.is_empty() => p.to_owned(),
-            _ => format!("{}/{}", d.cfg.cgroup_parent.trim_end_matches('/'), id),
-        };
+        let cgroup_path = crate::pod_cgroup::pod_cgroup_path(
+            config
+                .linux
+                .as_ref()
+                .map_or("", |l| l.cgroup_parent.as_str()),
+            &d.cfg.cgroup_parent,
+            &id,
+        );
         let mut rec = SandboxRecord {
             id: id.clone(),
             name,

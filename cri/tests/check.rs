@@ -1,8 +1,9 @@
 //! `carrackd check` on this machine: the real binary against the real
 //! kernel. This host (and CI's) has overlayfs, every namespace, hybrid
 //! cgroups and seccomp, so the check passes; a config whose default runtime
-//! is missing fails it, naming the key to fix. `--version` and `--help`
-//! answer too.
+//! is missing fails it, naming the key to fix. The overlay mount method it
+//! reports is the one the kernel's release implies (lowerdir+ from 6.8).
+//! `--version` and `--help` answer too.
 
 use std::process::Command;
 
@@ -40,6 +41,25 @@ fn check_reports_each_area_of_this_node() {
     assert!(text.contains("memory"), "controllers are listed:\n{text}");
     assert!(text.contains(" checks: "), "a summary line:\n{text}");
     assert_eq!(code, 0, "this node has what Carrack needs:\n{text}");
+    let method = text
+        .lines()
+        .find(|l| l.contains("overlay mounts:"))
+        .unwrap_or_else(|| panic!("the overlay mount method is reported:\n{text}"));
+    let want = if kernel_at_least(6, 8) {
+        "fsconfig lowerdir+"
+    } else {
+        "lowerdir= option string"
+    };
+    assert!(method.contains(want), "{want} on this kernel: {method}");
+}
+
+/// Whether the running kernel's release is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
 }
 
 #[test]

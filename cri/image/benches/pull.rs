@@ -213,6 +213,7 @@ async fn main() {
             db_path: dir.join("carrack.db"),
             registries: RegistryConfig::default(),
             max_concurrent_downloads: 4,
+            overlay_method: None,
         })
         .await
         .unwrap();

@@ -8,7 +8,9 @@
 //! - `content/sha256/<hex>`: verified blobs ([`content`]);
 //! - `snapshots/<chain id hex>`: unpacked layers ([`snapshot`]);
 //! - `containers/<id>/upper`, `containers/<id>/work`: a container's overlay
-//!   upper and work dirs (the rootfs itself is mounted where the caller says).
+//!   upper and work dirs (the rootfs itself is mounted where the caller says),
+//!   and `containers/<id>/lower/`, short names of its lower layers when the
+//!   kernel needs them ([`overlay`]).
 //!
 //! # Using it from carrackd
 //!
@@ -21,6 +23,7 @@
 //!     db_path: "/var/lib/carrack/carrack.db".into(),
 //!     registries,
 //!     max_concurrent_downloads: 4,
+//!     overlay_method: None, // detected
 //! })
 //! .await?;
 //! let image = store.pull("busybox", None::<RegistryAuth>).await?; // PullImage
@@ -55,6 +58,7 @@ pub mod content;
 pub mod error;
 pub mod manifest;
 pub mod metadata;
+pub mod overlay;
 pub mod reference;
 pub mod registry;
 pub mod snapshot;
@@ -70,6 +74,7 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest};
 use tokio::sync::{RwLock, Semaphore};
 
 pub use error::ImageError;
+pub use overlay::OverlayMethod;
 pub use registry::{RegistryAuth, RegistryConfig, RegistryCredentials, RegistryHostConfig};
 
 use content::ContentStore;
@@ -92,6 +97,9 @@ pub struct ImageStoreConfig {
     pub registries: RegistryConfig,
     /// How many layer blobs download at once (0 means 1).
     pub max_concurrent_downloads: usize,
+    /// How rootfs overlays are mounted; `None` asks the kernel
+    /// ([`OverlayMethod::detect`]).
+    pub overlay_method: Option<OverlayMethod>,
 }
 
 impl Default for ImageStoreConfig {
@@ -101,6 +109,7 @@ impl Default for ImageStoreConfig {
             db_path: PathBuf::from("/var/lib/carrack/carrack.db"),
             registries: RegistryConfig::default(),
             max_concurrent_downloads: 4,
+            overlay_method: None,
         }
     }
 }
@@ -193,6 +202,7 @@ struct Inner {
     root: PathBuf,
     content: ContentStore,
     snapshots: Snapshots,
+    overlay: overlay::Detected,
     db: Metadata,
     registry: RegistryClient,
     downloads: Semaphore,
@@ -288,6 +298,13 @@ impl ImageStore {
         fs::create_dir_all(&root).ctx(|| format!("create {}", root.display()))?;
         let content = ContentStore::open(&root.join("content"))?;
         let snapshots = Snapshots::open(&root.join("snapshots"))?;
+        let overlay = match cfg.overlay_method {
+            Some(method) => overlay::Detected {
+                method,
+                reason: "configured".into(),
+            },
+            None => OverlayMethod::detect(&root.join("snapshots")),
+        };
         fs::create_dir_all(root.join("containers"))
             .ctx(|| format!("create {}/containers", root.display()))?;
         let db = Metadata::open(&cfg.db_path)?;
@@ -296,6 +313,7 @@ impl ImageStore {
                 root,
                 content,
                 snapshots,
+                overlay,
                 db,
                 registry: RegistryClient::new(cfg.registries),
                 downloads: Semaphore::new(cfg.max_concurrent_downloads.max(1)),
@@ -309,6 +327,11 @@ impl ImageStore {
     /// The root directory.
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// How this store mounts rootfs overlays, and why.
+    pub fn overlay_method(&self) -> &overlay::Detected {
+        &self.inner.overlay
     }
 
     /// An image whose every snapshot is in place, by id.
@@ -829,7 +852,14 @@ impl ImageStore {
             fs::create_dir_all(d).ctx(|| format!("create {}", d.display()))?;
         }
         self.inner.db.put_rootfs(container_id, &img.id, &chain)?;
-        if let Err(e) = snapshot::mount_overlay(&lowers, &upper, &work, target) {
+        if let Err(e) = overlay::mount_overlay(
+            self.inner.overlay.method,
+            &lowers,
+            &upper,
+            &work,
+            target,
+            &dir.join("lower"),
+        ) {
             let _ = self.inner.db.delete_rootfs(container_id);
             let _ = fs::remove_dir_all(&dir);
             return Err(e);
@@ -841,9 +871,9 @@ impl ImageStore {
     /// Idempotent.
     pub fn remove_rootfs(&self, container_id: &str, target: &Path) -> Result<(), ImageError> {
         validate_container_id(container_id)?;
-        snapshot::unmount(target)?;
+        overlay::unmount(target)?;
         let dir = self.inner.root.join("containers").join(container_id);
-        for sub in ["upper", "work", "empty"] {
+        for sub in ["upper", "work", "empty", "lower"] {
             let p = dir.join(sub);
             match fs::remove_dir_all(&p) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -1,20 +1,14 @@
 //! Snapshots: one directory per unpacked layer under `<root>/snapshots/<hex>`,
-//! named by the layer's chain id, and the overlay mounts that stack them into a
-//! container rootfs.
+//! named by the layer's chain id.
 //!
 //! A snapshot is unpacked into `<root>/snapshots/tmp-…` and renamed to its
 //! chain id only once complete and synced, so a snapshot at its final name is
 //! always whole; leftovers of a crash or a failed pull are removed at open.
-//!
-//! Mounts use the new mount API with one `lowerdir+` parameter per layer
-//! (kernel 6.8+), so the number of layers is not bounded by the one-page
-//! limit of the classic `mount(2)` option string.
+//! The overlay mounts themselves are [`crate::overlay`]'s.
 
-use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -150,154 +144,6 @@ impl Snapshots {
             }
         }
         Ok(out)
-    }
-}
-
-fn cstr(s: &[u8]) -> io::Result<CString> {
-    CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-}
-
-// Constants of the new mount API (linux/mount.h).
-const FSOPEN_CLOEXEC: libc::c_uint = 1;
-const FSCONFIG_SET_STRING: libc::c_uint = 1;
-const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
-
-/// Reads the messages the kernel left on a filesystem context fd.
-fn fs_context_log(fd: &OwnedFd) -> String {
-    let mut msgs = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        // SAFETY: reading into a valid buffer from an fd we own.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
-            break;
-        }
-        msgs.push(String::from_utf8_lossy(&buf[..n as usize]).into_owned());
-    }
-    msgs.join("; ")
-}
-
-fn fsconfig_string(fd: &OwnedFd, key: &str, value: &[u8]) -> io::Result<()> {
-    let k = cstr(key.as_bytes())?;
-    let v = cstr(value)?;
-    // SAFETY: fsconfig(2) with a valid fs context fd and NUL-terminated key
-    // and value strings that outlive the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fd.as_raw_fd(),
-            FSCONFIG_SET_STRING,
-            k.as_ptr(),
-            v.as_ptr(),
-            0,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// Mounts an overlay of `lowers` (topmost first) with `upper` and `work` at
-/// `target`.
-pub fn mount_overlay(
-    lowers: &[PathBuf],
-    upper: &Path,
-    work: &Path,
-    target: &Path,
-) -> Result<(), ImageError> {
-    let fail = |what: &str, e: io::Error, log: String| ImageError::Mount {
-        target: target.to_owned(),
-        reason: if log.is_empty() {
-            format!("{what}: {e}")
-        } else {
-            format!("{what}: {e} ({log})")
-        },
-    };
-    let name = cstr(b"overlay").expect("no NUL");
-    // SAFETY: fsopen(2) with a NUL-terminated fs name; the returned fd is
-    // checked before use.
-    let raw = unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) };
-    if raw < 0 {
-        return Err(fail(
-            "fsopen overlay",
-            io::Error::last_os_error(),
-            String::new(),
-        ));
-    }
-    // SAFETY: `raw` is a new fd we own exclusively.
-    let fsfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
-    for l in lowers {
-        fsconfig_string(&fsfd, "lowerdir+", l.as_os_str().as_bytes()).map_err(|e| {
-            fail(
-                &format!("lowerdir+ {}", l.display()),
-                e,
-                fs_context_log(&fsfd),
-            )
-        })?;
-    }
-    fsconfig_string(&fsfd, "upperdir", upper.as_os_str().as_bytes())
-        .map_err(|e| fail("upperdir", e, fs_context_log(&fsfd)))?;
-    fsconfig_string(&fsfd, "workdir", work.as_os_str().as_bytes())
-        .map_err(|e| fail("workdir", e, fs_context_log(&fsfd)))?;
-    // SAFETY: fsconfig(2) CMD_CREATE takes no key or value.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fsfd.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            std::ptr::null::<libc::c_char>(),
-            std::ptr::null::<libc::c_void>(),
-            0,
-        )
-    };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return Err(fail("create overlay", e, fs_context_log(&fsfd)));
-    }
-    // SAFETY: fsmount(2) on a created fs context fd.
-    let m = unsafe { libc::syscall(libc::SYS_fsmount, fsfd.as_raw_fd(), FSMOUNT_CLOEXEC, 0) };
-    if m < 0 {
-        return Err(fail("fsmount", io::Error::last_os_error(), String::new()));
-    }
-    // SAFETY: `m` is a new mount fd we own exclusively.
-    let mfd = unsafe { OwnedFd::from_raw_fd(m as i32) };
-    let empty = cstr(b"").expect("no NUL");
-    let t =
-        cstr(target.as_os_str().as_bytes()).map_err(|e| fail("target path", e, String::new()))?;
-    // SAFETY: move_mount(2) from the detached mount fd to `target`, both
-    // strings NUL-terminated.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            mfd.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if r < 0 {
-        return Err(fail(
-            "move_mount",
-            io::Error::last_os_error(),
-            String::new(),
-        ));
-    }
-    Ok(())
-}
-
-/// Detaches the mount at `target`; not mounted is not an error.
-pub fn unmount(target: &Path) -> Result<(), ImageError> {
-    match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
-        Err(e) => Err(ImageError::Mount {
-            target: target.to_owned(),
-            reason: format!("umount: {e}"),
-        }),
     }
 }
 

@@ -9,8 +9,11 @@ use std::os::unix::fs::FileTypeExt;
 
 use carrack_e2e::image_builder::{Compression, ImageConfig, ImageSpec, Layer, OciLayout};
 use carrack_e2e::registry::Registry;
-use carrack_image::{ImageError, RegistryAuth, RegistryConfig};
-use common::{TestDir, leftovers, prerequisites, push, snapshot_count, store};
+use carrack_image::{ImageError, OverlayMethod, RegistryAuth, RegistryConfig};
+use common::{
+    TestDir, leftovers, mount_options, prerequisites, push, snapshot_count, store,
+    store_mounting_with,
+};
 
 fn busybox_spec() -> ImageSpec {
     ImageSpec::new(vec![Layer::busybox(Compression::Gzip).unwrap()]).config(ImageConfig {
@@ -112,6 +115,16 @@ async fn pull_by_tag_then_by_digest_without_network() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_layer_whiteouts_opaque_dirs_and_mounted_rootfs() {
+    whiteouts_opaque_dirs_and_mounted_rootfs(None).await;
+}
+
+/// The same through mount(2)'s option string, which kernels before 6.8 use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_layer_whiteouts_through_the_mount_option_string() {
+    whiteouts_opaque_dirs_and_mounted_rootfs(Some(OverlayMethod::OptionString)).await;
+}
+
+async fn whiteouts_opaque_dirs_and_mounted_rootfs(overlay_method: Option<OverlayMethod>) {
     if !prerequisites() {
         return;
     }
@@ -143,7 +156,7 @@ async fn multi_layer_whiteouts_opaque_dirs_and_mounted_rootfs() {
         "v1",
         &ImageSpec::new(layers),
     );
-    let s = store(dir.path(), RegistryConfig::default()).await;
+    let s = store_mounting_with(dir.path(), RegistryConfig::default(), overlay_method).await;
     let img = s
         .pull(&format!("{}/e2e/layers:v1", reg.host()), None)
         .await
@@ -603,13 +616,33 @@ async fn remove_and_gc_keep_shared_layers_and_pinned_images() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_layers_mount() {
+    many_layers(81, None).await;
+}
+
+/// More layers than one page of absolute paths holds, through mount(2)'s
+/// option string (what kernels before 6.8 use; forced here): short
+/// relative names of the layers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_layers_mount_through_the_mount_option_string() {
+    let options = many_layers(120, Some(OverlayMethod::OptionString)).await;
+    let Some(options) = options else { return };
+    assert!(
+        options.contains("lowerdir=0:1:2:"),
+        "short relative layer names: {options}"
+    );
+}
+
+/// Pulls an image of busybox and `n` - 1 one-file layers, mounts its rootfs
+/// with `overlay_method`, checks a file of the first and the last layer and
+/// returns the mount's options (`None` when a prerequisite is missing).
+async fn many_layers(n: usize, overlay_method: Option<OverlayMethod>) -> Option<String> {
     if !prerequisites() {
-        return;
+        return None;
     }
     let dir = TestDir::new("many");
     let reg = Registry::start().unwrap();
     let mut layers = vec![Layer::busybox(Compression::Gzip).unwrap()];
-    for i in 0..80 {
+    for i in 0..n - 1 {
         layers.push(Layer::new(Compression::None).file(
             &format!("layer-{i}"),
             i.to_string().as_bytes(),
@@ -617,17 +650,26 @@ async fn many_layers_mount() {
         ));
     }
     push(&reg, dir.path(), "e2e/many", "v1", &ImageSpec::new(layers));
-    let s = store(dir.path(), RegistryConfig::default()).await;
+    let s = store_mounting_with(dir.path(), RegistryConfig::default(), overlay_method).await;
     let img = s
         .pull(&format!("{}/e2e/many:v1", reg.host()), None)
         .await
         .unwrap();
-    assert_eq!(img.layers.len(), 81);
+    assert_eq!(img.layers.len(), n);
     let target = dir.path().join("rootfs");
     s.prepare_rootfs(&img.id, "ctr-many", &target).unwrap();
     assert_eq!(fs::read_to_string(target.join("layer-0")).unwrap(), "0");
-    assert_eq!(fs::read_to_string(target.join("layer-79")).unwrap(), "79");
+    let last = (n - 2).to_string();
+    assert_eq!(
+        fs::read_to_string(target.join(format!("layer-{last}"))).unwrap(),
+        last
+    );
+    assert!(target.join("bin/busybox").exists());
+    let options = mount_options(&target).expect("the rootfs is a mount");
     s.remove_rootfs("ctr-many", &target).unwrap();
+    assert!(!target.join("bin/busybox").exists(), "rootfs still mounted");
+    assert!(!dir.path().join("root/containers/ctr-many").exists());
+    Some(options)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

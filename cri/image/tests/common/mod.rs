@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use carrack_e2e::image_builder::{BuiltImage, ImageSpec, OciLayout};
 use carrack_e2e::prerequisite;
 use carrack_e2e::registry::Registry;
-use carrack_image::{ImageStore, ImageStoreConfig, RegistryConfig};
+use carrack_image::{ImageStore, ImageStoreConfig, OverlayMethod, RegistryConfig};
 
 /// Root, registry and skopeo: what every test here needs.
 pub fn prerequisites() -> bool {
@@ -56,14 +56,34 @@ impl Drop for TestDir {
 
 /// Opens a store under `dir` with `registries`.
 pub async fn store(dir: &Path, registries: RegistryConfig) -> ImageStore {
+    store_mounting_with(dir, registries, None).await
+}
+
+/// Opens a store under `dir` with `registries` that mounts overlays with
+/// `overlay_method` (`None`: what the kernel has).
+pub async fn store_mounting_with(
+    dir: &Path,
+    registries: RegistryConfig,
+    overlay_method: Option<OverlayMethod>,
+) -> ImageStore {
     ImageStore::open(ImageStoreConfig {
         root: dir.join("root"),
         db_path: dir.join("root/carrack.db"),
         registries,
         max_concurrent_downloads: 4,
+        overlay_method,
     })
     .await
     .unwrap()
+}
+
+/// The superblock options of the mount at `target` (mountinfo's last field).
+pub fn mount_options(target: &Path) -> Option<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        (fields.get(4) == Some(&target.to_str()?)).then(|| fields.last().map(|s| s.to_string()))?
+    })
 }
 
 /// Builds `spec` into a layout under `dir` and pushes it as `name:tag` to
