@@ -67,6 +67,8 @@ pub struct Cgroup {
     unified_dir: Option<PathBuf>,
     /// The systemd scope this cgroup is, for a `slice:prefix:name` path.
     scope: Option<ScopeUnit>,
+    /// `linux.cgroupsPath` as given.
+    cgroups_path: String,
 }
 
 impl Cgroup {
@@ -140,7 +142,13 @@ impl Cgroup {
             v1_dirs,
             unified_dir,
             scope,
+            cgroups_path: cgroups_path.to_owned(),
         })
+    }
+
+    /// The `linux.cgroupsPath` this cgroup was opened with.
+    pub fn cgroups_path(&self) -> &str {
+        &self.cgroups_path
     }
 
     /// The systemd scope of this cgroup, when its path is in the systemd
@@ -250,11 +258,10 @@ impl Cgroup {
     /// fine), so that systemd forgets it; the caller has killed its
     /// processes. Nothing for a cgroupfs path.
     pub fn stop_scope(&self) -> Result<()> {
-        let Some(scope) = &self.scope else {
-            return Ok(());
-        };
-        let mut bus = systemd::Bus::connect().map_err(|e| bus_error(scope, e))?;
-        systemd::stop_scope(&mut bus, scope)
+        match &self.scope {
+            Some(scope) => systemd::connect_and_stop(&scope.name),
+            None => Ok(()),
+        }
     }
 
     /// Moves a process into the cgroup in every hierarchy.

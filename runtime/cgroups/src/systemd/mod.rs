@@ -149,14 +149,37 @@ pub fn update_scope(
 /// Stops the scope and resets it, so that systemd forgets it; a unit that
 /// is already gone is fine. Idempotent.
 pub fn stop_scope(m: &mut impl Manager, unit: &ScopeUnit) -> Result<()> {
-    match m.stop_unit(&unit.name) {
+    stop_unit(m, &unit.name)
+}
+
+/// Stops the unit `name` (a scope, or a slice with everything in it) and
+/// resets it; a unit that is already gone is fine. Idempotent.
+pub fn stop_unit(m: &mut impl Manager, name: &str) -> Result<()> {
+    let failed = |op: &'static str| {
+        move |e: BusError| CgroupError::Systemd {
+            unit: name.to_owned(),
+            op,
+            reason: e.to_string(),
+        }
+    };
+    match m.stop_unit(name) {
         Ok(()) | Err(BusError::NoSuchUnit) => {}
-        Err(e) => return Err(failed(unit, "stopping")(e)),
+        Err(e) => return Err(failed("stopping")(e)),
     }
-    match m.reset_failed_unit(&unit.name) {
+    match m.reset_failed_unit(name) {
         Ok(()) | Err(BusError::NoSuchUnit) => Ok(()),
-        Err(e) => Err(failed(unit, "resetting")(e)),
+        Err(e) => Err(failed("resetting")(e)),
     }
+}
+
+/// Connects to systemd and stops the unit `name` as [`stop_unit`] does.
+pub fn connect_and_stop(name: &str) -> Result<()> {
+    let mut bus = Bus::connect().map_err(|e| CgroupError::Systemd {
+        unit: name.to_owned(),
+        op: "connecting to systemd for",
+        reason: e.to_string(),
+    })?;
+    stop_unit(&mut bus, name)
 }
 
 #[cfg(test)]
