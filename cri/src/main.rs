@@ -1,6 +1,6 @@
 //! The `carrackd` binary: flags, config, logging, then [`carrackd::serve`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use carrack_image::RegistryHostConfig;
@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "carrackd", version, about = "Carrack's CRI daemon")]
 struct Args {
-    /// The TOML config file (default: none, built-in defaults).
+    /// The TOML config file (default: /etc/carrack/config.toml when it
+    /// exists, else none: built-in defaults).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Persistent state directory (config key `root`).
@@ -95,8 +96,20 @@ enum ConfigCmd {
     Default,
 }
 
+/// The config file read when `--config` names none, if it exists: where the
+/// installers put it, so that the systemd unit, `carrackd check` and
+/// `carrackd image import` all see the operator's settings.
+const DEFAULT_CONFIG: &str = "/etc/carrack/config.toml";
+
+/// The config file to read: `--config`, else [`DEFAULT_CONFIG`] when
+/// `default_exists`, else none.
+fn config_file(arg: Option<&Path>, default_exists: bool) -> Option<&Path> {
+    arg.or_else(|| default_exists.then_some(Path::new(DEFAULT_CONFIG)))
+}
+
 fn effective(args: &Args) -> anyhow::Result<Config> {
-    let mut cfg = match &args.config {
+    let file = config_file(args.config.as_deref(), Path::new(DEFAULT_CONFIG).exists());
+    let mut cfg = match file {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
@@ -216,4 +229,18 @@ fn main() -> anyhow::Result<()> {
         };
         carrackd::serve(cfg, shutdown).await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_file_is_read_when_it_exists_and_none_is_named() {
+        let named = Path::new("/tmp/mine.toml");
+        assert_eq!(config_file(Some(named), true), Some(named));
+        assert_eq!(config_file(Some(named), false), Some(named));
+        assert_eq!(config_file(None, true), Some(Path::new(DEFAULT_CONFIG)));
+        assert_eq!(config_file(None, false), None);
+    }
 }

@@ -73,6 +73,24 @@ pub struct TestImage {
 /// Starts a registry and pushes the busybox [`TestImage`] into it.
 pub fn test_image() -> TestImage {
     let registry = Registry::start().expect("start registry");
+    let (layout_dir, name) = push_busybox_image(&registry.host(), "test/busybox:v1");
+    TestImage {
+        host: registry.host(),
+        _registry: registry,
+        _layout_dir: layout_dir,
+        name,
+    }
+}
+
+/// Pushes the busybox image of [`TestImage`] to the registry at
+/// `registry_host` (plain HTTP, anonymous) as `repository_tag`
+/// (`repo/name:tag`); returns the reference to pull. For a registry the test
+/// did not start (the systemd test VM's own).
+pub fn push_test_image(registry_host: &str, repository_tag: &str) -> String {
+    push_busybox_image(registry_host, repository_tag).1
+}
+
+fn push_busybox_image(registry_host: &str, repository_tag: &str) -> (tempfile_dir::Dir, String) {
     let layout_dir = tempfile_dir::Dir::new("carrack-e2e-layout");
     let mut layout = OciLayout::create(&layout_dir.0.join("layout")).expect("OCI layout");
     let spec = ImageSpec::new(vec![
@@ -85,14 +103,9 @@ pub fn test_image() -> TestImage {
         ..Default::default()
     });
     layout.add_image("v1", &spec).expect("add image");
-    let name = format!("{}/test/busybox:v1", registry.host());
+    let name = format!("{registry_host}/{repository_tag}");
     layout.push("v1", &name, None, false).expect("push image");
-    TestImage {
-        host: registry.host(),
-        _registry: registry,
-        _layout_dir: layout_dir,
-        name,
-    }
+    (layout_dir, name)
 }
 
 /// A small self-removing temporary directory (the library has no tempfile).

@@ -24,24 +24,31 @@ impl Carrackd {
     /// Connects to the daemon's CRI socket: the runtime and image clients
     /// on one channel.
     pub async fn clients(&self) -> (Rt, ImageServiceClient<Channel>) {
-        let path = self.socket();
-        let ch = Endpoint::try_from("http://[::]:0")
-            .expect("endpoint")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
+        connect(&self.socket())
             .await
-            .unwrap_or_else(|e| panic!("connect to carrackd: {e}\n{}", self.log()));
-        (
-            RuntimeServiceClient::new(ch.clone()),
-            ImageServiceClient::new(ch),
-        )
+            .unwrap_or_else(|e| panic!("connect to carrackd: {e}\n{}", self.log()))
     }
+}
+
+/// Connects to a CRI socket (any carrackd's, e.g. one systemd runs): the
+/// runtime and image clients on one channel.
+pub async fn connect(
+    socket: &Path,
+) -> Result<(Rt, ImageServiceClient<Channel>), tonic::transport::Error> {
+    let path = socket.to_path_buf();
+    let ch = Endpoint::try_from("http://[::]:0")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await?;
+    Ok((
+        RuntimeServiceClient::new(ch.clone()),
+        ImageServiceClient::new(ch),
+    ))
 }
 
 /// A pod in namespace `default` with hostname `<name>-host`, cluster DNS

@@ -6,7 +6,7 @@
 //! resume, `update --resources` and `events --stats`.
 //!
 //! Works on whatever layout the host has: cgroup v1 (hybrid) here, cgroup v2
-//! in the VM of runtime/cgroups/vm/run-cgroup2-tests.sh.
+//! in the VM of e2e/vm/run.sh cgroup2.
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};

@@ -1,6 +1,6 @@
 # Second stage of the cgroup v2 test VM (run by /bin/busybox sh as PID 1
 # after the initramfs switched into the host's root, mounted read-only over
-# virtio-9p). Argument: the plan file written by run-cgroup2-tests.sh, lines
+# virtio-9p). Argument: the plan file written by run.sh, lines
 # "<directory>\t<test executable>" and one "ARGS\t<extra test arguments>".
 # Prints the tests' output and "CARRACK-VM-RESULT <status>" on the console,
 # then powers the VM off.
