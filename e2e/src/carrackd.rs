@@ -203,14 +203,14 @@ impl CarrackdOptions {
     }
 }
 
-/// The cgroup driver of the test daemons: `CARRACK_TEST_CGROUP_DRIVER`
+/// The cgroup driver of the test daemons: `CARRACK_E2E_CGROUP_DRIVER`
 /// (`systemd` or `cgroupfs`), cgroupfs when unset. The systemd VM runs the
 /// e2e tests under each; the systemd driver needs systemd as PID 1.
 pub fn test_cgroup_driver() -> &'static str {
-    match std::env::var("CARRACK_TEST_CGROUP_DRIVER").as_deref() {
+    match std::env::var("CARRACK_E2E_CGROUP_DRIVER").as_deref() {
         Ok("systemd") => "systemd",
         Ok("") | Ok("cgroupfs") | Err(_) => "cgroupfs",
-        Ok(other) => panic!("CARRACK_TEST_CGROUP_DRIVER={other:?}: systemd or cgroupfs"),
+        Ok(other) => panic!("CARRACK_E2E_CGROUP_DRIVER={other:?}: systemd or cgroupfs"),
     }
 }
 

@@ -1,5 +1,5 @@
 //! End-to-end: carrackd's cgroup driver, the one the test daemons run with
-//! (`CARRACK_TEST_CGROUP_DRIVER`: cgroupfs by default, systemd in the
+//! (`CARRACK_E2E_CGROUP_DRIVER`: cgroupfs by default, systemd in the
 //! systemd VM, which runs this file under both). RuntimeConfig reports the
 //! driver; a pod parent of the other driver's form is InvalidArgument
 //! naming cgroup_parent; and a pod with kubelet's parent goes through its

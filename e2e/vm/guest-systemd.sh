@@ -105,8 +105,11 @@ for variant in $variants; do
     rm -rf /var/lib/carrack/* /run/carrack
 done
 
-while IFS=$'\t' read -r dir exe args; do
-    # shellcheck disable=SC2086 # the test names are split on purpose
-    run_test "$dir" "$exe" --test-threads=1 $args || failed "$(basename "$exe") $args"
+while IFS=$'\t' read -r dir exe args vars; do
+    # shellcheck disable=SC2086 # the test names and variables are split on purpose
+    (
+        [[ -z $vars ]] || { log "with $vars"; export $vars; }
+        run_test "$dir" "$exe" --test-threads=1 $args
+    ) || failed "$vars $(basename "$exe") $args"
 done <"$suites"
 finish
