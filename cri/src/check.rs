@@ -273,14 +273,14 @@ fn check_cgroup_driver(cfg: &Config) -> Vec<Finding> {
 
 fn check_systemd_delegation() -> Finding {
     use carrack_cgroups::systemd::{Bus, Manager};
-    let fix = "boot with systemd as PID 1 (its private socket /run/systemd/private or the \
-               system bus must answer), or set cgroup_driver = \"cgroupfs\"";
+    let fix = "boot with systemd as PID 1 and D-Bus (dbus.socket: the system bus), \
+               or set cgroup_driver = \"cgroupfs\"";
     let version = Bus::connect().and_then(|mut bus| bus.version());
     match version {
         Ok(v) if v >= 236 => Finding::ok(
             "cgroup delegation",
             format!(
-                "systemd {v} answers over D-Bus: each container is a transient scope with \
+                "systemd {v} answers on the system bus: each container is a transient scope with \
                  Delegate=yes in its pod's slice"
             ),
         ),

@@ -105,7 +105,8 @@ for variant in $variants; do
     rm -rf /var/lib/carrack/* /run/carrack
 done
 
-while IFS=$'\t' read -r dir exe args vars; do
+while IFS=$'\t' read -r dir exe vars args; do
+    [[ $vars == - ]] && vars=
     # shellcheck disable=SC2086 # the test names and variables are split on purpose
     (
         [[ -z $vars ]] || { log "with $vars"; export $vars; }

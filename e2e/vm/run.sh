@@ -289,7 +289,9 @@ else
         done
         line=$(suite_executable "${words[0]}" "${words[1]}")
         args="${flags[*]}${names[*]:+ --exact ${names[*]}}"
-        printf '%s\t%s\t%s\n' "$line" "$args" "${vars[*]}" >>"$suites"
+        # Tabs separate "<dir> <exe> <vars> <args>"; read(1) merges empty
+        # fields between tabs, so no variables is "-".
+        printf '%s\t%s\t%s\n' "$line" "${vars[*]:--}" "$args" >>"$suites"
     done
     {
         printf 'repo=%q\n' "$repo"

@@ -191,6 +191,31 @@ fn cgroup_file(cg: &Cgroup, controller: &str, v1: &str, v2: &str) -> String {
 
 const MIB: i64 = 1024 * 1024;
 
+/// A pidfd of `pid` (readable once the process has exited).
+fn pidfd(pid: i32) -> std::os::fd::OwnedFd {
+    // SAFETY: pidfd_open(2) with a pid and no flags; it returns a new fd.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(
+        fd >= 0,
+        "pidfd_open {pid}: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the fd was just returned to us and is owned by nobody else.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) }
+}
+
+/// Blocks until `fd` is readable (for a pidfd: the process exited).
+fn wait_readable(fd: &std::os::fd::OwnedFd) {
+    let mut pfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one valid pollfd, no timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, -1) };
+    assert_eq!(n, 1, "poll: {}", std::io::Error::last_os_error());
+}
+
 #[test]
 #[ignore = "VM-only: needs systemd as PID 1; the systemd VM runs it"]
 fn the_container_is_a_delegated_scope_in_its_slice_with_its_limits() {
@@ -322,7 +347,11 @@ fn delete_stops_the_scope_and_systemd_forgets_it() {
     c.start_detached();
     let cg = c.cgroup();
     assert_eq!(c.show("ActiveState"), "active");
-    c.ok(&["kill", "KILL"]);
+    let pid = c.state()["pid"].as_i64().unwrap() as i32;
+    let exited = pidfd(pid);
+    let killed = c.runtime(&["kill", &c.id, "KILL"]).status().unwrap();
+    assert!(killed.success(), "kill {}: {killed}", c.id);
+    wait_readable(&exited);
     c.ok(&["delete"]);
     assert_eq!(
         c.show("LoadState"),

@@ -6,11 +6,13 @@
 //! `Bus` before it forks is single-threaded again (the OCI runtime forks
 //! only before it connects, but carrackd's pod infra forks after).
 //!
-//! systemd is reached on its private socket (`/run/systemd/private`, root
-//! only, no bus daemon needed, what systemctl uses) and else on the system
-//! bus. A job (start, stop) is waited for through the manager's `JobRemoved`
-//! signal, subscribed to before the call so that a job that ends before
-//! its reply arrives is not missed.
+//! systemd is reached on the system bus, as runc and crun reach it. Not on
+//! its private socket (`/run/systemd/private`): systemd names itself
+//! `org.freedesktop.systemd1` as the sender on such a direct connection,
+//! where zbus takes only a unique name (`:1.5`) and panics reading the
+//! message (zbus 5.19 against systemd 252). A job (start, stop) is waited
+//! for through the manager's `JobRemoved` signal, subscribed to before the
+//! call so that a job that ends before its reply arrives is not missed.
 
 use std::time::Duration;
 
@@ -24,8 +26,6 @@ const DESTINATION: &str = "org.freedesktop.systemd1";
 const PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER: &str = "org.freedesktop.systemd1.Manager";
 const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
-/// systemd's own socket for root clients.
-pub const PRIVATE_SOCKET: &str = "/run/systemd/private";
 /// How long one call or one job may take before the driver gives up (a
 /// scope starts at once; systemd stops a scope within its own 90 s
 /// TimeoutStopSec).
@@ -58,30 +58,17 @@ fn other(what: &str) -> impl FnOnce(zbus::Error) -> BusError + '_ {
 }
 
 impl Bus {
-    /// Connects to systemd: its private socket when it exists (as root),
-    /// else the system bus.
+    /// Connects to systemd over the system bus.
     pub fn connect() -> Result<Bus, BusError> {
         let rt = runtime()?;
         let conn = rt.block_on(async {
-            if std::path::Path::new(PRIVATE_SOCKET).exists()
-                && let Ok(c) = zbus::connection::Builder::address(
-                    format!("unix:path={PRIVATE_SOCKET}").as_str(),
-                )
-                .map_err(other("connecting to systemd"))?
-                .p2p()
-                .method_timeout(TIMEOUT)
-                .build()
-                .await
-            {
-                return Ok(c);
-            }
             zbus::connection::Builder::system()
                 .map_err(other("connecting to the system bus"))?
                 .method_timeout(TIMEOUT)
                 .build()
                 .await
                 .map_err(other(
-                    "connecting to systemd (neither /run/systemd/private nor the system bus answered; is systemd PID 1?)",
+                    "connecting to systemd over the system bus (is systemd PID 1, with D-Bus?)",
                 ))
         })?;
         Ok(Bus {

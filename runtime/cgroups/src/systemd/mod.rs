@@ -27,7 +27,7 @@ mod unit;
 
 use oci_spec::runtime::LinuxResources;
 
-pub use bus::{Bus, PRIVATE_SOCKET};
+pub use bus::Bus;
 pub use properties::{INFINITY, Property, Target, Value, resource_properties, scope_properties};
 pub use unit::{DEFAULT_PREFIX, DEFAULT_SLICE, ScopeUnit, expand_slice, is_systemd_path};
 
