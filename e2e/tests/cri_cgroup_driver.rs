@@ -52,6 +52,19 @@ fn kubelet_parent(own_form: bool, pod: &str) -> String {
     }
 }
 
+/// Removes the cgroupfs parents [`kubelet_parent`] names (kubelet's own
+/// cgroups, which carrackd leaves) when the test ends, pass or fail.
+struct KubeletCgroups;
+
+impl Drop for KubeletCgroups {
+    fn drop(&mut self) {
+        let root = format!("/carrack-test-{}-kubepods", std::process::id());
+        if let Ok(cg) = Cgroup::open(&root, "kubepods") {
+            let _ = cg.delete();
+        }
+    }
+}
+
 /// The cgroup of member `id` (container or infra) of the pod cgroup `parent`.
 fn member(parent: &str, id: &str) -> Cgroup {
     let path = if systemd() {
@@ -91,6 +104,7 @@ async fn runtime_config_names_the_driver_and_the_other_form_is_refused() {
     if !prerequisites() {
         return;
     }
+    let _kubelet_cgroups = KubeletCgroups;
     let image = test_image();
     let daemon = Carrackd::options()
         .test_network(NETWORK_BASE)
@@ -132,6 +146,7 @@ async fn a_pod_lives_where_the_driver_puts_it() {
     if !prerequisites() {
         return;
     }
+    let _kubelet_cgroups = KubeletCgroups;
     let image = test_image();
     let mut daemon = Carrackd::options()
         .runtime("carrack")
