@@ -136,6 +136,7 @@ impl Daemon {
         let images = ImageStore::open(cfg.image_store_config()).await?;
         let overlay = images.overlay_method();
         info!(method = %overlay.method, reason = overlay.reason, "rootfs overlays");
+        info!(driver = cfg.cgroup_driver().name(), "cgroup driver");
         let handler_features = crate::handler_features::probe_all(&cfg);
         Ok(Arc::new_cyclic(|me| Daemon {
             cfg,
@@ -523,10 +524,7 @@ impl Daemon {
         if let Err(e) = sandbox::remove_files(&self.sandbox_dir(&s.id)) {
             warn!(sandbox = s.id, "{e}");
         }
-        if !s.cgroup_path.is_empty()
-            && let Ok(cg) = carrack_cgroups::Cgroup::open(&s.cgroup_path, &s.id)
-            && let Err(e) = cg.delete()
-        {
+        if let Err(e) = crate::pod_cgroup::remove(s).await {
             warn!(sandbox = s.id, "removing the pod cgroup: {e}");
         }
     }
@@ -922,13 +920,15 @@ impl Runtime {
             meta.name, meta.namespace, meta.uid, meta.attempt
         );
         let cgroup_path = crate::pod_cgroup::pod_cgroup_path(
+            d.cfg.cgroup_driver(),
             config
                 .linux
                 .as_ref()
                 .map_or("", |l| l.cgroup_parent.as_str()),
             &d.cfg.cgroup_parent,
             &id,
-        );
+        )
+        .map_err(|e| invalid("config.linux.cgroup_parent", e))?;
         let mut rec = SandboxRecord {
             id: id.clone(),
             name,
@@ -1003,10 +1003,13 @@ impl Runtime {
         rec.ipcns = pinned.ipc;
         rec.utsns = pinned.uts;
         d.store.update_sandbox(rec).map_err(store_err)?;
-        let cg = carrack_cgroups::Cgroup::open(&rec.cgroup_path, &rec.id)
-            .map_err(|e| invalid("config.linux.cgroup_parent", e))?;
-        cg.create()
-            .map_err(|e| Status::internal(format!("creating the pod cgroup: {e}")))?;
+        // A pod slice is made by systemd with the first scope in it.
+        if !crate::pod_cgroup::is_slice(&rec.cgroup_path) {
+            let cg = carrack_cgroups::Cgroup::open(&rec.cgroup_path, &rec.id)
+                .map_err(|e| invalid("config.linux.cgroup_parent", e))?;
+            cg.create()
+                .map_err(|e| Status::internal(format!("creating the pod cgroup: {e}")))?;
+        }
         if crate::pod_pid::shares_pid(&rec.config) {
             let userns = (!rec.userns.is_empty()).then(|| PathBuf::from(&rec.userns));
             let state_dir = d.ns_dir(&rec.id);
@@ -1996,7 +1999,10 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
     ) -> R<cri::RuntimeConfigResponse> {
         Ok(Response::new(cri::RuntimeConfigResponse {
             linux: Some(cri::LinuxRuntimeConfiguration {
-                cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+                cgroup_driver: match self.0.cfg.cgroup_driver() {
+                    crate::pod_cgroup::CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
+                    crate::pod_cgroup::CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
+                } as i32,
             }),
         }))
     }
