@@ -6,7 +6,8 @@
 //! state = "/run/carrack"
 //! socket = "/run/carrack/carrack.sock"
 //! default_runtime = "runc"
-//! cgroup_parent = "/carrack"
+//! cgroup_driver = "auto"            # systemd when systemd is PID 1, else cgroupfs
+//! cgroup_parent = ""                # "/carrack" (cgroupfs) or "carrack.slice" (systemd)
 //! metrics_address = "127.0.0.1:9464"   # Prometheus /metrics; unset: off
 //! [runtimes.runc]
 //! binary = "/usr/sbin/runc"
@@ -127,7 +128,11 @@ pub struct Config {
     pub runtimes: BTreeMap<String, RuntimeHandler>,
     /// The carrack-shim binary (empty: beside carrackd, or on PATH).
     pub shim_binary: PathBuf,
-    /// Cgroup parent of pods that do not name one (cgroupfs driver).
+    /// The cgroup driver: `systemd`, `cgroupfs`, or `auto` (systemd when
+    /// systemd is PID 1). See [`crate::pod_cgroup`].
+    pub cgroup_driver: crate::pod_cgroup::DriverSetting,
+    /// Parent of the cgroups of pods that do not name one, in the driver's
+    /// form (a cgroupfs path, or a slice); empty: the driver's default.
     pub cgroup_parent: String,
     /// Layer downloads at once.
     pub max_concurrent_downloads: usize,
@@ -165,7 +170,8 @@ impl Default for Config {
             default_runtime: "carrack".to_owned(),
             runtimes,
             shim_binary: beside_self("carrack-shim"),
-            cgroup_parent: "/carrack".to_owned(),
+            cgroup_driver: Default::default(),
+            cgroup_parent: String::new(),
             max_concurrent_downloads: 4,
             registries: RegistryConfig::default(),
             network: Default::default(),
@@ -230,6 +236,14 @@ impl Config {
                 });
             }
         }
+        if !self.cgroup_parent.is_empty() {
+            self.cgroup_driver()
+                .check_parent(&self.cgroup_parent)
+                .map_err(|message| ConfigError::Invalid {
+                    key: "cgroup_parent".into(),
+                    message,
+                })?;
+        }
         self.network
             .validate()
             .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
@@ -264,6 +278,11 @@ impl Config {
             .map(|(k, v)| (k.as_str(), v))
     }
 
+    /// The cgroup driver in effect (`auto` resolved on this machine).
+    pub fn cgroup_driver(&self) -> crate::pod_cgroup::CgroupDriver {
+        self.cgroup_driver.resolve()
+    }
+
     /// The SQLite database of sandboxes, containers and images.
     pub fn db_path(&self) -> PathBuf {
         self.root.join("carrack.db")
@@ -295,6 +314,25 @@ mod tests {
         let c = Config::parse("", Path::new("x")).unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.socket, PathBuf::from("/run/carrack/carrack.sock"));
+    }
+
+    #[test]
+    fn cgroup_driver_and_parent_must_agree() {
+        let c = Config::parse(
+            "cgroup_driver = \"systemd\"\ncgroup_parent = \"pods.slice\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.cgroup_driver(), crate::pod_cgroup::CgroupDriver::Systemd);
+        for bad in [
+            "cgroup_driver = \"systemd\"\ncgroup_parent = \"/carrack\"\n",
+            "cgroup_driver = \"cgroupfs\"\ncgroup_parent = \"pods.slice\"\n",
+        ] {
+            let e = Config::parse(bad, Path::new("x")).unwrap_err().to_string();
+            assert!(e.contains("cgroup_parent"), "{e}");
+        }
+        let e = Config::parse("cgroup_driver = \"cgroupv3\"\n", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("cgroup_driver"), "{e}");
     }
 
     #[test]

@@ -49,9 +49,10 @@ pub fn shares_pid(config: &cri::PodSandboxConfig) -> bool {
         .is_none_or(|n| n.pid == cri::NamespaceMode::Pod as i32)
 }
 
-/// The cgroup of `rec`'s infra process: `<pod cgroup>/<sandbox id>`.
+/// The cgroup of `rec`'s infra process: `<pod cgroup>/<sandbox id>`, or
+/// under systemd the scope `<pod slice>:cri-carrack:<sandbox id>`.
 fn infra_cgroup(rec: &SandboxRecord) -> Result<carrack_cgroups::Cgroup, InfraError> {
-    let cgroup_path = format!("{}/{}", rec.cgroup_path.trim_end_matches('/'), rec.id);
+    let cgroup_path = crate::pod_cgroup::member_cgroups_path(&rec.cgroup_path, &rec.id);
     Ok(carrack_cgroups::Cgroup::open(&cgroup_path, &rec.id)?)
 }
 
@@ -66,7 +67,10 @@ pub fn start_infra(
     userns: Option<&Path>,
 ) -> Result<InfraProcess, InfraError> {
     let cg = infra_cgroup(rec)?;
-    cg.create()?;
+    // A scope is started by the infra process itself, around itself.
+    if cg.scope().is_none() {
+        cg.create()?;
+    }
     // /proc/self/exe: carrackd's own binary, even if it was replaced on disk.
     pod_infra::start(Path::new("/proc/self/exe"), state_dir, userns, &cg)
 }

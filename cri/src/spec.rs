@@ -160,7 +160,7 @@ fn linux(
 
     let mut linux_v = json!({
         "namespaces": namespaces,
-        "cgroupsPath": format!("{}/{}", sb.cgroup_path.trim_end_matches('/'), input.id),
+        "cgroupsPath": crate::pod_cgroup::member_cgroups_path(&sb.cgroup_path, input.id),
         "resources": res,
         "devices": devices,
         "maskedPaths": masked,
@@ -471,6 +471,14 @@ mod tests {
             DEFAULT_MASKED.len()
         );
         assert_eq!(s["linux"]["cgroupsPath"], json!("/kubepods/pod1/c1"));
+        // In a pod slice (the systemd driver): the container's scope.
+        let mut in_slice = sandbox();
+        in_slice.cgroup_path = "kubepods-burstable-pod1.slice".into();
+        let s2 = build_spec(&c, &in_slice).unwrap();
+        assert_eq!(
+            s2["linux"]["cgroupsPath"],
+            json!("kubepods-burstable-pod1.slice:cri-carrack:c1")
+        );
         assert_eq!(s["linux"]["resources"]["cpu"]["shares"], json!(512));
         assert_eq!(s["linux"]["resources"]["cpu"]["quota"], json!(50000));
         assert_eq!(s["linux"]["resources"]["memory"]["limit"], json!(64 << 20));

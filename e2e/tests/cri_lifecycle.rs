@@ -87,10 +87,11 @@ async fn pod_lifecycle(runtime: &'static str) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        rc.linux.unwrap().cgroup_driver,
-        cri::CgroupDriver::Cgroupfs as i32
-    );
+    let driver = match carrack_e2e::carrackd::test_cgroup_driver() {
+        "systemd" => cri::CgroupDriver::Systemd,
+        _ => cri::CgroupDriver::Cgroupfs,
+    };
+    assert_eq!(rc.linux.unwrap().cgroup_driver, driver as i32);
 
     // Images.
     let image_id = pull(&mut img, &image.name).await;

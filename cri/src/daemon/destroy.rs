@@ -47,10 +47,7 @@ impl Daemon {
         if let Err(e) = pod_host::remove_files(&self.sandbox_dir(&s.id)) {
             warn!(sandbox = s.id, "{e}");
         }
-        if !s.cgroup_path.is_empty()
-            && let Ok(cg) = carrack_cgroups::Cgroup::open(&s.cgroup_path, &s.id)
-            && let Err(e) = cg.delete()
-        {
+        if let Err(e) = crate::pod_cgroup::remove(s).await {
             warn!(sandbox = s.id, "removing the pod cgroup: {e}");
         }
     }

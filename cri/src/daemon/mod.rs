@@ -99,6 +99,7 @@ impl Daemon {
         let images = ImageStore::open(cfg.image_store_config()).await?;
         let overlay = images.overlay_method();
         info!(method = %overlay.method, reason = overlay.reason, "rootfs overlays");
+        info!(driver = cfg.cgroup_driver().name(), "cgroup driver");
         let handler_features = crate::handler_features::probe_all(&cfg);
         Ok(Arc::new(Daemon {
             cfg,

@@ -112,13 +112,15 @@ fn record(
         meta.name, meta.namespace, meta.uid, meta.attempt
     );
     let cgroup_path = crate::pod_cgroup::pod_cgroup_path(
+        d.config().cgroup_driver(),
         config
             .linux
             .as_ref()
             .map_or("", |l| l.cgroup_parent.as_str()),
         &d.config().cgroup_parent,
         &id,
-    );
+    )
+    .map_err(|e| CriError::invalid("config.linux.cgroup_parent", e))?;
     let rec = SandboxRecord {
         id,
         name,
@@ -160,10 +162,13 @@ async fn make(
     rec.ipcns = pinned.ipc;
     rec.utsns = pinned.uts;
     d.store.update_sandbox(rec)?;
-    let cg = carrack_cgroups::Cgroup::open(&rec.cgroup_path, &rec.id)
-        .map_err(|e| CriError::invalid("config.linux.cgroup_parent", e))?;
-    cg.create()
-        .map_err(|e| CriError::Internal(format!("creating the pod cgroup: {e}")))?;
+    // A pod slice is made by systemd with the first scope in it.
+    if !crate::pod_cgroup::is_slice(&rec.cgroup_path) {
+        let cg = carrack_cgroups::Cgroup::open(&rec.cgroup_path, &rec.id)
+            .map_err(|e| CriError::invalid("config.linux.cgroup_parent", e))?;
+        cg.create()
+            .map_err(|e| CriError::Internal(format!("creating the pod cgroup: {e}")))?;
+    }
     if crate::pod_pid::shares_pid(&rec.config) {
         start_infra(d, rec)?;
     }

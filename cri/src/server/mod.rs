@@ -216,6 +216,6 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         &self,
         r: Request<cri::RuntimeConfigRequest>,
     ) -> R<cri::RuntimeConfigResponse> {
-        answer(Ok(runtime_status::runtime_config(r.into_inner())))
+        answer(Ok(runtime_status::runtime_config(&self.0, r.into_inner())))
     }
 }

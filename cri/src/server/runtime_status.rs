@@ -10,6 +10,7 @@ use tracing::info;
 
 use crate::cri_error::CriError;
 use crate::daemon::Daemon;
+use crate::pod_cgroup::CgroupDriver;
 
 /// Version: the CRI version and this runtime's name and version.
 pub(super) fn version(_: cri::VersionRequest) -> cri::VersionResponse {
@@ -88,10 +89,16 @@ pub(super) fn update_runtime_config(
 }
 
 /// RuntimeConfig: the cgroup driver kubelet must use.
-pub(super) fn runtime_config(_: cri::RuntimeConfigRequest) -> cri::RuntimeConfigResponse {
+pub(super) fn runtime_config(
+    d: &Daemon,
+    _: cri::RuntimeConfigRequest,
+) -> cri::RuntimeConfigResponse {
     cri::RuntimeConfigResponse {
         linux: Some(cri::LinuxRuntimeConfiguration {
-            cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+            cgroup_driver: match d.config().cgroup_driver() {
+                CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
+                CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
+            } as i32,
         }),
     }
 }

@@ -166,7 +166,11 @@ impl Sampler {
         containers: &[ContainerRecord],
     ) -> cri::PodSandboxStats {
         let ts = now_nanos();
-        let usage = self.cgroup_usage(&format!("pod:{}", sb.id), &sb.cgroup_path, &sb.id);
+        let usage = self.cgroup_usage(
+            &format!("pod:{}", sb.id),
+            &crate::pod_cgroup::cgroupfs_path(&sb.cgroup_path),
+            &sb.id,
+        );
         let (cpu, memory, process) = match usage {
             Some(u) => (
                 Some(u.cpu),
@@ -245,7 +249,7 @@ fn container_cgroup_path(c: &ContainerRecord, sb: Option<&SandboxRecord>) -> Opt
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v["linux"]["cgroupsPath"].as_str().map(str::to_owned));
-    from_spec.or_else(|| sb.map(|s| format!("{}/{}", s.cgroup_path.trim_end_matches('/'), c.id)))
+    from_spec.or_else(|| sb.map(|s| crate::pod_cgroup::member_cgroups_path(&s.cgroup_path, &c.id)))
 }
 
 /// The pod's interfaces other than loopback, `eth0` as the default one;
