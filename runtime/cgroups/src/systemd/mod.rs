@@ -17,7 +17,7 @@
 //! let layout = carrack_cgroups::hierarchy()?;
 //! start_scope(&mut bus, &unit, 1234, &Default::default(), &layout)?;
 //! stop_scope(&mut bus, &unit)?;
-//! # Ok::<(), carrack_cgroups::CgroupError>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod bus;
