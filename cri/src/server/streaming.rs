@@ -10,13 +10,12 @@
 //! before the URL is handed out: a refused request leaves nothing behind.
 
 use carrack_proto::cri;
-use carrack_streaming::{AttachSpec, ExecSpec, PortForwardSpec, StreamingError};
+use carrack_streaming::{AttachSpec, ExecSpec, PortForwardSpec, StreamingError, StreamingServer};
 
 use crate::container;
 use crate::cri_error::CriError;
 use crate::daemon::Daemon;
 use crate::store::{ContainerRecord, ContainerState, SandboxState};
-use crate::streaming::NotRunning;
 
 /// ExecSync: runs the command in the running container and answers with
 /// its exit code and output, or DeadlineExceeded after `timeout` seconds.
@@ -67,15 +66,18 @@ fn running_container(d: &Daemon, field: &str, id: &str) -> Result<ContainerRecor
     Ok(c)
 }
 
-fn url_err(e: StreamingError) -> CriError {
-    match e {
-        StreamingError::InvalidRequest(m) => CriError::InvalidArgument(m),
-        e => CriError::internal(e),
+/// A single-use URL the streaming server makes with `make`: Unavailable
+/// when the server does not run, InvalidArgument for a request it refuses.
+fn url(
+    d: &Daemon,
+    make: impl FnOnce(&StreamingServer) -> Result<String, StreamingError>,
+) -> Result<String, CriError> {
+    match d.streaming.with_server(make) {
+        Err(e) => Err(CriError::Unavailable(e.to_string())),
+        Ok(Err(StreamingError::InvalidRequest(m))) => Err(CriError::InvalidArgument(m)),
+        Ok(Err(e)) => Err(CriError::internal(e)),
+        Ok(Ok(url)) => Ok(url),
     }
-}
-
-fn not_running(e: NotRunning) -> CriError {
-    CriError::Unavailable(e.to_string())
 }
 
 /// Exec: a single-use URL of the streaming server that runs `cmd` in the
@@ -94,11 +96,7 @@ pub(super) fn exec(d: &Daemon, r: cri::ExecRequest) -> Result<cri::ExecResponse,
         stdout: r.stdout,
         stderr: r.stderr,
     };
-    let url = d
-        .streaming
-        .with_server(|s| s.exec_url(&spec))
-        .map_err(not_running)?
-        .map_err(url_err)?;
+    let url = url(d, |s| s.exec_url(&spec))?;
     Ok(cri::ExecResponse { url })
 }
 
@@ -122,11 +120,7 @@ pub(super) fn attach(d: &Daemon, r: cri::AttachRequest) -> Result<cri::AttachRes
         stdout: r.stdout,
         stderr: r.stderr,
     };
-    let url = d
-        .streaming
-        .with_server(|s| s.attach_url(&spec))
-        .map_err(not_running)?
-        .map_err(url_err)?;
+    let url = url(d, |s| s.attach_url(&spec))?;
     Ok(cri::AttachResponse { url })
 }
 
@@ -165,11 +159,7 @@ pub(super) fn port_forward(
         pod_sandbox_id: s.id,
         ports,
     };
-    let url = d
-        .streaming
-        .with_server(|srv| srv.port_forward_url(&spec))
-        .map_err(not_running)?
-        .map_err(url_err)?;
+    let url = url(d, |s| s.port_forward_url(&spec))?;
     Ok(cri::PortForwardResponse { url })
 }
 

@@ -38,13 +38,11 @@ pub(super) fn masked_paths(
     sc: Option<&cri::LinuxContainerSecurityContext>,
     privileged: bool,
 ) -> Vec<String> {
-    if privileged {
-        Vec::new()
-    } else if let Some(s) = sc.filter(|s| !s.masked_paths.is_empty()) {
-        s.masked_paths.clone()
-    } else {
-        DEFAULT_MASKED.iter().map(|s| s.to_string()).collect()
-    }
+    paths(
+        sc.map(|s| s.masked_paths.as_slice()),
+        DEFAULT_MASKED,
+        privileged,
+    )
 }
 
 /// The `linux.readonlyPaths`.
@@ -52,12 +50,22 @@ pub(super) fn readonly_paths(
     sc: Option<&cri::LinuxContainerSecurityContext>,
     privileged: bool,
 ) -> Vec<String> {
+    paths(
+        sc.map(|s| s.readonly_paths.as_slice()),
+        DEFAULT_READONLY,
+        privileged,
+    )
+}
+
+/// None for a privileged container, else the paths the request names, or
+/// `defaults` when it names none.
+fn paths(requested: Option<&[String]>, defaults: &[&str], privileged: bool) -> Vec<String> {
     if privileged {
         Vec::new()
-    } else if let Some(s) = sc.filter(|s| !s.readonly_paths.is_empty()) {
-        s.readonly_paths.clone()
+    } else if let Some(p) = requested.filter(|p| !p.is_empty()) {
+        p.to_vec()
     } else {
-        DEFAULT_READONLY.iter().map(|s| s.to_string()).collect()
+        defaults.iter().map(|s| s.to_string()).collect()
     }
 }
 
