@@ -11,11 +11,12 @@
 //! - `stats`: ContainerStats, ListContainerStats, PodSandboxStats,
 //!   ListPodSandboxStats, ListMetricDescriptors, ListPodSandboxMetrics;
 //! - `runtime_status`: Version, Status, UpdateRuntimeConfig, RuntimeConfig,
-//!   GetContainerEvents, CheckpointContainer;
+//!   CheckpointContainer;
 //! - `images`: the ImageService.
 //!
-//! Every handler returns a [`CriError`]; the trait implementations below
-//! are the one place it becomes a gRPC status.
+//! GetContainerEvents hands out a subscription to the daemon's events
+//! (`crate::events`). Every other handler returns a [`CriError`]; the
+//! trait implementations are the one place it becomes a gRPC status.
 
 mod containers;
 mod images;
