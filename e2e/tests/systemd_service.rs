@@ -268,12 +268,13 @@ async fn installed_service_runs_a_pod_lifecycle() {
     let (code, out, err) = exec(&mut rt, &ctr, &["sh", "-c", "echo o; echo e >&2; exit 4"]).await;
     assert_eq!((code, out.as_str(), err.as_str()), (4, "o\n", "e\n"));
 
-    // The limits, in the cgroup v2 files of a cgroup below kubelet's pod
-    // cgroup (the container's own, whatever the driver names it).
+    // The limits, in the cgroup v2 files of the container's cgroup below
+    // kubelet's pod cgroup (named by its id, whatever the driver calls it;
+    // the pod's infra process has a cgroup of its own beside it).
     let memory_max = std::fs::read_dir(&pod_dir)
         .unwrap_or_else(|e| panic!("pod cgroup {}: {e}", pod_dir.display()))
         .flatten()
-        .filter(|e| e.path().is_dir())
+        .filter(|e| e.path().is_dir() && e.file_name().to_string_lossy().contains(&ctr))
         .find_map(|e| std::fs::read_to_string(e.path().join("memory.max")).ok())
         .unwrap_or_else(|| panic!("no container cgroup below {}", pod_dir.display()));
     assert_eq!(memory_max.trim(), (64u64 << 20).to_string());
