@@ -64,6 +64,7 @@ pub fn check_node(cfg: &Config) -> Vec<Finding> {
     out.extend(check_overlayfs());
     out.extend(check_namespaces());
     out.extend(check_cgroups());
+    out.extend(check_cgroup_driver(cfg));
     out.push(check_seccomp());
     out.push(check_apparmor());
     out.push(check_oom_score_adj());
@@ -241,6 +242,85 @@ fn check_cgroups() -> Vec<Finding> {
         ));
     }
     out
+}
+
+/// The cgroup driver in effect, and whether what it relies on is there:
+/// systemd reachable (it delegates each container's scope) or, for
+/// cgroupfs on cgroup v2, the controllers the root hands to its children.
+fn check_cgroup_driver(cfg: &Config) -> Vec<Finding> {
+    use crate::pod_cgroup::{CgroupDriver, DriverSetting};
+    let driver = cfg.cgroup_driver();
+    let how = match cfg.cgroup_driver {
+        DriverSetting::Auto if crate::pod_cgroup::systemd_booted() => {
+            "cgroup_driver = \"auto\": systemd is PID 1"
+        }
+        DriverSetting::Auto => "cgroup_driver = \"auto\": systemd is not PID 1",
+        _ => "configured",
+    };
+    let mut out = vec![Finding::ok(
+        "cgroup driver",
+        format!(
+            "{} ({how}); RuntimeConfig reports it: kubelet's cgroupDriver must match",
+            driver.name()
+        ),
+    )];
+    out.push(match driver {
+        CgroupDriver::Systemd => check_systemd_delegation(),
+        CgroupDriver::Cgroupfs => check_cgroupfs_delegation(),
+    });
+    out
+}
+
+fn check_systemd_delegation() -> Finding {
+    use carrack_cgroups::systemd::{Bus, Manager};
+    let fix = "boot with systemd as PID 1 and D-Bus (dbus.socket: the system bus), \
+               or set cgroup_driver = \"cgroupfs\"";
+    let version = Bus::connect().and_then(|mut bus| bus.version());
+    match version {
+        Ok(v) if v >= 236 => Finding::ok(
+            "cgroup delegation",
+            format!(
+                "systemd {v} answers on the system bus: each container is a transient scope with \
+                 Delegate=yes in its pod's slice"
+            ),
+        ),
+        Ok(v) => Finding::bad(
+            "cgroup delegation",
+            Level::Warn,
+            format!("systemd {v} is older than 236: a failed scope is not collected by itself"),
+            "use systemd 236 or later",
+        ),
+        Err(e) => Finding::bad(
+            "cgroup delegation",
+            Level::Fail,
+            format!("the systemd driver cannot reach systemd: {e}"),
+            fix,
+        ),
+    }
+}
+
+fn check_cgroupfs_delegation() -> Finding {
+    let Ok(h) = carrack_cgroups::hierarchy() else {
+        return Finding::ok("cgroup delegation", "no cgroup layout (see cgroups)");
+    };
+    match (h.mode(), h.unified.as_deref()) {
+        (Mode::Unified, Some(root)) => {
+            let enabled =
+                std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap_or_default();
+            Finding::ok(
+                "cgroup delegation",
+                format!(
+                    "cgroupfs on cgroup v2: the root enables [{}] for its children; carrackd \
+                     enables what pods need along each pod cgroup's path",
+                    enabled.trim()
+                ),
+            )
+        }
+        _ => Finding::ok(
+            "cgroup delegation",
+            "cgroupfs on cgroup v1: carrackd writes each controller's hierarchy itself",
+        ),
+    }
 }
 
 /// The layout's name and every controller Carrack can drive in it.

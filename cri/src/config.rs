@@ -6,7 +6,8 @@
 //! state = "/run/carrack"
 //! socket = "/run/carrack/carrack.sock"
 //! default_runtime = "runc"
-//! cgroup_parent = "/carrack"
+//! cgroup_driver = "auto"            # systemd when systemd is PID 1, else cgroupfs
+//! cgroup_parent = ""                # "/carrack" (cgroupfs) or "carrack.slice" (systemd)
 //! metrics_address = "127.0.0.1:9464"   # Prometheus /metrics; unset: off
 //! disk_usage_refresh_seconds = 10      # writable layers' usage, at most this old
 //! [runtimes.runc]
@@ -14,21 +15,31 @@
 //! root = "/run/carrack/runc"
 //! [registries."registry.k8s.io"]
 //! mirrors = ["http://127.0.0.1:5000"]
-//! [network]                        # see crate::pod_network
+//! [network]                        # see network.rs
 //! cni_conf_dir = "/etc/cni/net.d"
 //! cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 //! [network.builtin]
 //! subnet = "10.88.0.0/16"
-//! [streaming]
+//! [streaming]                      # see streaming.rs
 //! address = "127.0.0.1:0"
 //! token_ttl_seconds = 60
 //! ```
+//!
+//! The tables of the pod network and of the streaming server are types of
+//! their own here ([`PodNetworkConfig`], [`StreamingSettings`]); the
+//! modules that use them take them from here.
+
+mod network;
+mod streaming;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use carrack_image::RegistryConfig;
 use serde::{Deserialize, Serialize};
+
+pub use network::{BuiltinNetwork, PodNetworkConfig};
+pub use streaming::StreamingSettings;
 
 /// Errors reading the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -118,14 +129,18 @@ pub struct Config {
     pub runtimes: BTreeMap<String, RuntimeHandler>,
     /// The carrack-shim binary (empty: beside carrackd, or on PATH).
     pub shim_binary: PathBuf,
-    /// Cgroup parent of pods that do not name one (cgroupfs driver).
+    /// The cgroup driver: `systemd`, `cgroupfs`, or `auto` (systemd when
+    /// systemd is PID 1). See [`crate::pod_cgroup`].
+    pub cgroup_driver: crate::pod_cgroup::DriverSetting,
+    /// Parent of the cgroups of pods that do not name one, in the driver's
+    /// form (a cgroupfs path, or a slice); empty: the driver's default.
     pub cgroup_parent: String,
     /// Layer downloads at once.
     pub max_concurrent_downloads: usize,
     /// Per-registry settings (mirrors, insecure, ca_files, auth).
     pub registries: RegistryConfig,
     /// Pod networking: CNI dirs and the built-in network.
-    pub network: crate::pod_network::PodNetworkConfig,
+    pub network: PodNetworkConfig,
     /// Where carrackd serves Prometheus `/metrics`: `host:port`, or a bare
     /// port for loopback; empty (the default): not served.
     pub metrics_address: String,
@@ -133,7 +148,7 @@ pub struct Config {
     /// this many seconds (`carrack_image::usage`).
     pub disk_usage_refresh_seconds: u64,
     /// The exec/attach/port-forward server (`[streaming]`).
-    pub streaming: crate::streaming::StreamingSettings,
+    pub streaming: StreamingSettings,
 }
 
 /// Finds `name` beside the running carrackd, else returns it bare (PATH).
@@ -159,7 +174,8 @@ impl Default for Config {
             default_runtime: "carrack".to_owned(),
             runtimes,
             shim_binary: beside_self("carrack-shim"),
-            cgroup_parent: "/carrack".to_owned(),
+            cgroup_driver: Default::default(),
+            cgroup_parent: String::new(),
             max_concurrent_downloads: 4,
             registries: RegistryConfig::default(),
             network: Default::default(),
@@ -234,6 +250,14 @@ impl Config {
                 });
             }
         }
+        if !self.cgroup_parent.is_empty() {
+            self.cgroup_driver()
+                .check_parent(&self.cgroup_parent)
+                .map_err(|message| ConfigError::Invalid {
+                    key: "cgroup_parent".into(),
+                    message,
+                })?;
+        }
         self.network
             .validate()
             .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
@@ -268,6 +292,11 @@ impl Config {
             .map(|(k, v)| (k.as_str(), v))
     }
 
+    /// The cgroup driver in effect (`auto` resolved on this machine).
+    pub fn cgroup_driver(&self) -> crate::pod_cgroup::CgroupDriver {
+        self.cgroup_driver.resolve()
+    }
+
     /// The SQLite database of sandboxes, containers and images.
     pub fn db_path(&self) -> PathBuf {
         self.root.join("carrack.db")
@@ -300,6 +329,25 @@ mod tests {
         let c = Config::parse("", Path::new("x")).unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.socket, PathBuf::from("/run/carrack/carrack.sock"));
+    }
+
+    #[test]
+    fn cgroup_driver_and_parent_must_agree() {
+        let c = Config::parse(
+            "cgroup_driver = \"systemd\"\ncgroup_parent = \"pods.slice\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.cgroup_driver(), crate::pod_cgroup::CgroupDriver::Systemd);
+        for bad in [
+            "cgroup_driver = \"systemd\"\ncgroup_parent = \"/carrack\"\n",
+            "cgroup_driver = \"cgroupfs\"\ncgroup_parent = \"pods.slice\"\n",
+        ] {
+            let e = Config::parse(bad, Path::new("x")).unwrap_err().to_string();
+            assert!(e.contains("cgroup_parent"), "{e}");
+        }
+        let e = Config::parse("cgroup_driver = \"cgroupv3\"\n", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("cgroup_driver"), "{e}");
     }
 
     #[test]

@@ -37,8 +37,12 @@ const DOCS: &[(&str, &str)] = &[
         "The carrack-shim binary started once per container.",
     ),
     (
+        "cgroup_driver",
+        "The cgroup driver, as kubelet's cgroupDriver must be: \"systemd\" (pods are\nslices, containers transient scopes of systemd), \"cgroupfs\", or \"auto\":\nsystemd when systemd is PID 1, else cgroupfs. RuntimeConfig reports it.",
+    ),
+    (
         "cgroup_parent",
-        "Cgroup parent of pods whose config names none (cgroupfs driver).",
+        "Parent of the cgroups of pods whose config names none, in the driver's\nform: a cgroupfs path, or a slice (each pod gets <slice stem>-<id>.slice);\n\"\" is /carrack (cgroupfs) or carrack.slice (systemd).",
     ),
     (
         "max_concurrent_downloads",

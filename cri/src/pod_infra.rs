@@ -199,7 +199,7 @@ pub fn start(
         .arg("--sandbox")
         .arg(sandbox)
         .arg("--cgroup")
-        .arg(cgroup.path());
+        .arg(cgroup.cgroups_path());
     if let Some(u) = userns {
         cmd.arg("--userns").arg(u);
     }
@@ -269,7 +269,16 @@ pub fn kill_cgroup(cgroup: &carrack_cgroups::Cgroup) -> Result<(), InfraError> {
 /// the init is killed again. Must run while the process is single-threaded.
 pub fn run(cgroup: &str, userns: Option<&Path>) -> Result<Infallible, InfraError> {
     // First, as the host's root: the init inherits the cgroup at fork.
-    carrack_cgroups::Cgroup::open(cgroup, SUBCOMMAND)?.add_process(std::process::id() as i32)?;
+    // Under systemd, systemd starts the infra's scope around this process
+    // (the D-Bus client's threads are joined before it returns, so the
+    // fork below is still single-threaded).
+    let cg = carrack_cgroups::Cgroup::open(cgroup, SUBCOMMAND)?;
+    let pid = std::process::id() as i32;
+    if cg.scope().is_some() {
+        cg.start_scope(pid, &Default::default())?;
+    } else {
+        cg.add_process(pid)?;
+    }
     if let Some(path) = userns {
         let fd = std::fs::File::open(path).map_err(|e| InfraError::Sys {
             what: format!("opening the user namespace {}", path.display()),

@@ -27,6 +27,8 @@ fn check_reports_each_area_of_this_node() {
         "namespaces:",
         "user namespaces:",
         "cgroups:",
+        "cgroup driver:",
+        "cgroup delegation:",
         "seccomp:",
         "shim:",
         "runtime handler carrack:",
@@ -39,6 +41,12 @@ fn check_reports_each_area_of_this_node() {
         "the cgroup layout is named:\n{text}"
     );
     assert!(text.contains("memory"), "controllers are listed:\n{text}");
+    let driver = if carrack_e2e::prerequisite::systemd_running() {
+        "cgroup driver: systemd (cgroup_driver = \"auto\": systemd is PID 1)"
+    } else {
+        "cgroup driver: cgroupfs (cgroup_driver = \"auto\": systemd is not PID 1)"
+    };
+    assert!(text.contains(driver), "{driver}:\n{text}");
     assert!(text.contains(" checks: "), "a summary line:\n{text}");
     assert_eq!(code, 0, "this node has what Carrack needs:\n{text}");
     let method = text
@@ -60,6 +68,35 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
         .split(|c: char| !c.is_ascii_digit())
         .map(|p| p.parse::<u32>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
+#[test]
+fn check_says_whether_the_systemd_driver_reaches_systemd() {
+    if !carrack_e2e::prerequisite::require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("carrackd.toml");
+    std::fs::write(&cfg, "cgroup_driver = \"systemd\"\n").unwrap();
+    let (code, text) = run(&["--config", cfg.to_str().unwrap(), "check"]);
+    assert!(
+        text.contains("cgroup driver: systemd (configured)"),
+        "{text}"
+    );
+    let delegation = text
+        .lines()
+        .find(|l| l.contains("cgroup delegation:"))
+        .unwrap_or_else(|| panic!("delegation is reported:\n{text}"));
+    if carrack_e2e::prerequisite::systemd_running() {
+        assert!(delegation.contains("Delegate=yes"), "{delegation}");
+    } else {
+        assert_eq!(code, 1, "{text}");
+        assert!(delegation.contains("FAIL"), "{delegation}");
+        assert!(
+            text.contains("cgroup_driver = \"cgroupfs\""),
+            "the fix:\n{text}"
+        );
+    }
 }
 
 #[test]

@@ -38,8 +38,9 @@ pub fn bin_dir() -> PathBuf {
 }
 
 /// The prerequisites of a test that runs carrackd with runc against a
-/// registry: root, runc, docker-registry, skopeo and the workspace
-/// `binaries` (e.g. `carrackd`, `carrack-shim`) built. See
+/// registry: root, runc, docker-registry, skopeo, the workspace
+/// `binaries` (e.g. `carrackd`, `carrack-shim`) built, and systemd as PID 1
+/// when the daemons use the systemd driver ([`test_cgroup_driver`]). See
 /// [`crate::prerequisite::check`] for what a missing one does.
 pub fn require_carrackd_stack(binaries: &[&str]) -> bool {
     let dir = bin_dir();
@@ -47,6 +48,7 @@ pub fn require_carrackd_stack(binaries: &[&str]) -> bool {
         && require_file("/usr/sbin/runc", "runc")
         && require_file("/usr/bin/docker-registry", "docker-registry")
         && require_file("/usr/bin/skopeo", "skopeo")
+        && (test_cgroup_driver() != "systemd" || crate::prerequisite::require_systemd())
         && check(
             binaries.iter().all(|b| dir.join(b).exists()),
             &format!(
@@ -195,13 +197,29 @@ impl CarrackdOptions {
         let mut d = Carrackd {
             child: None,
             dir,
-            cgroup_parent: format!("/carrack-test-{}-{n}", std::process::id()),
+            cgroup_parent: match test_cgroup_driver() {
+                // A slice of its own in carracktest.slice: pods without a
+                // parent get carracktest-p<pid>n<n>-<id>.slice.
+                "systemd" => format!("carracktest-p{}n{n}.slice", std::process::id()),
+                _ => format!("/carrack-test-{}-{n}", std::process::id()),
+            },
             registry_host: registry_host.to_owned(),
             options: self,
             network,
         };
         d.spawn();
         d
+    }
+}
+
+/// The cgroup driver of the test daemons: `CARRACK_E2E_CGROUP_DRIVER`
+/// (`systemd` or `cgroupfs`), cgroupfs when unset. The systemd VM runs the
+/// e2e tests under each; the systemd driver needs systemd as PID 1.
+pub fn test_cgroup_driver() -> &'static str {
+    match std::env::var("CARRACK_E2E_CGROUP_DRIVER").as_deref() {
+        Ok("systemd") => "systemd",
+        Ok("") | Ok("cgroupfs") | Err(_) => "cgroupfs",
+        Ok(other) => panic!("CARRACK_E2E_CGROUP_DRIVER={other:?}: systemd or cgroupfs"),
     }
 }
 
@@ -264,8 +282,12 @@ impl Carrackd {
             format!(
                 // Top-level keys first: the extra config and the network's
                 // TOML may open tables.
-                "default_runtime = \"{}\"\ncgroup_parent = \"{}\"\n{}\n{}",
-                self.options.runtime, self.cgroup_parent, self.options.extra_config, network
+                "default_runtime = \"{}\"\ncgroup_driver = \"{}\"\ncgroup_parent = \"{}\"\n{}\n{}",
+                self.options.runtime,
+                test_cgroup_driver(),
+                self.cgroup_parent,
+                self.options.extra_config,
+                network
             ),
         )
         .expect("write config");
@@ -415,12 +437,22 @@ impl Drop for Carrackd {
                 unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
             }
         }
+        let cgroup_dir = if self.cgroup_parent.ends_with(".slice") {
+            // Stopping the slice stops every scope still in it.
+            let _ = Command::new("systemctl")
+                .args(["stop", &self.cgroup_parent])
+                .stderr(Stdio::null())
+                .status();
+            format!("carracktest.slice/{}", self.cgroup_parent)
+        } else {
+            self.cgroup_parent.trim_start_matches('/').to_owned()
+        };
         for ctrl in std::fs::read_dir("/sys/fs/cgroup")
             .into_iter()
             .flatten()
             .flatten()
         {
-            remove_cgroup_tree(&ctrl.path().join(self.cgroup_parent.trim_start_matches('/')));
+            remove_cgroup_tree(&ctrl.path().join(&cgroup_dir));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

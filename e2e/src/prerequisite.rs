@@ -66,3 +66,19 @@ pub fn binary_under_test(var: &str, default: &str) -> std::path::PathBuf {
         _ => std::path::PathBuf::from(default),
     }
 }
+
+/// True when systemd is the init of this machine (what sd_booted(3) checks).
+pub fn systemd_running() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+/// Requires systemd as PID 1 (the systemd cgroup driver's tests): see
+/// [`check`]. Those tests are VM-only: they are `#[ignore]`d with a reason
+/// on hosts without systemd and run (with `--include-ignored`) inside the
+/// systemd VM, where under CI a missing systemd fails them.
+pub fn require_systemd() -> bool {
+    check(
+        systemd_running(),
+        "systemd as PID 1 (/run/systemd/system): a VM-only test, run inside the systemd VM",
+    )
+}

@@ -13,6 +13,7 @@ use carrack_e2e::cri_client::{
     self, container_config, exec, pod_config, pull, remove_container, remove_pod, run_container,
     stop_pod, wait_exited,
 };
+use carrack_e2e::cri_stack::CriStack;
 use carrack_proto::cri;
 use cri::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
@@ -72,10 +73,12 @@ async fn cri_container_and_pod_stats() {
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let daemon = daemon_options().start(&image.host);
-    let (mut rt, mut img) = daemon.clients().await;
-    pull(&mut img, &image.name).await;
+    let CriStack {
+        image,
+        daemon,
+        mut rt,
+        ..
+    } = CriStack::pulled(daemon_options()).await;
     let (pod_id, pod) = run_pod(&mut rt, &daemon, "stats").await;
 
     let mut burn = container_config("burn", &image.name, &["sh", "-c", "while :; do :; done"]);
@@ -375,15 +378,16 @@ async fn writable_layer_shows_a_file_written_and_deleted_within_the_refresh_inte
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let daemon = daemon_options()
-        .config(&format!(
-            "disk_usage_refresh_seconds = {}\n",
-            USAGE_REFRESH.as_secs()
-        ))
-        .start(&image.host);
-    let (mut rt, mut img) = daemon.clients().await;
-    pull(&mut img, &image.name).await;
+    let CriStack {
+        image,
+        daemon,
+        mut rt,
+        ..
+    } = CriStack::pulled(daemon_options().config(&format!(
+        "disk_usage_refresh_seconds = {}\n",
+        USAGE_REFRESH.as_secs()
+    )))
+    .await;
     let (pod_id, pod) = run_pod(&mut rt, &daemon, "layer").await;
     let c = container_config("writer", &image.name, &["sleep", "1000"]);
     let c = run_container(&mut rt, &pod_id, c, Some(&pod)).await;
@@ -435,9 +439,12 @@ async fn image_fs_info_follows_pulls_and_removals() {
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let daemon = daemon_options().start(&image.host);
-    let (_, mut img) = daemon.clients().await;
+    let CriStack {
+        image,
+        daemon: _daemon,
+        mut img,
+        ..
+    } = CriStack::start(daemon_options()).await;
     let empty = image_fs(&mut img).await;
     pull(&mut img, &image.name).await;
     let pulled = image_fs(&mut img).await;
@@ -485,10 +492,12 @@ async fn cri_container_events_in_order() {
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let daemon = daemon_options().start(&image.host);
-    let (mut rt, mut img) = daemon.clients().await;
-    pull(&mut img, &image.name).await;
+    let CriStack {
+        image,
+        daemon,
+        mut rt,
+        ..
+    } = CriStack::pulled(daemon_options()).await;
     // Two subscribers at once, both before anything happens.
     let mut first = rt
         .clone()

@@ -10,8 +10,10 @@
 //!   cgroup parent for the driver RuntimeConfig reports, a container with
 //!   limits (visible in its cgroup v2 files), exec, logs, container and pod
 //!   stats, a second pod reached over the pod network, stop, remove;
-//! - under the cgroupfs driver, kubelet's slice-named parent taken from the
-//!   cgroup root, never below carrackd.service (which holds processes);
+//! - a pod parent of the other driver's form refused (InvalidArgument
+//!   naming cgroup_parent), one of its own placed where kubelet looks: a
+//!   relative cgroupfs path from the cgroup root (never below
+//!   carrackd.service, which holds processes), a scope in kubelet's slice;
 //! - `systemctl restart carrackd` (KillMode=process) leaves running
 //!   containers running, listed, the same processes, and exec-able;
 //! - the daemon answers as soon as `systemctl` returns (`Type=notify`).
@@ -266,12 +268,13 @@ async fn installed_service_runs_a_pod_lifecycle() {
     let (code, out, err) = exec(&mut rt, &ctr, &["sh", "-c", "echo o; echo e >&2; exit 4"]).await;
     assert_eq!((code, out.as_str(), err.as_str()), (4, "o\n", "e\n"));
 
-    // The limits, in the cgroup v2 files of a cgroup below kubelet's pod
-    // cgroup (the container's own, whatever the driver names it).
+    // The limits, in the cgroup v2 files of the container's cgroup below
+    // kubelet's pod cgroup (named by its id, whatever the driver calls it;
+    // the pod's infra process has a cgroup of its own beside it).
     let memory_max = std::fs::read_dir(&pod_dir)
         .unwrap_or_else(|e| panic!("pod cgroup {}: {e}", pod_dir.display()))
         .flatten()
-        .filter(|e| e.path().is_dir())
+        .filter(|e| e.path().is_dir() && e.file_name().to_string_lossy().contains(&ctr))
         .find_map(|e| std::fs::read_to_string(e.path().join("memory.max")).ok())
         .unwrap_or_else(|| panic!("no container cgroup below {}", pod_dir.display()));
     assert_eq!(memory_max.trim(), (64u64 << 20).to_string());
@@ -386,25 +389,43 @@ async fn installed_service_runs_a_pod_lifecycle() {
     .expect("RemoveImage");
 }
 
-/// Under the cgroupfs driver, kubelet's slice-named parent (what a
-/// systemd-driver kubelet sends) is a cgroup from the root: the pod's
-/// cgroup is not made below carrackd.service, where cgroup v2 refuses to
-/// enable controllers (the service's cgroup holds carrackd).
+/// A pod parent of the other driver's form (kubelet's slice under the
+/// cgroupfs driver, a cgroupfs path under the systemd driver) is
+/// InvalidArgument naming cgroup_parent, and nothing is made; a parent of
+/// the driver's own form puts the container where kubelet looks: a
+/// relative cgroupfs path from the cgroup root (never below
+/// carrackd.service, which holds processes: cgroup v2 refuses to enable
+/// controllers there), or a scope `cri-carrack-<id>.scope` of systemd in
+/// kubelet's slice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "drives the installed carrackd.service: run by e2e/vm/run.sh systemd"]
-async fn installed_service_takes_a_slice_parent_from_the_root_under_cgroupfs() {
+async fn installed_service_places_pods_by_the_drivers_form() {
     let (mut rt, mut img) = clients().await;
-    if cgroup_driver(&mut rt).await != cri::CgroupDriver::Cgroupfs {
-        eprintln!("the cgroupfs driver's case; this daemon runs the systemd driver");
-        return;
-    }
+    let driver = cgroup_driver(&mut rt).await;
     let registry = env_or("CARRACK_E2E_REGISTRY", "127.0.0.1:5000");
     let image = push_test_image(&registry, "node/busybox:slice");
     pull(&mut img, &image).await;
     let logs = TempDir::new("slice");
     let mut pods = Pods(Vec::new());
-    let slice = format!("kubepods-besteffort-podslice{}.slice", std::process::id());
-    let config = node_pod("slice", &logs.0, &slice);
+    let pid = std::process::id();
+    let slice = format!("kubepods-besteffort-podslice{pid}.slice");
+    let relative = format!("kubepods/besteffort/podrel{pid}");
+    let service = Path::new("/sys/fs/cgroup/system.slice").join(unit());
+    let (other, own) = match driver {
+        cri::CgroupDriver::Cgroupfs => (&slice, &relative),
+        cri::CgroupDriver::Systemd => (&relative, &slice),
+    };
+    let e = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(node_pod("other", &logs.0, other)),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect_err("a parent of the other driver's form");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("cgroup_parent"), "{}", e.message());
+
+    let config = node_pod("slice", &logs.0, own);
     let pod = run_pod(&mut rt, config.clone()).await;
     pods.0.push(pod.clone());
     let ctr = run_container(
@@ -414,19 +435,32 @@ async fn installed_service_takes_a_slice_parent_from_the_root_under_cgroupfs() {
         Some(&config),
     )
     .await;
-    let pod_dir = Path::new("/sys/fs/cgroup").join(&slice);
-    let procs = std::fs::read_to_string(pod_dir.join(&ctr).join("cgroup.procs"))
-        .unwrap_or_else(|e| panic!("the container's cgroup below /{slice}: {e}"));
+    let ctr_dir = match driver {
+        cri::CgroupDriver::Cgroupfs => Path::new("/sys/fs/cgroup").join(&relative).join(&ctr),
+        cri::CgroupDriver::Systemd => {
+            let scope = format!("cri-carrack-{ctr}.scope");
+            assert_eq!(
+                systemctl(&["show", "--property=Slice", "--value", &scope]),
+                slice
+            );
+            assert_eq!(systemctl(&["is-active", &scope]), "active");
+            kubelet_parent(driver, &format!("slice{pid}")).1.join(scope)
+        }
+    };
+    let procs = std::fs::read_to_string(ctr_dir.join("cgroup.procs"))
+        .unwrap_or_else(|e| panic!("the container's cgroup {}: {e}", ctr_dir.display()));
     assert!(
         !procs.trim().is_empty(),
-        "the container runs in /{slice}/{ctr}"
+        "the container runs in {}",
+        ctr_dir.display()
     );
-    let service = Path::new("/sys/fs/cgroup/system.slice").join(unit());
-    assert!(
-        !service.join(&slice).exists(),
-        "a pod cgroup below {}",
-        service.display()
-    );
+    for p in [other, own] {
+        assert!(
+            !service.join(p).exists(),
+            "a pod cgroup below {}",
+            service.display()
+        );
+    }
     stop_pod(&mut rt, &pod).await;
     remove_pod(&mut rt, &pod).await;
     pods.0.clear();

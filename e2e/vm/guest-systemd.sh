@@ -106,8 +106,12 @@ for variant in $variants; do
     rm -rf /var/lib/carrack/* /run/carrack
 done
 
-while IFS=$'\t' read -r dir exe args; do
-    # shellcheck disable=SC2086 # the test names are split on purpose
-    run_test "$dir" "$exe" --test-threads=1 $args || failed "$(basename "$exe") $args"
+while IFS=$'\t' read -r dir exe vars args; do
+    [[ $vars == - ]] && vars=
+    # shellcheck disable=SC2086 # the test names and variables are split on purpose
+    (
+        [[ -z $vars ]] || { log "with $vars"; export $vars; }
+        run_test "$dir" "$exe" --test-threads=1 $args
+    ) || failed "$vars $(basename "$exe") $args"
 done <"$suites"
 finish

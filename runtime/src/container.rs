@@ -25,6 +25,10 @@ use crate::state::{State, container_dir, exec_fifo, process_start_time, validate
 pub struct Runtime {
     /// Where container state lives.
     pub root: PathBuf,
+    /// `--systemd-cgroup`: `create` takes `linux.cgroupsPath` as
+    /// `slice:prefix:name` and has systemd make the container a scope. The
+    /// other commands tell the driver from the path kept in the state.
+    pub systemd_cgroup: bool,
 }
 
 /// Options of `create` (and `run`).
@@ -118,6 +122,8 @@ fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
 struct CreateGuard<'a> {
     dir: PathBuf,
     cgroup: Option<&'a Cgroup>,
+    /// systemd was asked for the cgroup's scope.
+    scope: bool,
     pids: Vec<i32>,
     armed: bool,
 }
@@ -137,6 +143,9 @@ impl Drop for CreateGuard<'_> {
                     let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
                 }
             }
+            if self.scope {
+                let _ = cg.stop_scope();
+            }
             let deadline = Instant::now() + Duration::from_secs(2);
             while cg.delete().is_err() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
@@ -149,7 +158,34 @@ impl Drop for CreateGuard<'_> {
 impl Runtime {
     /// A runtime whose state lives under `root`.
     pub fn new(root: impl Into<PathBuf>) -> Runtime {
-        Runtime { root: root.into() }
+        Runtime {
+            root: root.into(),
+            systemd_cgroup: false,
+        }
+    }
+
+    /// The cgroups path `create` uses: the spec's, checked against the
+    /// driver (the systemd driver takes `slice:prefix:name`, by default
+    /// `:carrack:<id>`, which is `system.slice/carrack-<id>.scope`).
+    fn cgroups_path(&self, spec_path: &str, id: &str) -> Result<String> {
+        let systemd_form = carrack_cgroups::systemd::is_systemd_path(spec_path);
+        let invalid = |reason: &str| RuntimeError::InvalidSpec {
+            field: "linux.cgroupsPath".into(),
+            reason: format!("{spec_path:?}: {reason}"),
+        };
+        match (self.systemd_cgroup, spec_path.is_empty(), systemd_form) {
+            (true, true, _) => Ok(format!(
+                ":{}:{id}",
+                carrack_cgroups::systemd::DEFAULT_PREFIX
+            )),
+            (true, false, false) => Err(invalid(
+                "--systemd-cgroup takes \"slice:prefix:name\" (e.g. \"system.slice:carrack:<id>\"), not a cgroupfs path",
+            )),
+            (false, _, true) => Err(invalid(
+                "\"slice:prefix:name\" is the systemd cgroup driver's form: give --systemd-cgroup",
+            )),
+            _ => Ok(spec_path.to_owned()),
+        }
     }
 
     /// Loads a container's state (status as of now).
@@ -164,6 +200,17 @@ impl Runtime {
         let b = Bundle::load(&opts.bundle)?;
         let process = b.spec.process().as_ref().expect("validated");
         let console = connect_console(&opts.console_socket, process.terminal() == Some(true))?;
+        let linux = b.spec.linux().as_ref().expect("validated");
+        let cgroups_path = self.cgroups_path(
+            &linux
+                .cgroups_path()
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            id,
+        )?;
+        // Checked before anything exists: a bad path leaves nothing.
+        let cg = Cgroup::open(&cgroups_path, id)?;
         std::fs::create_dir_all(&self.root)
             .map_err(io(format!("--root {}", self.root.display())))?;
         let dir = container_dir(&self.root, id);
@@ -173,19 +220,29 @@ impl Runtime {
             }
             r => r.map_err(io(format!("creating {}", dir.display())))?,
         }
-        let linux = b.spec.linux().as_ref().expect("validated");
-        let cgroups_path = linux
-            .cgroups_path()
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        let cg = Cgroup::open(&cgroups_path, id)?;
         let mut guard = CreateGuard {
             dir: dir.clone(),
             cgroup: None,
+            scope: false,
             pids: Vec::new(),
             armed: true,
         };
+        let mut state = State {
+            oci_version: b.spec.version().clone(),
+            id: id.into(),
+            status: "created".into(),
+            pid: 0,
+            bundle: b.dir.clone(),
+            annotations: b.spec.annotations().clone().unwrap_or_default(),
+            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            rootfs: b.rootfs.clone(),
+            cgroups_path,
+            init_start_time: 0,
+        };
+        // Saved before anything is made (with no init yet it reads as
+        // stopped): a create killed half-way leaves a container that
+        // `delete` finds, with the cgroup (or systemd scope) to clean up.
+        state.save(&self.root)?;
         let fifo = exec_fifo(&self.root, id);
         nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
             .map_err(sys(format!("mkfifo {}", fifo.display())))?;
@@ -195,12 +252,19 @@ impl Runtime {
             .map_err(io(format!("chmod {}", fifo.display())))?;
         let fifo_fd = open(&fifo, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(sys("opening the exec fifo"))?;
-        cg.create()?;
-        guard.cgroup = Some(&cg);
-        cg.apply(&with_default_devices(
+        let resources = with_default_devices(
             linux.resources().clone().unwrap_or_default(),
             linux.devices(),
-        ))?;
+        );
+        // A systemd scope is made by systemd around the intermediate child
+        // once it exists; a cgroupfs cgroup is made first and the child
+        // cloned into it.
+        let scope = cg.scope().is_some();
+        guard.cgroup = Some(&cg);
+        if !scope {
+            cg.create()?;
+            cg.apply(&resources)?;
+        }
         let (parent, child) = crate::sync::pair()?;
         let (extra_fds, extra_env) = listen_fds();
         let args = InitArgs {
@@ -210,9 +274,10 @@ impl Runtime {
             extra_env,
             seccomp: linux.seccomp().clone(),
         };
-        let unified = open_unified(&cg)?;
-        // SAFETY: the runtime is single-threaded; the child runs our own
-        // code (no glibc thread calls) then exits.
+        let unified = if scope { None } else { open_unified(&cg)? };
+        // SAFETY: the runtime is single-threaded (it connects to systemd
+        // only after this fork); the child runs our own code (no glibc
+        // thread calls) then exits.
         let (forked, placed) =
             unsafe { crate::spawn::fork_into_cgroup(unified.as_ref().map(|f| f.as_fd())) }
                 .map_err(sys("fork"))?;
@@ -220,6 +285,12 @@ impl Runtime {
             ForkResult::Child => {
                 drop(parent);
                 child_main(&child, || {
+                    if scope {
+                        // Until systemd has it in the scope (or the
+                        // runtime died: then the channel closes and the
+                        // child exits, leaving the scope empty).
+                        child.expect("the scope was started")?;
+                    }
                     cg.enter_single_threaded(placed)?;
                     crate::init::create_stage1(&b, &child, args)
                 })
@@ -229,6 +300,11 @@ impl Runtime {
         drop(child);
         drop(args);
         guard.pids.push(stage1.as_raw());
+        if scope {
+            guard.scope = true;
+            cg.start_scope(stage1.as_raw(), &resources)?;
+            parent.send("go")?;
+        }
         let mut msg = parent.expect("reporting its pid")?;
         if msg == "userns" {
             write_id_maps(&b, stage1.as_raw())?;
@@ -239,18 +315,8 @@ impl Runtime {
         guard.pids.push(pid);
         let _ = waitpid(stage1, None);
         parent.expect("its rootfs and process were set up")?;
-        let state = State {
-            oci_version: b.spec.version().clone(),
-            id: id.into(),
-            status: "created".into(),
-            pid,
-            bundle: b.dir.clone(),
-            annotations: b.spec.annotations().clone().unwrap_or_default(),
-            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-            rootfs: b.rootfs.clone(),
-            cgroups_path,
-            init_start_time: process_start_time(pid).unwrap_or(0),
-        };
+        state.pid = pid;
+        state.init_start_time = process_start_time(pid).unwrap_or(0);
         state.save(&self.root)?;
         let json = serde_json::to_vec(&state).expect("state serialises");
         if let Some(h) = b.spec.hooks() {
@@ -349,6 +415,14 @@ impl Runtime {
                 let _ = cg.thaw();
             }
             let _ = kill(Pid::from_raw(st.pid), Signal::SIGKILL);
+        }
+        if cg.scope().is_some() {
+            for p in cg.pids().unwrap_or_default() {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+            // Also after a create that died half-way: the unit is found by
+            // its name, and systemd forgets it even if it failed.
+            cg.stop_scope()?;
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -499,10 +573,11 @@ impl Runtime {
         Ok(Cgroup::open(&st.cgroups_path, id)?.pids()?)
     }
 
-    /// `update`: applies new resources to the container's cgroup.
+    /// `update`: applies new resources to the container's cgroup (and to
+    /// its scope's properties under the systemd driver).
     pub fn update(&self, id: &str, r: &LinuxResources) -> Result<()> {
         let st = self.state(id)?;
-        Ok(Cgroup::open(&st.cgroups_path, id)?.apply(r)?)
+        Ok(Cgroup::open(&st.cgroups_path, id)?.update(r)?)
     }
 
     /// `events --stats`: one stats sample in runc's shape.

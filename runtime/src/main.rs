@@ -253,18 +253,16 @@ fn main() {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<i32> {
-    if cli.systemd_cgroup {
-        bail!(
-            "--systemd-cgroup: the systemd cgroup driver is not supported yet; use cgroupfs paths"
-        );
-    }
     if matches!(
         cli.cmd,
         Cmd::Create { .. } | Cmd::Run { .. } | Cmd::Exec { .. }
     ) {
         reexec_sealed()?;
     }
-    let rt = Runtime::new(cli.root.clone());
+    let rt = Runtime {
+        systemd_cgroup: cli.systemd_cgroup,
+        ..Runtime::new(cli.root.clone())
+    };
     match &cli.cmd {
         Cmd::Create {
             bundle,
@@ -446,7 +444,7 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
                 "linux": {
                     "namespaces": ["cgroup","ipc","mount","network","pid","user","uts","time"],
                     "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-                    "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
+                    "cgroup": {"v1": true, "v2": true, "systemd": true, "systemdUser": false},
                     "seccomp": {
                         "enabled": true,
                         "actions": ["SCMP_ACT_ALLOW","SCMP_ACT_ERRNO","SCMP_ACT_KILL","SCMP_ACT_KILL_PROCESS","SCMP_ACT_KILL_THREAD","SCMP_ACT_LOG","SCMP_ACT_TRACE","SCMP_ACT_TRAP"],

@@ -613,19 +613,24 @@ fn readonly_path(p: &str) -> Result<()> {
         .map_err(mnt(format!("linux.readonlyPaths {p}: remount ro")))
 }
 
+/// The kernel's ST_RELATIME statvfs bit (include/linux/statfs.h). nix only
+/// names it for glibc; the static (musl) runtime needs it too.
+const ST_RELATIME: libc::c_ulong = 0x1000;
+
 /// The per-mount flags of a mount, from statvfs(2), as mount(2) flags.
 fn mount_flags(st: &nix::sys::statvfs::Statvfs) -> MsFlags {
     use nix::sys::statvfs::FsFlags;
+    let bits = st.flags().bits();
     [
-        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        (FsFlags::ST_NOSUID.bits(), MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV.bits(), MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC.bits(), MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME.bits(), MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME.bits(), MsFlags::MS_NODIRATIME),
     ]
     .into_iter()
-    .filter(|(st_flag, _)| st.flags().contains(*st_flag))
+    .chain([(ST_RELATIME, MsFlags::MS_RELATIME)])
+    .filter(|(st_flag, _)| bits & st_flag != 0)
     .fold(MsFlags::empty(), |acc, (_, ms)| acc | ms)
 }
 

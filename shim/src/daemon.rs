@@ -211,6 +211,7 @@ fn serve_inner(cfg: &ServeConfig, mut ready: Option<std::fs::File>) -> Result<()
             root: cfg.runtime_root.clone(),
             log: dir.join("runtime.log"),
             reaper: reaper.clone(),
+            systemd_cgroup: Default::default(),
         };
         let shutdown = Arc::new(Notify::new());
         let shim = Shim::new(&cfg.id, &dir, runtime, reaper, shutdown.clone());

@@ -9,6 +9,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::AsyncReadExt;
 
@@ -53,6 +54,9 @@ pub struct OciRuntime {
     pub log: PathBuf,
     /// Awaits the runtime processes.
     pub reaper: Arc<Reaper>,
+    /// Pass `--systemd-cgroup` (the container's cgroupsPath is the systemd
+    /// driver's `slice:prefix:name`): set at create, from the bundle.
+    pub systemd_cgroup: Arc<AtomicBool>,
 }
 
 /// What the container's (or exec's) stdio is wired to while the runtime runs.
@@ -62,8 +66,21 @@ pub struct ChildStdio {
 }
 
 impl OciRuntime {
+    /// Chooses the cgroup driver flag for every later call from the
+    /// container's `linux.cgroupsPath`, as runc's users pass
+    /// `--systemd-cgroup` for a `slice:prefix:name` path.
+    pub fn set_cgroups_path(&self, cgroups_path: &str) {
+        self.systemd_cgroup.store(
+            carrack_cgroups::systemd::is_systemd_path(cgroups_path),
+            Ordering::Relaxed,
+        );
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.binary);
+        if self.systemd_cgroup.load(Ordering::Relaxed) {
+            cmd.arg("--systemd-cgroup");
+        }
         if let Some(root) = &self.root {
             cmd.arg("--root").arg(root);
         }
@@ -196,5 +213,29 @@ mod tests {
         let log = b"{\"level\":\"info\",\"msg\":\"x\"}\n{\"level\":\"error\",\"msg\":\"bundle missing\"}\n";
         assert_eq!(last_error(log), b"bundle missing");
         assert_eq!(last_error(b"plain failure\n"), b"plain failure");
+    }
+
+    #[test]
+    fn the_cgroup_driver_flag_follows_the_cgroups_path() {
+        let rt = OciRuntime {
+            binary: "runc".into(),
+            root: None,
+            log: "/x.log".into(),
+            reaper: Arc::default(),
+            systemd_cgroup: Default::default(),
+        };
+        let args = |rt: &OciRuntime| -> Vec<String> {
+            rt.command(&["state", "c1"])
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert!(!args(&rt).iter().any(|a| a == "--systemd-cgroup"));
+        rt.set_cgroups_path("kubepods-pod1.slice:cri-carrack:c1");
+        // A global flag: before the sub-command.
+        assert_eq!(args(&rt)[0], "--systemd-cgroup");
+        assert_eq!(args(&rt).last().map(String::as_str), Some("c1"));
+        rt.set_cgroups_path("/kubepods/pod1/c1");
+        assert!(!args(&rt).iter().any(|a| a == "--systemd-cgroup"));
     }
 }

@@ -440,6 +440,8 @@ impl Task for TaskService {
             )));
         }
         let stdio = req.stdio.unwrap_or_default();
+        self.runtime
+            .set_cgroups_path(&cgroups_path_of(&bundle).unwrap_or_default());
         let proc = Proc::new("", stdio.clone(), None);
         {
             let mut init = self.init.lock().expect("init lock");

@@ -125,7 +125,7 @@ impl Sampler {
             paths.insert(c.id.clone(), p.clone());
             return Some(p);
         }
-        sb.map(|s| format!("{}/{}", s.cgroup_path.trim_end_matches('/'), c.id))
+        sb.map(|s| crate::pod_cgroup::member_cgroups_path(&s.cgroup_path, &c.id))
     }
 
     /// CPU and memory of one cgroup as CRI reports them, and its process
@@ -219,7 +219,12 @@ impl Sampler {
         containers: &[ContainerRecord],
     ) -> cri::PodSandboxStats {
         let ts = now_nanos();
-        let usage = self.cgroup_usage(&format!("pod:{}", sb.id), &sb.cgroup_path, &sb.id, true);
+        let usage = self.cgroup_usage(
+            &format!("pod:{}", sb.id),
+            &crate::pod_cgroup::cgroupfs_path(&sb.cgroup_path),
+            &sb.id,
+            true,
+        );
         let (cpu, memory, process) = match usage {
             Some(u) => (
                 Some(u.cpu),

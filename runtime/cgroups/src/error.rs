@@ -70,6 +70,16 @@ pub enum CgroupError {
     /// Loading or attaching the cgroup v2 device eBPF program failed.
     #[error("cgroup v2 device filter: {0}")]
     DeviceFilter(String),
+    /// systemd refused or failed a request of the systemd cgroup driver.
+    #[error("systemd: {op} {unit}: {reason}")]
+    Systemd {
+        /// The unit, e.g. `cri-carrack-<id>.scope`.
+        unit: String,
+        /// What was asked: "starting", "stopping", …
+        op: &'static str,
+        /// systemd's answer.
+        reason: String,
+    },
     /// The cgroup still has processes and cannot be removed.
     #[error("cgroup {0} still has processes")]
     Busy(PathBuf),

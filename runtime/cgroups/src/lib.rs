@@ -1,4 +1,5 @@
-//! cgroups v1, v2 and hybrid for Carrack (the cgroupfs driver).
+//! cgroups v1, v2 and hybrid for Carrack, with the cgroupfs and the systemd
+//! cgroup drivers.
 //!
 //! One [`Cgroup`] is one container's (or pod's) cgroup across every hierarchy
 //! of the host: a directory per v1 controller mount, plus one in the unified
@@ -7,6 +8,12 @@
 //! [`hierarchy`]), moves processes in, freezes and thaws, lists processes,
 //! reads statistics in the shape of `runc events --stats`, watches for OOM
 //! kills and removes the directories again.
+//!
+//! A `linux.cgroupsPath` in the systemd driver's `slice:prefix:name` form
+//! names a transient scope of systemd ([`systemd`]): systemd creates its
+//! cgroup (see [`systemd::start_scope`]), and a [`Cgroup`] opened on that
+//! path works in the scope's directories (`/<slice path>/<prefix>-<name>.scope`
+//! in every hierarchy) for everything else.
 //!
 //! Used by carrack-runtime (create, update, pause, events), carrack-shim (OOM
 //! watch) and carrackd (pod cgroups, stats). It does not fork, kill or wait:
@@ -26,6 +33,7 @@ mod error;
 mod hierarchy;
 mod oom;
 mod stats;
+pub mod systemd;
 mod v1;
 mod v2;
 
@@ -33,6 +41,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use oci_spec::runtime::LinuxResources;
+
+use systemd::ScopeUnit;
 
 pub use error::{CgroupError, Result};
 pub use hierarchy::{
@@ -56,13 +66,17 @@ pub struct Cgroup {
     v1_dirs: Vec<(Vec<String>, PathBuf)>,
     /// The directory in the unified hierarchy, if the host has one.
     unified_dir: Option<PathBuf>,
+    /// The systemd scope this cgroup is, for a `slice:prefix:name` path.
+    scope: Option<ScopeUnit>,
+    /// `linux.cgroupsPath` as given.
+    cgroups_path: String,
 }
 
 impl Cgroup {
     /// Names the cgroup of `linux.cgroupsPath` for the container `container_id`,
     /// without touching the filesystem. An empty path means `/carrack/<id>`; a
     /// relative one is taken below this process's own cgroup. The systemd
-    /// driver's `slice:prefix:name` form is refused (cgroupfs driver only).
+    /// driver's `slice:prefix:name` form names the scope's cgroup.
     pub fn open(cgroups_path: &str, container_id: &str) -> Result<Cgroup> {
         Self::open_in(hierarchy()?, cgroups_path, container_id)
     }
@@ -73,24 +87,26 @@ impl Cgroup {
             path: cgroups_path.to_owned(),
             reason: reason.to_owned(),
         };
-        if cgroups_path.contains(':') && !cgroups_path.starts_with('/') {
-            return Err(invalid(
-                "the systemd cgroup driver (slice:prefix:name) is not supported; use a cgroupfs path",
-            ));
-        }
+        let scope = if systemd::is_systemd_path(cgroups_path) {
+            Some(ScopeUnit::parse(cgroups_path, container_id)?)
+        } else {
+            None
+        };
         if cgroups_path.split('/').any(|c| c == ".." || c == ".") {
             return Err(invalid("'.' and '..' components are not allowed"));
         }
         if cgroups_path.contains('\0') {
             return Err(invalid("NUL byte"));
         }
-        let own = if cgroups_path.is_empty() || cgroups_path.starts_with('/') {
+        let own = if cgroups_path.is_empty() || cgroups_path.starts_with('/') || scope.is_some() {
             None
         } else {
             Some(own_cgroups()?)
         };
         let absolute = |controller: &str| -> String {
-            let rel = if cgroups_path.is_empty() {
+            let rel = if let Some(scope) = &scope {
+                scope.cgroup_path()
+            } else if cgroups_path.is_empty() {
                 format!("/carrack/{container_id}")
             } else {
                 cgroups_path.to_owned()
@@ -126,7 +142,20 @@ impl Cgroup {
             path,
             v1_dirs,
             unified_dir,
+            scope,
+            cgroups_path: cgroups_path.to_owned(),
         })
+    }
+
+    /// The `linux.cgroupsPath` this cgroup was opened with.
+    pub fn cgroups_path(&self) -> &str {
+        &self.cgroups_path
+    }
+
+    /// The systemd scope of this cgroup, when its path is in the systemd
+    /// driver's `slice:prefix:name` form.
+    pub fn scope(&self) -> Option<&ScopeUnit> {
+        self.scope.as_ref()
     }
 
     /// The cgroup path, absolute from the hierarchy roots.
@@ -163,7 +192,11 @@ impl Cgroup {
 
     /// Creates the directories in every hierarchy (parents too). On v1 the
     /// cpuset of each new level is filled from its parent, which the kernel
-    /// leaves empty; on v2 the controllers are enabled along the path.
+    /// leaves empty; on v2 the controllers are enabled along the path. For a
+    /// systemd scope this comes after [`systemd::start_scope`]: it makes the
+    /// directories of the v1 hierarchies systemd does not manage (cpuset,
+    /// freezer, hugetlb, …) and leaves the controllers of the unified
+    /// hierarchy to systemd, which enabled them for the delegated scope.
     pub fn create(&self) -> Result<()> {
         for (controllers, dir) in &self.v1_dirs {
             mkdir_all(dir)?;
@@ -173,8 +206,10 @@ impl Cgroup {
         }
         if let Some(dir) = &self.unified_dir {
             mkdir_all(dir)?;
-            let root = self.hierarchy.unified.as_deref().unwrap_or(Path::new("/"));
-            v2::enable_controllers(root, dir)?;
+            if self.scope.is_none() {
+                let root = self.hierarchy.unified.as_deref().unwrap_or(Path::new("/"));
+                v2::enable_controllers(root, dir)?;
+            }
         }
         Ok(())
     }
@@ -187,6 +222,47 @@ impl Cgroup {
             v2::apply(self, dir, resources)?;
         }
         Ok(())
+    }
+
+    /// Applies resources to a running container: for a systemd scope its
+    /// unit properties first (systemd would otherwise put its old values
+    /// back when it next realises the unit), then the files as [`Cgroup::apply`].
+    pub fn update(&self, resources: &LinuxResources) -> Result<()> {
+        if let Some(scope) = &self.scope {
+            let mut bus = systemd::Bus::connect().map_err(|e| bus_error(scope, e))?;
+            systemd::update_scope(&mut bus, scope, resources, &self.hierarchy)?;
+        }
+        self.apply(resources)
+    }
+
+    /// For a systemd scope: has systemd start it with `pid` (and so the
+    /// children `pid` forks afterwards) in it and `resources` as its
+    /// properties, then makes the directories systemd does not manage and
+    /// applies `resources` to the files: what [`Cgroup::create`] and
+    /// [`Cgroup::apply`] are for a cgroupfs path. The D-Bus connection is
+    /// closed (its threads joined) before this returns.
+    pub fn start_scope(&self, pid: i32, resources: &LinuxResources) -> Result<()> {
+        let Some(scope) = &self.scope else {
+            return Err(CgroupError::InvalidPath {
+                path: self.path.clone(),
+                reason: "not a systemd scope (slice:prefix:name)".into(),
+            });
+        };
+        let mut bus = systemd::Bus::connect().map_err(|e| bus_error(scope, e))?;
+        systemd::start_scope(&mut bus, scope, pid, resources, &self.hierarchy)?;
+        drop(bus);
+        self.create()?;
+        self.apply(resources)
+    }
+
+    /// For a systemd scope: stops and resets the unit (a gone unit is
+    /// fine), so that systemd forgets it; the caller has killed its
+    /// processes. Nothing for a cgroupfs path.
+    pub fn stop_scope(&self) -> Result<()> {
+        match &self.scope {
+            Some(scope) => systemd::connect_and_stop(&scope.name),
+            None => Ok(()),
+        }
     }
 
     /// Moves a process into the cgroup in every hierarchy.
@@ -302,6 +378,14 @@ impl Cgroup {
             remove_tree(&dir)?;
         }
         Ok(())
+    }
+}
+
+fn bus_error(scope: &ScopeUnit, e: systemd::BusError) -> CgroupError {
+    CgroupError::Systemd {
+        unit: scope.name.clone(),
+        op: "connecting to systemd for",
+        reason: e.to_string(),
     }
 }
 
@@ -426,6 +510,36 @@ mod tests {
     }
 
     #[test]
+    fn systemd_paths_name_the_scope_in_every_hierarchy() {
+        let cg = Cgroup::open_in(
+            hybrid(),
+            "kubepods-burstable-pod9.slice:cri-carrack:c1",
+            "c1",
+        )
+        .unwrap();
+        let scope = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod9.slice/cri-carrack-c1.scope";
+        assert_eq!(cg.path(), format!("/{scope}"));
+        assert_eq!(
+            cg.v1_dir("memory"),
+            Some(Path::new("/sys/fs/cgroup/memory").join(scope).as_path())
+        );
+        assert_eq!(
+            cg.unified_dir(),
+            Some(Path::new("/sys/fs/cgroup/unified").join(scope).as_path())
+        );
+        assert_eq!(
+            cg.scope().map(|s| s.name.as_str()),
+            Some("cri-carrack-c1.scope")
+        );
+        assert!(
+            Cgroup::open_in(hybrid(), "/kubepods/c1", "c1")
+                .unwrap()
+                .scope()
+                .is_none()
+        );
+    }
+
+    #[test]
     fn empty_path_defaults_under_carrack() {
         let cg = Cgroup::open_in(hybrid(), "", "abc").unwrap();
         assert_eq!(cg.path(), "/carrack/abc");
@@ -433,7 +547,7 @@ mod tests {
 
     #[test]
     fn bad_paths_name_the_field() {
-        for p in ["/a/../b", "system.slice:carrack:abc", "/a/./b"] {
+        for p in ["/a/../b", "system.slice:carrack", "/a/./b", "a/b.slice:p:c"] {
             let err = Cgroup::open_in(hybrid(), p, "x").unwrap_err();
             assert!(err.to_string().starts_with("linux.cgroupsPath"), "{err}");
         }
