@@ -29,7 +29,7 @@
 //!   [`cri_error`] (the CRI's error classes), [`verbose_info`], [`stats`]
 //!   (container and pod stats, CRI metrics), [`events`] (the
 //!   GetContainerEvents fan-out), [`telemetry`] (carrackd's own
-//!   Prometheus `/metrics`);
+//!   Prometheus `/metrics`), [`phases`] (where a pod start's time went);
 //! - the daemon's edges: [`config`] (the TOML configuration, every key
 //!   with a default), [`config_doc`] (`carrackd config default`),
 //!   [`check`] (`carrackd check`), [`handler_features`] (what each runtime
@@ -49,6 +49,7 @@ pub mod events;
 pub mod file_caps;
 pub mod handler_features;
 pub mod id_maps;
+pub mod phases;
 pub mod pod_cgroup;
 pub mod pod_config;
 pub mod pod_host;

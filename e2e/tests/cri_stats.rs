@@ -634,12 +634,7 @@ async fn cri_prometheus_metrics_endpoint() {
         return;
     }
     let image = test_image();
-    // A free loopback port: bound, read, released for carrackd.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let daemon = daemon_options()
         .config(&format!("metrics_address = \"{port}\""))
@@ -688,6 +683,165 @@ async fn cri_prometheus_metrics_endpoint() {
         "{text}"
     );
     assert!(series(&text, "carrack_shims").is_some());
+
+    remove_pod(&mut rt, &pod_id).await;
+}
+
+/// A free loopback port: bound, read, released for carrackd.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Every phase of a pod's start and stop is counted once in
+/// `carrack_pod_start_phase_seconds{rpc,phase}` and logged: a span's close
+/// per phase, a line per call with every phase's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_start_phases_are_counted_in_metrics_and_logged() {
+    if !prerequisites() {
+        return;
+    }
+    let port = free_port();
+    let CriStack {
+        image,
+        daemon,
+        mut rt,
+        logs,
+        ..
+    } = CriStack::pulled(
+        daemon_options()
+            .config(&format!("metrics_address = \"{port}\"\n"))
+            .env("RUST_LOG", "info,carrackd::phases=debug")
+            .args(&["--log-format", "json"]),
+    )
+    .await;
+    // A shared PID namespace: the pod has an infra process.
+    let mut pod = pod_config("phases", &logs);
+    let shared = |ns: &mut Option<cri::NamespaceOption>| {
+        ns.get_or_insert_with(Default::default).pid = cri::NamespaceMode::Pod as i32;
+    };
+    shared(
+        &mut pod
+            .linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default)
+            .namespace_options,
+    );
+    let mut c = container_config("sleeper", &image.name, &["sleep", "1000"]);
+    shared(
+        &mut c
+            .linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default)
+            .namespace_options,
+    );
+    let pod_id = cri_client::run_pod(&mut rt, pod.clone()).await;
+    run_container(&mut rt, &pod_id, c, Some(&pod)).await;
+    stop_pod(&mut rt, &pod_id).await;
+
+    let addr = format!("127.0.0.1:{port}");
+    let text = tokio::task::spawn_blocking(move || scrape(&addr))
+        .await
+        .unwrap();
+    // Under the systemd driver the pod cgroup is a slice systemd makes.
+    let pod_cgroup: &[&str] = match carrack_e2e::carrackd::test_cgroup_driver() {
+        "cgroupfs" => &["pod_cgroup"],
+        _ => &[],
+    };
+    let run_pod = [
+        &[
+            "db",
+            "namespaces",
+            "infra",
+            "pod_files",
+            "network_add",
+            "other",
+        ][..],
+        pod_cgroup,
+    ]
+    .concat();
+    let expected: [(&str, &[&str]); 4] = [
+        ("RunPodSandbox", &run_pod),
+        (
+            "CreateContainer",
+            &[
+                "db",
+                "rootfs",
+                "spec",
+                "shim_start",
+                "shim_call",
+                "runtime_create",
+                "other",
+            ],
+        ),
+        (
+            "StartContainer",
+            &["db", "shim_call", "runtime_start", "other"],
+        ),
+        (
+            "StopPodSandbox",
+            &[
+                "db",
+                "stop_containers",
+                "infra",
+                "network_del",
+                "namespaces",
+                "other",
+            ],
+        ),
+    ];
+    for (rpc, phases) in expected {
+        for phase in phases {
+            let labels = format!("{{rpc=\"{rpc}\",phase=\"{phase}\"}}");
+            assert_eq!(
+                series(
+                    &text,
+                    &format!("carrack_pod_start_phase_seconds_count{labels}")
+                ),
+                Some(1.0),
+                "{rpc} {phase} in\n{text}"
+            );
+        }
+    }
+    // The runtime's create is part of CreateContainer's time.
+    let sum = |name: &str| series(&text, name).unwrap_or_else(|| panic!("{name} in\n{text}"));
+    let runtime_create = sum(
+        "carrack_pod_start_phase_seconds_sum{rpc=\"CreateContainer\",phase=\"runtime_create\"}",
+    );
+    let create_call = sum(
+        "carrack_grpc_request_duration_seconds_sum{method=\"/runtime.v1.RuntimeService/CreateContainer\",code=\"Ok\"}",
+    );
+    assert!(
+        runtime_create > 0.0 && runtime_create < create_call,
+        "runtime {runtime_create} s of CreateContainer's {create_call} s"
+    );
+
+    // The log: a line per call listing its phases, a close per phase span.
+    let log = daemon.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let timed = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "RunPodSandbox timed")
+        .unwrap_or_else(|| panic!("no RunPodSandbox timing in\n{log}"));
+    let listed = timed["fields"]["phases"].as_str().unwrap_or_default();
+    for phase in &run_pod {
+        assert!(listed.contains(&format!("{phase}=")), "{phase} in {timed}");
+    }
+    assert_eq!(timed["span"]["id"], pod_id.as_str(), "{timed}");
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"] == "close"
+            && l["span"]["name"] == "phase"
+            && l["span"]["phase"] == "network_add"),
+        "no network_add span closed in\n{log}"
+    );
 
     remove_pod(&mut rt, &pod_id).await;
 }
