@@ -14,6 +14,10 @@
 #   FILES, FILE_BYTES   what each container writes (default 200 × 20971 ≈ 4 MiB)
 #   RUNTIMES   which to run, in order (default "carrackd containerd")
 #   SKIP_BUILD=1   run the binaries already in target/release and target/static
+#   METRICS_PORT   carrackd's /metrics on loopback (default 9471): at the end
+#              the mean time per call of each phase of its pods' start and
+#              stop (carrack_pod_start_phase_seconds) is printed, and the
+#              scrape kept in $WORK/carrackd.metrics
 #
 # Everything it makes (daemons, shims, containers, mounts, network
 # namespaces, veths, bridges, iptables rules, cgroups) is removed on exit,
@@ -28,6 +32,7 @@ WINDOW=${WINDOW:-120}
 FILES=${FILES:-200}
 FILE_BYTES=${FILE_BYTES:-20971}
 RUNTIMES=${RUNTIMES:-carrackd containerd}
+METRICS_PORT=${METRICS_PORT:-9471}
 IMAGE="$REG/e2e-test-images/busybox:1.29-2"
 
 # Per runtime: its bridge, subnet and CNI network name. The cgroup parent
@@ -172,6 +177,7 @@ for rt in $RUNTIMES; do
         cp "$target/carrackd" "$WORK/bin/"
         cp "$target/../static/carrack-shim" "$target/../static/carrack-runtime" "$WORK/bin/"
         cat >"$WORK/carrackd/carrack.toml" <<TOML
+metrics_address = "127.0.0.1:$METRICS_PORT"
 [network]
 cni_conf_dir = "$WORK/carrackd/cni"
 cni_bin_dirs = ["/usr/lib/cni"]
@@ -202,3 +208,17 @@ done
 
 "$target/node-scale" --image "$IMAGE" --pods "$PODS" --window-secs "$WINDOW" \
     --files "$FILES" --file-bytes "$FILE_BYTES" --log-dir "$WORK/logs" "${args[@]}"
+
+# Where carrackd's time went: mean ms per call of each phase, over the
+# pods' start (all at once) and their removal.
+if [[ " $RUNTIMES " == *" carrackd "* ]] \
+    && curl -sf "http://127.0.0.1:$METRICS_PORT/metrics" >"$WORK/carrackd.metrics"; then
+    echo
+    echo "carrackd's phases, mean ms per call (carrack_pod_start_phase_seconds; $WORK/carrackd.metrics):"
+    awk -F'[{}" ]+' '/^carrack_pod_start_phase_seconds_(sum|count)\{/ {
+            key = $3 " " $5
+            if ($1 ~ /_sum$/) sum[key] = $NF; else count[key] = $NF
+        }
+        END { for (k in count) if (count[k] > 0) printf "  %-40s %9.2f  (%d calls)\n", k, 1000 * sum[k] / count[k], count[k] }' \
+        "$WORK/carrackd.metrics" | sort
+fi

@@ -10,6 +10,7 @@
 //! cgroup_parent = ""                # "/carrack" (cgroupfs) or "carrack.slice" (systemd)
 //! metrics_address = "127.0.0.1:9464"   # Prometheus /metrics; unset: off
 //! disk_usage_refresh_seconds = 10      # writable layers' usage, at most this old
+//! stats_collection_seconds = 10        # CPU, memory, network read in the background; 0: per call
 //! [runtimes.runc]
 //! binary = "/usr/sbin/runc"
 //! root = "/run/carrack/runc"
@@ -147,6 +148,11 @@ pub struct Config {
     /// A change in a container's writable layer shows in its stats within
     /// this many seconds (`carrack_image::usage`).
     pub disk_usage_refresh_seconds: u64,
+    /// Every pod's and container's CPU, memory, processes and network
+    /// counters are read in the background this often, and the stats calls
+    /// answer from those samples; 0: read at each call
+    /// (`crate::stats::collection`).
+    pub stats_collection_seconds: u64,
     /// The exec/attach/port-forward server (`[streaming]`).
     pub streaming: StreamingSettings,
 }
@@ -181,6 +187,7 @@ impl Default for Config {
             network: Default::default(),
             metrics_address: String::new(),
             disk_usage_refresh_seconds: 10,
+            stats_collection_seconds: 10,
             streaming: Default::default(),
         }
     }
@@ -227,6 +234,15 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "metrics_address".into(),
                 message,
+            });
+        }
+        if self.stats_collection_seconds > 600 {
+            return Err(ConfigError::Invalid {
+                key: "stats_collection_seconds".into(),
+                message: format!(
+                    "expected 0 (read at each call) to 600 seconds, got {}",
+                    self.stats_collection_seconds
+                ),
             });
         }
         if !(1..=3600).contains(&self.disk_usage_refresh_seconds) {
@@ -386,6 +402,10 @@ mod tests {
         assert_eq!(c.metrics_address, "9464");
         let e = Config::parse("disk_usage_refresh_seconds = 0", Path::new("x")).unwrap_err();
         assert!(e.to_string().contains("disk_usage_refresh_seconds"), "{e}");
+        let e = Config::parse("stats_collection_seconds = 601", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("stats_collection_seconds"), "{e}");
+        let c = Config::parse("stats_collection_seconds = 0", Path::new("x")).unwrap();
+        assert_eq!(c.stats_collection_seconds, 0);
         let c = Config::parse("disk_usage_refresh_seconds = 2", Path::new("x")).unwrap();
         assert_eq!(
             c.image_store_config().usage_refresh,

@@ -53,6 +53,10 @@ const DOCS: &[(&str, &str)] = &[
         "carrackd's Prometheus /metrics: \"host:port\", or a bare port for\n127.0.0.1 only; \"\" (the default) serves none.",
     ),
     (
+        "stats_collection_seconds",
+        "How often every pod's and container's CPU, memory, processes and\nnetwork counters are read in the background; the stats calls answer\nfrom those samples (at most this old). 0 reads them at each call.",
+    ),
+    (
         "disk_usage_refresh_seconds",
         "How old a container's writable-layer usage (ContainerStats) may be\nafter it changed: layers are walked in the background, not per call.",
     ),

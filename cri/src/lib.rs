@@ -117,6 +117,7 @@ pub async fn serve(
     let network = pod_network::CniPodNetwork::open(&cfg.network, &cfg.root).await?;
     let daemon = daemon::Daemon::open(cfg, Arc::new(network)).await?;
     daemon.recover().await?;
+    daemon.start_stats_collection();
     let addr = daemon.start_streaming().await?;
     tracing::info!(%addr, "serving exec, attach and port-forward");
     let listener = bind(&socket)?;

@@ -73,12 +73,13 @@ async fn cri_container_and_pod_stats() {
     if !prerequisites() {
         return;
     }
+    // Read at each call: what an exec just did shows at once.
     let CriStack {
         image,
         daemon,
         mut rt,
         ..
-    } = CriStack::pulled(daemon_options()).await;
+    } = CriStack::pulled(daemon_options().config("stats_collection_seconds = 0\n")).await;
     let (pod_id, pod) = run_pod(&mut rt, &daemon, "stats").await;
 
     let mut burn = container_config("burn", &image.name, &["sh", "-c", "while :; do :; done"]);
@@ -843,5 +844,105 @@ async fn pod_start_phases_are_counted_in_metrics_and_logged() {
         "no network_add span closed in\n{log}"
     );
 
+    remove_pod(&mut rt, &pod_id).await;
+}
+
+/// The CPU time and its timestamp of container `id` in ListContainerStats.
+async fn listed_cpu(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::CpuUsage {
+    rt.list_container_stats(cri::ListContainerStatsRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .into_iter()
+        .find(|s| s.attributes.as_ref().is_some_and(|a| a.id == id))
+        .unwrap_or_else(|| panic!("{id} not listed"))
+        .cpu
+        .unwrap_or_else(|| panic!("no CPU stats of {id}"))
+}
+
+/// With stats collected in the background, calls answer from the last
+/// pass: a container just started is listed with its CPU and memory at
+/// once, and the samples follow the container pass after pass (its CPU
+/// time grows, with a rate over the period).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_collected_in_the_background_follow_each_pass() {
+    if !prerequisites() {
+        return;
+    }
+    const PERIOD: Duration = Duration::from_secs(1);
+    let CriStack {
+        image,
+        daemon,
+        mut rt,
+        ..
+    } = CriStack::pulled(daemon_options().config(&format!(
+        "stats_collection_seconds = {}\n",
+        PERIOD.as_secs()
+    )))
+    .await;
+    let (pod_id, pod) = run_pod(&mut rt, &daemon, "collected").await;
+    let burn = container_config("burn", &image.name, &["sh", "-c", "while :; do :; done"]);
+    let burn = run_container(&mut rt, &pod_id, burn, Some(&pod)).await;
+    let first = listed_cpu(&mut rt, &burn).await;
+    let deadline = Instant::now() + PERIOD * 30;
+    let later = loop {
+        let cpu = listed_cpu(&mut rt, &burn).await;
+        let used = |c: &cri::CpuUsage| c.usage_core_nano_seconds.map(|v| v.value);
+        if used(&cpu) > used(&first) && cpu.usage_nano_cores.is_some() {
+            break cpu;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the samples stay at {first:?}: {cpu:?}"
+        );
+        tokio::time::sleep(PERIOD / 4).await;
+    };
+    assert!(later.timestamp > first.timestamp);
+    assert!(later.usage_nano_cores.unwrap().value > 0);
+    let pods = rt
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    let linux = pods[0].linux.as_ref().unwrap();
+    assert!(linux.cpu.is_some() && linux.memory.is_some() && linux.network.is_some());
+    assert_eq!(linux.containers.len(), 1);
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
+}
+
+/// Between two passes every call gives the same sample (nothing is read at
+/// the call): with a period longer than the test, a busy container's CPU
+/// time stands still, in ContainerStats and both lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn between_passes_stats_calls_read_nothing() {
+    if !prerequisites() {
+        return;
+    }
+    let CriStack {
+        image,
+        daemon,
+        mut rt,
+        ..
+    } = CriStack::pulled(daemon_options().config("stats_collection_seconds = 600\n")).await;
+    let (pod_id, pod) = run_pod(&mut rt, &daemon, "standing").await;
+    let burn = container_config("burn", &image.name, &["sh", "-c", "while :; do :; done"]);
+    let burn = run_container(&mut rt, &pod_id, burn, Some(&pod)).await;
+    let first = listed_cpu(&mut rt, &burn).await;
+    // The loop burns a core meanwhile: a read now would show more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(listed_cpu(&mut rt, &burn).await, first);
+    assert_eq!(container_stats(&mut rt, &burn).await.cpu.unwrap(), first);
+    let pods = rt
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    let listed = &pods[0].linux.as_ref().unwrap().containers[0];
+    assert_eq!(listed.cpu.as_ref().unwrap(), &first);
+    stop_pod(&mut rt, &pod_id).await;
     remove_pod(&mut rt, &pod_id).await;
 }

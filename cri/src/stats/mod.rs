@@ -14,9 +14,15 @@
 //! of every container and pod and divides the CPU time used since then by
 //! the wall time elapsed. The first sample of a container has no rate.
 //!
+//! The cgroups and network counters are read either at each call, or, with
+//! `stats_collection_seconds` set, by a pass over every pod and container
+//! in the background ([`collection`]), the calls answering from its
+//! samples.
+//!
 //! This module does not decide which containers exist: the RuntimeService
 //! passes the records; nor does it know the store.
 
+pub mod collection;
 pub mod metrics;
 pub mod network;
 
@@ -83,15 +89,43 @@ fn nano_cores(prev: Option<CpuSample>, now: CpuSample) -> Option<u64> {
 /// container's cgroup path (read once from its bundle), and the host's
 /// cgroup layout (read once: finding it parses `/proc/self/mountinfo`,
 /// which on a full node lists every pod's mounts, and it does not change
-/// while a node runs).
+/// while a node runs); and, when collecting, the collection's samples.
 #[derive(Debug, Default)]
 pub struct Sampler {
     last: Mutex<HashMap<String, CpuSample>>,
     cgroup_paths: Mutex<HashMap<String, String>>,
     hierarchy: OnceLock<Option<carrack_cgroups::Hierarchy>>,
+    /// The samples of the background collection; None: read at each call.
+    collected: Option<collection::Collected>,
+}
+
+/// What a container's cgroup said at one moment.
+#[derive(Debug, Clone, Default)]
+struct ContainerSample {
+    cpu: Option<cri::CpuUsage>,
+    memory: Option<cri::MemoryUsage>,
+    swap: Option<cri::SwapUsage>,
+}
+
+/// What a pod's cgroup and network namespace said at one moment.
+#[derive(Debug, Clone, Default)]
+struct PodSample {
+    cpu: Option<cri::CpuUsage>,
+    memory: Option<cri::MemoryUsage>,
+    process: Option<cri::ProcessUsage>,
+    network: Option<cri::NetworkUsage>,
 }
 
 impl Sampler {
+    /// A sampler that reads at each call (`collect` false) or answers from
+    /// the samples of [`Sampler::collect`].
+    pub fn new(collect: bool) -> Sampler {
+        Sampler {
+            collected: collect.then(Default::default),
+            ..Default::default()
+        }
+    }
+
     /// Records `now` for `key` and returns the rate since the previous one.
     fn rate(&self, key: &str, now: CpuSample) -> Option<u64> {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
@@ -107,6 +141,10 @@ impl Sampler {
         drop(last);
         let mut paths = self.cgroup_paths.lock().unwrap_or_else(|e| e.into_inner());
         paths.remove(id);
+        drop(paths);
+        if let Some(c) = &self.collected {
+            c.forget(id);
+        }
     }
 
     /// The container's cgroup: `linux.cgroupsPath` of its bundle's
@@ -171,6 +209,48 @@ impl Sampler {
         })
     }
 
+    /// Reads the cgroup of container `c` of the pod `sb`.
+    fn read_container(&self, c: &ContainerRecord, sb: Option<&SandboxRecord>) -> ContainerSample {
+        let usage = self
+            .container_cgroup_path(c, sb)
+            .and_then(|path| self.cgroup_usage(&c.id, &path, &c.id, false));
+        match usage {
+            Some(u) => ContainerSample {
+                cpu: Some(u.cpu),
+                memory: Some(u.memory),
+                swap: u.swap,
+            },
+            None => ContainerSample::default(),
+        }
+    }
+
+    /// Reads the cgroup, process count and network counters of pod `sb`.
+    fn read_pod(&self, sb: &SandboxRecord) -> PodSample {
+        let ts = now_nanos();
+        let usage = self.cgroup_usage(
+            &format!("pod:{}", sb.id),
+            &crate::pod_cgroup::cgroupfs_path(&sb.cgroup_path),
+            &sb.id,
+            true,
+        );
+        let network = pod_network(sb, ts);
+        match usage {
+            Some(u) => PodSample {
+                cpu: Some(u.cpu),
+                memory: Some(u.memory),
+                process: Some(cri::ProcessUsage {
+                    timestamp: ts,
+                    process_count: value(u.processes),
+                }),
+                network,
+            },
+            None => PodSample {
+                network,
+                ..Default::default()
+            },
+        }
+    }
+
     /// The stats of one container of the pod `sb`.
     pub fn container_stats(
         &self,
@@ -178,9 +258,10 @@ impl Sampler {
         c: &ContainerRecord,
         sb: Option<&SandboxRecord>,
     ) -> cri::ContainerStats {
-        let usage = self
-            .container_cgroup_path(c, sb)
-            .and_then(|path| self.cgroup_usage(&c.id, &path, &c.id, false));
+        let sample = match &self.collected {
+            Some(collected) => collected.container(c, || self.read_container(c, sb)),
+            None => self.read_container(c, sb),
+        };
         let writable_layer = images
             .rootfs_usage(&c.id)
             .ok()
@@ -192,10 +273,6 @@ impl Sampler {
                 used_bytes: value(u.used_bytes),
                 inodes_used: value(u.inodes_used),
             });
-        let (cpu, memory, swap) = match usage {
-            Some(u) => (Some(u.cpu), Some(u.memory), u.swap),
-            None => (None, None, None),
-        };
         cri::ContainerStats {
             attributes: Some(cri::ContainerAttributes {
                 id: c.id.clone(),
@@ -203,10 +280,10 @@ impl Sampler {
                 labels: c.config.labels.clone(),
                 annotations: c.config.annotations.clone(),
             }),
-            cpu,
-            memory,
+            cpu: sample.cpu,
+            memory: sample.memory,
             writable_layer,
-            swap,
+            swap: sample.swap,
         }
     }
 
@@ -218,23 +295,9 @@ impl Sampler {
         sb: &SandboxRecord,
         containers: &[ContainerRecord],
     ) -> cri::PodSandboxStats {
-        let ts = now_nanos();
-        let usage = self.cgroup_usage(
-            &format!("pod:{}", sb.id),
-            &crate::pod_cgroup::cgroupfs_path(&sb.cgroup_path),
-            &sb.id,
-            true,
-        );
-        let (cpu, memory, process) = match usage {
-            Some(u) => (
-                Some(u.cpu),
-                Some(u.memory),
-                Some(cri::ProcessUsage {
-                    timestamp: ts,
-                    process_count: value(u.processes),
-                }),
-            ),
-            None => (None, None, None),
+        let sample = match &self.collected {
+            Some(collected) => collected.pod(sb, || self.read_pod(sb)),
+            None => self.read_pod(sb),
         };
         cri::PodSandboxStats {
             attributes: Some(cri::PodSandboxAttributes {
@@ -244,10 +307,10 @@ impl Sampler {
                 annotations: sb.config.annotations.clone(),
             }),
             linux: Some(cri::LinuxPodSandboxStats {
-                cpu,
-                memory,
-                network: pod_network(sb, ts),
-                process,
+                cpu: sample.cpu,
+                memory: sample.memory,
+                network: sample.network,
+                process: sample.process,
                 containers: containers
                     .iter()
                     .map(|c| self.container_stats(images, c, Some(sb)))
