@@ -225,6 +225,34 @@ impl<'a> PhaseClock<'a> {
         out
     }
 
+    /// Starts `fut` as `phase` on a task of its own, to run while the call
+    /// goes through other phases; [`PhaseClock::join`] awaits it.
+    pub fn start_concurrent<F>(&self, phase: Phase, fut: F) -> Concurrent<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let timed = async move {
+            let started = Instant::now();
+            let out = fut.await;
+            (out, started.elapsed())
+        };
+        Concurrent {
+            phase,
+            task: Some(tokio::spawn(timed.instrument(self.phase_span(phase)))),
+        }
+    }
+
+    /// Awaits what [`PhaseClock::start_concurrent`] started and adds its
+    /// time to its phase (those phases overlap others: the call's phases
+    /// may add up to more than its time, `other` is then zero).
+    pub async fn join<T>(&self, mut c: Concurrent<T>) -> Result<T, tokio::task::JoinError> {
+        let task = c.task.take().expect("a Concurrent is joined once");
+        let (out, took) = task.await?;
+        self.add(c.phase, took);
+        Ok(out)
+    }
+
     /// Each phase the call went through with its time, `other` (the rest
     /// of the call's time) last, and the call's total.
     fn phases(&self) -> (Vec<(Phase, Duration)>, Duration) {
@@ -238,6 +266,23 @@ impl<'a> PhaseClock<'a> {
         let timed: Duration = out.iter().map(|(_, d)| *d).sum();
         out.push((Phase::Other, total.saturating_sub(timed)));
         (out, total)
+    }
+}
+
+/// A phase running on a task of its own; dropped before it is joined (the
+/// call cancelled), the task is aborted, as the call's own futures would
+/// be dropped.
+#[derive(Debug)]
+pub struct Concurrent<T> {
+    phase: Phase,
+    task: Option<tokio::task::JoinHandle<(T, Duration)>>,
+}
+
+impl<T> Drop for Concurrent<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }
 
@@ -297,6 +342,43 @@ mod tests {
             spent(&clock, Phase::RuntimeCreate),
             Some(Duration::from_millis(10))
         );
+    }
+
+    /// A concurrent phase's time is its own task's, added when joined.
+    #[tokio::test]
+    async fn a_concurrent_phase_is_timed_on_its_task_and_added_when_joined() {
+        let t = Telemetry::default();
+        let clock = PhaseClock::start(&t, Rpc::RunPodSandbox);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let c = clock.start_concurrent(Phase::NetworkAdd, async move {
+            rx.await.unwrap();
+            7
+        });
+        clock.add(Phase::PodFiles, Duration::from_millis(1));
+        tx.send(()).unwrap();
+        assert_eq!(clock.join(c).await.unwrap(), 7);
+        let spent = clock.spent.lock().unwrap();
+        assert!(spent[Phase::NetworkAdd as usize].is_some());
+        assert_eq!(
+            spent[Phase::PodFiles as usize],
+            Some(Duration::from_millis(1))
+        );
+    }
+
+    /// Dropped unjoined, the task stops: a cancelled call leaves nothing
+    /// running.
+    #[tokio::test]
+    async fn an_unjoined_concurrent_phase_is_aborted() {
+        let t = Telemetry::default();
+        let clock = PhaseClock::start(&t, Rpc::CreateContainer);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let c = clock.start_concurrent(Phase::ShimStart, async move {
+            let _tx = tx;
+            std::future::pending::<()>().await
+        });
+        drop(c);
+        // The sender is dropped with the aborted task.
+        assert!(rx.await.is_err());
     }
 
     #[test]

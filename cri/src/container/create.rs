@@ -227,16 +227,45 @@ fn record(
     Ok(rec)
 }
 
-/// Makes the container of `rec`: its rootfs (shifted into the pod's user
-/// namespace when it has one), its OCI spec in the bundle, its log
-/// directory, its shim, and the runtime's create. Returns the user its
-/// process runs as.
+/// Makes the container of `rec`: its shim starts (processes of its own)
+/// while its rootfs (shifted into the pod's user namespace when it has
+/// one), its OCI spec in the bundle and its log directory are made; then
+/// the shim runs the runtime's create. Returns the user its process runs
+/// as.
 async fn make(
     d: &Daemon,
     rec: &ContainerRecord,
     checked: &Checked,
     clock: &PhaseClock<'_>,
 ) -> Result<Option<cri::ContainerUser>, CriError> {
+    let mut opts = ShimOptions::new(&rec.id, &checked.handler.binary);
+    opts.runtime_root = Some(checked.handler.root.clone());
+    opts.state_dir = d.shim_dir();
+    opts.shim_binary = d.config().shim_binary.clone();
+    let shim = clock.start_concurrent(Phase::ShimStart, async move {
+        carrack_shim::start_shim(&opts).await
+    });
+    let spec = prepare_bundle(d, rec, checked, clock).await;
+    // Joined also when the rest failed: the undo shuts the shim down.
+    let shim = clock
+        .join(shim)
+        .await
+        .map_err(CriError::internal)?
+        .map_err(|e| CriError::Internal(e.to_string()))?;
+    d.keep_shim(&rec.id, shim.clone());
+    let spec = spec?;
+    create_in_shim(shim, rec, clock).await?;
+    Ok(process_user(&spec))
+}
+
+/// The container's rootfs, its OCI spec in the bundle and its log
+/// directory; returns the spec.
+async fn prepare_bundle(
+    d: &Daemon,
+    rec: &ContainerRecord,
+    checked: &Checked,
+    clock: &PhaseClock<'_>,
+) -> Result<serde_json::Value, CriError> {
     let rootfs = rec.bundle.join("rootfs");
     clock
         .time_async(Phase::Rootfs, prepare_rootfs(d, rec, checked, &rootfs))
@@ -249,8 +278,7 @@ async fn make(
             CriError::Internal(format!("creating log dir {}: {e}", parent.display()))
         })?;
     }
-    start_shim_and_create(d, rec, &checked.handler, clock).await?;
-    Ok(process_user(&spec))
+    Ok(spec)
 }
 
 /// The image's layers as the container's rootfs, chowned into the pod's
@@ -308,23 +336,13 @@ fn write_spec(
     Ok(spec)
 }
 
-/// Starts the container's shim (kept as its connection) and has it run
-/// the runtime's create with the container's stdio.
-async fn start_shim_and_create(
-    d: &Daemon,
+/// Has the container's shim run the runtime's create with the
+/// container's stdio.
+async fn create_in_shim(
+    mut shim: carrack_shim::ShimClient,
     rec: &ContainerRecord,
-    handler: &RuntimeHandler,
     clock: &PhaseClock<'_>,
 ) -> Result<(), CriError> {
-    let mut opts = ShimOptions::new(&rec.id, &handler.binary);
-    opts.runtime_root = Some(handler.root.clone());
-    opts.state_dir = d.shim_dir();
-    opts.shim_binary = d.config().shim_binary.clone();
-    let mut shim = clock
-        .time_async(Phase::ShimStart, carrack_shim::start_shim(&opts))
-        .await
-        .map_err(|e| CriError::Internal(e.to_string()))?;
-    d.keep_shim(&rec.id, shim.clone());
     let create = shim.task.create(sp::CreateRequest {
         id: rec.id.clone(),
         bundle: rec.bundle.to_string_lossy().into_owned(),

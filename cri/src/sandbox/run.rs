@@ -3,7 +3,7 @@
 //! and tell event subscribers. A failure on the way undoes everything made
 //! and deletes the row. Each phase is timed (`crate::phases`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use carrack_proto::cri;
@@ -146,8 +146,9 @@ fn record(
 }
 
 /// Makes the pod's pieces, recording each as it exists: its pinned
-/// namespaces, its cgroup, its infra process (a shared PID namespace), its
-/// files and its network.
+/// namespaces, then its network (the CNI plugins, processes of their own,
+/// run meanwhile) while its cgroup, its infra process (a shared PID
+/// namespace) and its files are made.
 async fn make(
     d: &Daemon,
     rec: &mut SandboxRecord,
@@ -170,6 +171,39 @@ async fn make(
     rec.ipcns = pinned.ipc;
     rec.utsns = pinned.uts;
     clock.time(Phase::Db, || d.store.update_sandbox(rec))?;
+    let network = (!host_net).then(|| {
+        let net = d.network.clone();
+        let (id, netns, config) = (
+            rec.id.clone(),
+            PathBuf::from(&rec.netns),
+            rec.config.clone(),
+        );
+        clock.start_concurrent(Phase::NetworkAdd, async move {
+            net.setup(&id, &netns, &config).await
+        })
+    });
+    let on_host = make_on_host(d, rec, &hostname, host_ipc, clock);
+    let Some(network) = network else {
+        return on_host;
+    };
+    // Joined also when the rest failed: the undo tears down what it set up.
+    let ips = clock.join(network).await.map_err(CriError::internal)?;
+    on_host?;
+    let mut ips = ips.map_err(network_refusal)?.into_iter();
+    rec.ip = ips.next().unwrap_or_default();
+    rec.additional_ips = ips.collect();
+    Ok(())
+}
+
+/// The pod's cgroup, its infra process (a shared PID namespace) and its
+/// files.
+fn make_on_host(
+    d: &Daemon,
+    rec: &mut SandboxRecord,
+    hostname: &str,
+    host_ipc: bool,
+    clock: &PhaseClock<'_>,
+) -> Result<(), CriError> {
     // A pod slice is made by systemd with the first scope in it.
     if !crate::pod_cgroup::is_slice(&rec.cgroup_path) {
         clock.time(Phase::PodCgroup, || {
@@ -186,25 +220,12 @@ async fn make(
         .time(Phase::PodFiles, || {
             pod_host::write_files(
                 &d.sandbox_dir(&rec.id),
-                &hostname,
+                hostname,
                 rec.config.dns_config.as_ref(),
                 host_ipc,
             )
         })
-        .map_err(|e| CriError::Internal(format!("pod files: {e}")))?;
-    if !host_net {
-        let mut ips = clock
-            .time_async(
-                Phase::NetworkAdd,
-                d.network.setup(&rec.id, Path::new(&rec.netns), &rec.config),
-            )
-            .await
-            .map_err(network_refusal)?
-            .into_iter();
-        rec.ip = ips.next().unwrap_or_default();
-        rec.additional_ips = ips.collect();
-    }
-    Ok(())
+        .map_err(|e| CriError::Internal(format!("pod files: {e}")))
 }
 
 /// Pins the pod's network, IPC and UTS namespaces as `req` asks, owned by
