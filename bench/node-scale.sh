@@ -50,15 +50,13 @@ curl -sf "http://$REG/v2/e2e-test-images/busybox/manifests/1.29-2" \
     || { echo "no $IMAGE: start a registry on $REG and run ../shared/tools/critest-images.py" >&2; exit 1; }
 
 # The PIDs of processes whose command line names $WORK (daemons, shims,
-# the bench), this shell excepted.
+# runtimes, the bench), this shell excepted: one grep over every command
+# line (its own, which names $WORK too, is gone once it has answered).
 work_pids() {
     local p
-    for p in /proc/[0-9]*; do
-        p=${p#/proc/}
-        [ "$p" = $$ ] || [ "$p" = "$BASHPID" ] && continue
-        { tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null | grep -qF -- "$WORK/" && echo "$p"
+    for p in $(grep -laF -- "$WORK/" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3); do
+        [ "$p" = $$ ] || [ "$p" = "$BASHPID" ] || [ ! -e "/proc/$p" ] || echo "$p"
     done
-    return 0
 }
 
 # PIDs in the cgroups of the bench's pods, in every hierarchy.
@@ -97,6 +95,8 @@ cleanup() {
     local rt p
     [ -n "$cleaning" ] && return
     cleaning=1
+    # A second Ctrl-C must not cut the clean-up short.
+    trap '' INT TERM HUP
     # Daemons, shims and the bench first, politely; then whatever is left,
     # and the containers in the pods' cgroups.
     work_pids | kill_all TERM
@@ -109,6 +109,13 @@ cleanup() {
         pod_pids | kill_all KILL
         sleep 0.2
     done
+    # containerd's shims' sockets (in its fixed /run/containerd/s) that
+    # a killed shim left: those made since this run began and unheard.
+    if [ -e "$WORK/started" ]; then
+        find /run/containerd/s -type s -newer "$WORK/started" 2>/dev/null | while read -r p; do
+            grep -qF -- " $p" /proc/net/unix || rm -f "$p"
+        done
+    fi
     # Mounts under $WORK, deepest first (rootfs overlays, shm, pinned
     # network namespaces); lazily if still busy.
     awk -v w="$WORK/" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | sort -r \
@@ -134,9 +141,10 @@ cleanup() {
         echo "node-scale: mounts left under $WORK; not removing it" >&2
     else
         rm -rf --one-file-system "$WORK"/carrackd/root "$WORK"/carrackd/state \
-            "$WORK"/containerd/root "$WORK"/containerd/state "$WORK"/ipam "$WORK"/logs
+            "$WORK"/containerd/root "$WORK"/containerd/state "$WORK"/containerd/runc "$WORK"/ipam "$WORK"/logs
     fi
     cleaning=
+    trap 'exit 130' INT TERM HUP
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
@@ -155,6 +163,7 @@ target=${CARGO_TARGET_DIR:-target}/release
 
 rm -rf --one-file-system "$WORK/carrackd" "$WORK/containerd" "$WORK/ipam" "$WORK/logs"
 mkdir -p "$WORK/bin" "$WORK/ipam" "$WORK/logs"
+touch "$WORK/started"
 ulimit -n "$(ulimit -Hn)" # 250 pods: sockets, pipes and fds in both daemons
 
 conflist() { # runtime
@@ -206,8 +215,11 @@ TOML
         --ipam-dir "$rt=$WORK/ipam")
 done
 
+# In the background: a signal to this shell runs the clean-up at once
+# (bash runs a trap only once a foreground command has ended).
 "$target/node-scale" --image "$IMAGE" --pods "$PODS" --window-secs "$WINDOW" \
-    --files "$FILES" --file-bytes "$FILE_BYTES" --log-dir "$WORK/logs" "${args[@]}"
+    --files "$FILES" --file-bytes "$FILE_BYTES" --log-dir "$WORK/logs" "${args[@]}" &
+wait $!
 
 # Where carrackd's time went: mean ms per call of each phase, over the
 # pods' start (all at once) and their removal.
@@ -215,10 +227,5 @@ if [[ " $RUNTIMES " == *" carrackd "* ]] \
     && curl -sf "http://127.0.0.1:$METRICS_PORT/metrics" >"$WORK/carrackd.metrics"; then
     echo
     echo "carrackd's phases, mean ms per call (carrack_pod_start_phase_seconds; $WORK/carrackd.metrics):"
-    awk -F'[{}" ]+' '/^carrack_pod_start_phase_seconds_(sum|count)\{/ {
-            key = $3 " " $5
-            if ($1 ~ /_sum$/) sum[key] = $NF; else count[key] = $NF
-        }
-        END { for (k in count) if (count[k] > 0) printf "  %-40s %9.2f  (%d calls)\n", k, 1000 * sum[k] / count[k], count[k] }' \
-        "$WORK/carrackd.metrics" | sort
+    awk -f bench/phase-means.awk "$WORK/carrackd.metrics"
 fi
