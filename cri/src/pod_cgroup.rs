@@ -27,6 +27,31 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The host's cgroup layout, found once (None when it cannot be): finding
+/// it parses `/proc/self/mountinfo`, which on a full node lists every
+/// pod's mounts (some 1500 lines at 250 pods, read again for each pod
+/// started, stopped and sampled), and it does not change while carrackd
+/// runs.
+pub fn host_hierarchy() -> Option<&'static carrack_cgroups::Hierarchy> {
+    static HIERARCHY: std::sync::OnceLock<Option<carrack_cgroups::Hierarchy>> =
+        std::sync::OnceLock::new();
+    HIERARCHY
+        .get_or_init(|| carrack_cgroups::hierarchy().ok())
+        .as_ref()
+}
+
+/// [`carrack_cgroups::Cgroup::open`] in the layout [`host_hierarchy`]
+/// found.
+pub fn open_cgroup(
+    cgroups_path: &str,
+    id: &str,
+) -> Result<carrack_cgroups::Cgroup, carrack_cgroups::CgroupError> {
+    match host_hierarchy() {
+        Some(h) => carrack_cgroups::Cgroup::open_in(h.clone(), cgroups_path, id),
+        None => carrack_cgroups::Cgroup::open(cgroups_path, id),
+    }
+}
+
 /// The scope prefix of carrackd's containers (`cri-carrack-<id>.scope`).
 pub const SCOPE_PREFIX: &str = "cri-carrack";
 
@@ -181,7 +206,7 @@ pub async fn remove(rec: &crate::store::SandboxRecord) -> Result<(), carrack_cgr
         return Ok(());
     }
     if !is_slice(&rec.cgroup_path) {
-        return carrack_cgroups::Cgroup::open(&rec.cgroup_path, &rec.id)?.delete();
+        return open_cgroup(&rec.cgroup_path, &rec.id)?.delete();
     }
     let kubelets = rec
         .config

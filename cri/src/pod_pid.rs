@@ -53,7 +53,7 @@ pub fn shares_pid(config: &cri::PodSandboxConfig) -> bool {
 /// under systemd the scope `<pod slice>:cri-carrack:<sandbox id>`.
 fn infra_cgroup(rec: &SandboxRecord) -> Result<carrack_cgroups::Cgroup, InfraError> {
     let cgroup_path = crate::pod_cgroup::member_cgroups_path(&rec.cgroup_path, &rec.id);
-    Ok(carrack_cgroups::Cgroup::open(&cgroup_path, &rec.id)?)
+    Ok(crate::pod_cgroup::open_cgroup(&cgroup_path, &rec.id)?)
 }
 
 /// Starts the infra process of `rec` in `<pod cgroup>/<sandbox id>`, inside

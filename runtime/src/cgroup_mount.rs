@@ -137,16 +137,25 @@ fn own_path<'a>(own: &'a BTreeMap<String, String>, controller: &str) -> Result<&
 
 /// Carries out [`plan`] at `dest` inside the rootfs (`root_fd`), with the
 /// spec mount's `flags` (`MS_RDONLY`, `MS_NOSUID`, … ; bind and remount
-/// bits are ignored) and `source` (the name fresh mounts carry, as runc's).
-/// Runs in the init, which is already in its cgroups.
+/// bits are ignored) and `source` (the name fresh mounts carry, as runc's),
+/// in the host's `layout` (read here when not given). Runs in the init,
+/// which is already in its cgroups.
 pub fn mount_cgroups(
     root_fd: &OwnedFd,
     dest: &Path,
     source: &Path,
     flags: MsFlags,
     cgroupns: bool,
+    layout: Option<&Hierarchy>,
 ) -> Result<()> {
-    let layout = carrack_cgroups::hierarchy().map_err(|e| RuntimeError::Init(e.to_string()))?;
+    let read;
+    let layout = match layout {
+        Some(l) => l,
+        None => {
+            read = carrack_cgroups::hierarchy().map_err(|e| RuntimeError::Init(e.to_string()))?;
+            &read
+        }
+    };
     let own = carrack_cgroups::own_cgroups().map_err(|e| RuntimeError::Init(e.to_string()))?;
     let flags = flags
         & (MsFlags::MS_RDONLY
@@ -161,7 +170,7 @@ pub fn mount_cgroups(
         mkdir_all_in_root(root_fd.as_raw_fd(), p, false)
             .map_err(sys(what(&format!("creating {}", p.display()))))
     };
-    match plan(&layout, &own, cgroupns)? {
+    match plan(layout, &own, cgroupns)? {
         Plan::V2(plan) => mount_source(&plan, source, &target, dest, flags, &what("cgroup2")),
         Plan::V1(entries) => {
             let t = target(dest)?;

@@ -273,6 +273,7 @@ impl Runtime {
             extra_fds: extra_fds.max(opts.preserve_fds),
             extra_env,
             seccomp: linux.seccomp().clone(),
+            cgroup_layout: Some(cg.layout().clone()),
         };
         let unified = if scope { None } else { open_unified(&cg)? };
         // SAFETY: the runtime is single-threaded (it connects to systemd
@@ -489,6 +490,7 @@ impl Runtime {
             extra_fds: extra_fds.max(opts.preserve_fds),
             extra_env,
             seccomp,
+            cgroup_layout: None,
         };
         let unified = open_unified(&cg)?;
         // SAFETY: single-threaded runtime; the child runs our code (no glibc

@@ -83,6 +83,11 @@ pub struct InitArgs {
     pub extra_env: Vec<String>,
     /// The container's `linux.seccomp`, for the init and every exec.
     pub seccomp: Option<LinuxSeccomp>,
+    /// The host's cgroup layout as the runtime found it before forking
+    /// (create only): the init's mount tree is a copy of the same one, so
+    /// its cgroup mount need not read `/proc/self/mountinfo` again, which
+    /// on a full node lists every pod's mounts.
+    pub cgroup_layout: Option<carrack_cgroups::Hierarchy>,
 }
 
 /// Runs a child's work and turns any error into an `error` message; never
@@ -263,7 +268,7 @@ fn create_init(b: &Bundle, ch: &Channel, args: InitArgs) -> Result<Infallible> {
     nix::unistd::setsid().map_err(sys("setsid"))?;
     let has_mntns = b.has_namespace(LinuxNamespaceType::Mount);
     if has_mntns {
-        crate::rootfs::setup(spec, &b.rootfs, has_userns)?;
+        crate::rootfs::setup(spec, &b.rootfs, has_userns, args.cgroup_layout.as_ref())?;
     }
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         nix::unistd::sethostname(h).map_err(sys(format!("hostname {h:?}")))?;

@@ -181,7 +181,12 @@ fn mnt(what: String) -> impl FnOnce(nix::Error) -> RuntimeError {
 /// Builds the whole mount tree and pivots into it. Runs in the init, in
 /// its new mount namespace. `has_netns`: sysfs can only be mounted fresh
 /// in a network namespace we own; without one /sys is bind-mounted.
-pub fn setup(spec: &Spec, rootfs: &Path, has_userns: bool) -> Result<()> {
+pub fn setup(
+    spec: &Spec,
+    rootfs: &Path,
+    has_userns: bool,
+    cgroup_layout: Option<&carrack_cgroups::Hierarchy>,
+) -> Result<()> {
     let linux = spec.linux().as_ref();
     // A bad rootfsPropagation fails before anything is mounted.
     if let Some(p) = linux.and_then(|l| l.rootfs_propagation().as_deref()) {
@@ -228,7 +233,7 @@ pub fn setup(spec: &Spec, rootfs: &Path, has_userns: bool) -> Result<()> {
         if m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs") {
             dev_is_tmpfs = true;
         }
-        mount_one(&root_fd, rootfs, spec, m, has_userns)?;
+        mount_one(&root_fd, rootfs, spec, m, has_userns, cgroup_layout)?;
     }
     if dev_is_tmpfs {
         default_devices(&root_fd, has_userns)?;
@@ -354,6 +359,7 @@ fn mount_one(
     spec: &Spec,
     m: &Mount,
     has_userns: bool,
+    cgroup_layout: Option<&carrack_cgroups::Hierarchy>,
 ) -> Result<()> {
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
     let typ = m
@@ -405,7 +411,14 @@ fn mount_one(
         }
     } else if typ == "cgroup" || typ == "cgroup2" {
         let cgroupns = spec_has_cgroupns(spec);
-        crate::cgroup_mount::mount_cgroups(root_fd, dest, &source, opts.flags, cgroupns)?;
+        crate::cgroup_mount::mount_cgroups(
+            root_fd,
+            dest,
+            &source,
+            opts.flags,
+            cgroupns,
+            cgroup_layout,
+        )?;
     } else {
         let r = mount(Some(&source), tpath.as_str(), Some(typ), opts.flags, data);
         match r {

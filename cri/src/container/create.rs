@@ -416,6 +416,7 @@ fn apparmor_available() -> bool {
 fn cgroup_unified() -> bool {
     static UNIFIED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *UNIFIED.get_or_init(|| {
-        carrack_cgroups::hierarchy().is_ok_and(|h| h.mode() == carrack_cgroups::Mode::Unified)
+        crate::pod_cgroup::host_hierarchy()
+            .is_some_and(|h| h.mode() == carrack_cgroups::Mode::Unified)
     })
 }

@@ -207,7 +207,7 @@ fn make_on_host(
     // A pod slice is made by systemd with the first scope in it.
     if !crate::pod_cgroup::is_slice(&rec.cgroup_path) {
         clock.time(Phase::PodCgroup, || {
-            let cg = carrack_cgroups::Cgroup::open(&rec.cgroup_path, &rec.id)
+            let cg = crate::pod_cgroup::open_cgroup(&rec.cgroup_path, &rec.id)
                 .map_err(|e| CriError::invalid("config.linux.cgroup_parent", e))?;
             cg.create()
                 .map_err(|e| CriError::Internal(format!("creating the pod cgroup: {e}")))

@@ -28,7 +28,7 @@ pub mod network;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use carrack_image::ImageStore;
@@ -86,15 +86,13 @@ fn nano_cores(prev: Option<CpuSample>, now: CpuSample) -> Option<u64> {
 }
 
 /// Keeps the last CPU sample per container and per pod, for rates, each
-/// container's cgroup path (read once from its bundle), and the host's
-/// cgroup layout (read once: finding it parses `/proc/self/mountinfo`,
-/// which on a full node lists every pod's mounts, and it does not change
-/// while a node runs); and, when collecting, the collection's samples.
+/// container's cgroup path (read once from its bundle), and, when
+/// collecting, the collection's samples. The cgroups are opened in the
+/// layout `crate::pod_cgroup::host_hierarchy` found once.
 #[derive(Debug, Default)]
 pub struct Sampler {
     last: Mutex<HashMap<String, CpuSample>>,
     cgroup_paths: Mutex<HashMap<String, String>>,
-    hierarchy: OnceLock<Option<carrack_cgroups::Hierarchy>>,
     /// The samples of the background collection; None: read at each call.
     collected: Option<collection::Collected>,
 }
@@ -177,14 +175,7 @@ impl Sampler {
         id: &str,
         count_processes: bool,
     ) -> Option<CgroupUsage> {
-        let hierarchy = self
-            .hierarchy
-            .get_or_init(|| carrack_cgroups::hierarchy().ok());
-        let cg = match hierarchy {
-            Some(h) => carrack_cgroups::Cgroup::open_in(h.clone(), cgroup_path, id),
-            None => carrack_cgroups::Cgroup::open(cgroup_path, id),
-        }
-        .ok()?;
+        let cg = crate::pod_cgroup::open_cgroup(cgroup_path, id).ok()?;
         let st = cg.stats_of(carrack_cgroups::Detail::CpuMemory).ok()?;
         let ts = now_nanos();
         let sample = CpuSample {
