@@ -49,15 +49,10 @@ curl -sf "http://$REG/v2/e2e-test-images/busybox/manifests/1.29-2" \
     -H 'Accept: application/vnd.oci.image.manifest.v1+json' >/dev/null \
     || { echo "no $IMAGE: start a registry on $REG and run ../shared/tools/critest-images.py" >&2; exit 1; }
 
-# The PIDs of processes whose command line names $WORK (daemons, shims,
-# runtimes, the bench), this shell excepted: one grep over every command
-# line (its own, which names $WORK too, is gone once it has answered).
-work_pids() {
-    local p
-    for p in $(grep -laF -- "$WORK/" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3); do
-        [ "$p" = $$ ] || [ "$p" = "$BASHPID" ] || [ ! -e "/proc/$p" ] || echo "$p"
-    done
-}
+# shellcheck source=bench/cleanup.sh
+. bench/cleanup.sh
+
+work_pids() { pids_naming "$WORK"; }
 
 # PIDs in the cgroups of the bench's pods, in every hierarchy.
 pod_pids() {
@@ -65,28 +60,6 @@ pod_pids() {
     for rt in carrackd containerd; do
         find /sys/fs/cgroup/*/"node-scale-$rt" /sys/fs/cgroup/"node-scale-$rt" \
             -name cgroup.procs -exec cat {} + 2>/dev/null || true
-    done
-}
-
-kill_all() { # signal, then the PIDs on stdin
-    local sig=$1 p
-    while read -r p; do kill "-$sig" "$p" 2>/dev/null || true; done
-}
-
-# Deletes the iptables rules that name the CNI network $1 and the CNI-*
-# chains they jump to.
-remove_rules() {
-    local net=$1 table rule chain
-    for table in nat filter; do
-        { iptables -t "$table" -S 2>/dev/null || true; } | { grep -F -- "name: \\\"$net\\\"" || true; } \
-            | { grep '^-A ' || true; } | while read -r rule; do
-                eval "iptables -t $table ${rule/#-A/-D}" 2>/dev/null || true
-                chain=$(sed -n 's/.* -j \(CNI-[0-9a-f]*\)\( .*\)\?$/\1/p' <<<"$rule")
-                if [ -n "$chain" ]; then
-                    iptables -t "$table" -F "$chain" 2>/dev/null || true
-                    iptables -t "$table" -X "$chain" 2>/dev/null || true
-                fi
-            done
     done
 }
 
@@ -118,12 +91,11 @@ cleanup() {
     fi
     # Mounts under $WORK, deepest first (rootfs overlays, shm, pinned
     # network namespaces); lazily if still busy.
-    awk -v w="$WORK/" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | sort -r \
-        | while read -r p; do umount "$p" 2>/dev/null || umount -l "$p" 2>/dev/null || true; done
+    unmount_under "$WORK"
     for rt in carrackd containerd; do
         find /sys/fs/cgroup/*/"node-scale-$rt" /sys/fs/cgroup/"node-scale-$rt" -depth -type d \
             -exec rmdir {} + 2>/dev/null || true
-        remove_rules "node-scale-$rt"
+        remove_cni_rules "node-scale-$rt"
         if ip link show "${BRIDGE[$rt]}" >/dev/null 2>&1; then
             for p in /sys/class/net/"${BRIDGE[$rt]}"/brif/*; do
                 [ -e "$p" ] && ip link del "${p##*/}" 2>/dev/null || true

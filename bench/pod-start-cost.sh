@@ -34,36 +34,20 @@ curl -sf "http://$REG/v2/e2e-test-images/busybox/manifests/1.29-2" \
     -H 'Accept: application/vnd.oci.image.manifest.v1+json' >/dev/null \
     || { echo "no $IMAGE: start a registry on $REG and run ../shared/tools/critest-images.py" >&2; exit 1; }
 
+# shellcheck source=bench/cleanup.sh
+. bench/cleanup.sh
+
 cleanup() {
-    local p
     # A second Ctrl-C must not cut the clean-up short.
     trap '' INT TERM HUP
     # carrackd and its shims: the processes whose command line names $WORK.
-    for sig in TERM KILL; do
-        for p in /proc/[0-9]*; do
-            p=${p#/proc/}
-            [ "$p" = $$ ] && continue
-            if { tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null | grep -qF -- "$WORK/"; then
-                kill "-$sig" "$p" 2>/dev/null || true
-            fi
-        done
-        sleep 0.5
-    done
-    awk -v w="$WORK/" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | sort -r \
-        | while read -r p; do umount "$p" 2>/dev/null || umount -l "$p" 2>/dev/null || true; done
+    pids_naming "$WORK" | kill_all TERM
+    sleep 0.5
+    pids_naming "$WORK" | kill_all KILL
+    unmount_under "$WORK"
     find /sys/fs/cgroup/*/cri-bench /sys/fs/cgroup/cri-bench -depth -type d \
         -exec rmdir {} + 2>/dev/null || true
-    for table in nat filter; do
-        { iptables -t "$table" -S 2>/dev/null || true; } | { grep -F -- "name: \\\"$NETWORK\\\"" || true; } \
-            | { grep '^-A ' || true; } | while read -r rule; do
-                eval "iptables -t $table ${rule/#-A/-D}" 2>/dev/null || true
-                chain=$(sed -n 's/.* -j \(CNI-[0-9a-f]*\)\( .*\)\?$/\1/p' <<<"$rule")
-                if [ -n "$chain" ]; then
-                    iptables -t "$table" -F "$chain" 2>/dev/null || true
-                    iptables -t "$table" -X "$chain" 2>/dev/null || true
-                fi
-            done
-    done
+    remove_cni_rules "$NETWORK"
     ip link del "$BRIDGE" 2>/dev/null || true
     if [ -x "$WORK/bin/carrackd" ] && [ -f "$WORK/carrack.toml" ]; then
         "$WORK/bin/carrackd" --config "$WORK/carrack.toml" network remove-builtin 2>/dev/null || true

@@ -472,11 +472,13 @@ fn to_json<T: Serialize>(id: &str, v: &T) -> Result<String, StoreError> {
     })
 }
 
+/// Records for unit tests: the fields a test does not name are empty.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
 
-    fn sandbox(id: &str, name: &str) -> SandboxRecord {
+    /// A sandbox `id` named `name`, being made, in cgroup `/carrack/<id>`.
+    pub(crate) fn sandbox(id: &str, name: &str) -> SandboxRecord {
         SandboxRecord {
             id: id.into(),
             name: name.into(),
@@ -484,7 +486,7 @@ mod tests {
             runtime_handler: "runc".into(),
             state: SandboxState::Creating,
             created_at: 1,
-            cgroup_path: "/carrack/x".into(),
+            cgroup_path: format!("/carrack/{id}"),
             netns: String::new(),
             ipcns: String::new(),
             utsns: String::new(),
@@ -494,6 +496,38 @@ mod tests {
             userns: String::new(),
         }
     }
+
+    /// A running container `id` of sandbox `sandbox_id`, its bundle
+    /// `/nonexistent`.
+    pub(crate) fn container(id: &str, sandbox_id: &str) -> ContainerRecord {
+        ContainerRecord {
+            id: id.into(),
+            name: id.into(),
+            sandbox_id: sandbox_id.into(),
+            config: Default::default(),
+            image_id: String::new(),
+            image_ref: String::new(),
+            state: ContainerState::Running,
+            created_at: 0,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            log_path: String::new(),
+            bundle: PathBuf::from("/nonexistent"),
+            runtime_handler: String::new(),
+            stop_signal: 15,
+            resources: None,
+            user: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::sandbox;
+    use super::*;
 
     #[test]
     fn names_are_unique_and_records_survive_reopen() {

@@ -861,6 +861,21 @@ async fn listed_cpu(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::Cp
         .unwrap_or_else(|| panic!("no CPU stats of {id}"))
 }
 
+/// A daemon of this file with `config` and a pod `name` running a
+/// container that burns a CPU: the stack, the pod's id and the
+/// container's.
+async fn burning_container(config: &str, name: &str) -> (CriStack, String, String) {
+    let mut stack = CriStack::pulled(daemon_options().config(config)).await;
+    let (pod_id, pod) = run_pod(&mut stack.rt, &stack.daemon, name).await;
+    let burn = container_config(
+        "burn",
+        &stack.image.name,
+        &["sh", "-c", "while :; do :; done"],
+    );
+    let burn = run_container(&mut stack.rt, &pod_id, burn, Some(&pod)).await;
+    (stack, pod_id, burn)
+}
+
 /// With stats collected in the background, calls answer from the last
 /// pass: a container just started is listed with its CPU and memory at
 /// once, and the samples follow the container pass after pass (its CPU
@@ -871,19 +886,17 @@ async fn stats_collected_in_the_background_follow_each_pass() {
         return;
     }
     const PERIOD: Duration = Duration::from_secs(1);
-    let CriStack {
-        image,
-        daemon,
-        mut rt,
-        ..
-    } = CriStack::pulled(daemon_options().config(&format!(
-        "stats_collection_seconds = {}\n",
-        PERIOD.as_secs()
-    )))
-    .await;
-    let (pod_id, pod) = run_pod(&mut rt, &daemon, "collected").await;
-    let burn = container_config("burn", &image.name, &["sh", "-c", "while :; do :; done"]);
-    let burn = run_container(&mut rt, &pod_id, burn, Some(&pod)).await;
+    let config = format!("stats_collection_seconds = {}\n", PERIOD.as_secs());
+    let (
+        CriStack {
+            image: _image,
+            daemon: _daemon,
+            mut rt,
+            ..
+        },
+        pod_id,
+        burn,
+    ) = burning_container(&config, "collected").await;
     let first = listed_cpu(&mut rt, &burn).await;
     let deadline = Instant::now() + PERIOD * 30;
     let later = loop {
@@ -921,15 +934,16 @@ async fn between_passes_stats_calls_read_nothing() {
     if !prerequisites() {
         return;
     }
-    let CriStack {
-        image,
-        daemon,
-        mut rt,
-        ..
-    } = CriStack::pulled(daemon_options().config("stats_collection_seconds = 600\n")).await;
-    let (pod_id, pod) = run_pod(&mut rt, &daemon, "standing").await;
-    let burn = container_config("burn", &image.name, &["sh", "-c", "while :; do :; done"]);
-    let burn = run_container(&mut rt, &pod_id, burn, Some(&pod)).await;
+    let (
+        CriStack {
+            image: _image,
+            daemon: _daemon,
+            mut rt,
+            ..
+        },
+        pod_id,
+        burn,
+    ) = burning_container("stats_collection_seconds = 600\n", "standing").await;
     let first = listed_cpu(&mut rt, &burn).await;
     // The loop burns a core meanwhile: a read now would show more.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -141,45 +141,17 @@ mod tests {
 
     fn sandbox(id: &str, state: SandboxState) -> SandboxRecord {
         SandboxRecord {
-            id: id.into(),
-            name: id.into(),
-            config: Default::default(),
-            runtime_handler: String::new(),
             state,
-            created_at: 0,
             // No such cgroup: its sample is empty, which is enough here.
             cgroup_path: format!("/carrack-test-nonexistent/{id}"),
-            netns: String::new(),
-            ipcns: String::new(),
-            utsns: String::new(),
-            ip: String::new(),
-            additional_ips: Vec::new(),
-            infra: None,
-            userns: String::new(),
+            ..crate::store::fixtures::sandbox(id, id)
         }
     }
 
     fn container(id: &str, state: ContainerState) -> ContainerRecord {
         ContainerRecord {
-            id: id.into(),
-            name: id.into(),
-            sandbox_id: "p1".into(),
-            config: Default::default(),
-            image_id: String::new(),
-            image_ref: String::new(),
             state,
-            created_at: 0,
-            started_at: 0,
-            finished_at: 0,
-            exit_code: 0,
-            reason: String::new(),
-            message: String::new(),
-            log_path: String::new(),
-            bundle: "/nonexistent".into(),
-            runtime_handler: String::new(),
-            stop_signal: 15,
-            resources: None,
-            user: None,
+            ..crate::store::fixtures::container(id, "p1")
         }
     }
 

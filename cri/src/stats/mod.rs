@@ -447,25 +447,8 @@ mod tests {
 
     fn record(id: &str, bundle: &Path) -> ContainerRecord {
         ContainerRecord {
-            id: id.into(),
-            name: id.into(),
-            sandbox_id: "pod".into(),
-            config: Default::default(),
-            image_id: String::new(),
-            image_ref: String::new(),
-            state: crate::store::ContainerState::Running,
-            created_at: 0,
-            started_at: 0,
-            finished_at: 0,
-            exit_code: 0,
-            reason: String::new(),
-            message: String::new(),
-            log_path: String::new(),
             bundle: bundle.to_owned(),
-            runtime_handler: String::new(),
-            stop_signal: 15,
-            resources: None,
-            user: None,
+            ..crate::store::fixtures::container(id, "pod")
         }
     }
 
