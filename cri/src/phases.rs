@@ -226,8 +226,13 @@ impl<'a> PhaseClock<'a> {
     }
 
     /// Starts `fut` as `phase` on a task of its own, to run while the call
-    /// goes through other phases; [`PhaseClock::join`] awaits it.
-    pub fn start_concurrent<F>(&self, phase: Phase, fut: F) -> Concurrent<F::Output>
+    /// goes through other phases; [`PhaseClock::join`] awaits it. Returns
+    /// once the task has taken its first step: a task just spawned waits
+    /// in its worker's LIFO slot, which no other worker takes, until the
+    /// spawning task yields, and the phases that follow block their worker
+    /// (mounts, cgroup directories), so without a yield it would only start
+    /// when joined.
+    pub async fn start_concurrent<F>(&self, phase: Phase, fut: F) -> Concurrent<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
@@ -237,9 +242,11 @@ impl<'a> PhaseClock<'a> {
             let out = fut.await;
             (out, started.elapsed())
         };
+        let task = tokio::spawn(timed.instrument(self.phase_span(phase)));
+        tokio::task::yield_now().await;
         Concurrent {
             phase,
-            task: Some(tokio::spawn(timed.instrument(self.phase_span(phase)))),
+            task: Some(task),
         }
     }
 
@@ -350,10 +357,12 @@ mod tests {
         let t = Telemetry::default();
         let clock = PhaseClock::start(&t, Rpc::RunPodSandbox);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let c = clock.start_concurrent(Phase::NetworkAdd, async move {
-            rx.await.unwrap();
-            7
-        });
+        let c = clock
+            .start_concurrent(Phase::NetworkAdd, async move {
+                rx.await.unwrap();
+                7
+            })
+            .await;
         clock.add(Phase::PodFiles, Duration::from_millis(1));
         tx.send(()).unwrap();
         assert_eq!(clock.join(c).await.unwrap(), 7);
@@ -365,6 +374,24 @@ mod tests {
         );
     }
 
+    /// The task has taken its first step when `start_concurrent` returns:
+    /// the call may block its worker next (mounts), and a task that waited
+    /// for it to yield would not run meanwhile.
+    #[tokio::test]
+    async fn a_concurrent_phase_has_begun_when_started() {
+        let t = Telemetry::default();
+        let clock = PhaseClock::start(&t, Rpc::RunPodSandbox);
+        let begun = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = begun.clone();
+        let c = clock
+            .start_concurrent(Phase::NetworkAdd, async move {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+            .await;
+        assert!(begun.load(std::sync::atomic::Ordering::SeqCst));
+        clock.join(c).await.unwrap();
+    }
+
     /// Dropped unjoined, the task stops: a cancelled call leaves nothing
     /// running.
     #[tokio::test]
@@ -372,10 +399,12 @@ mod tests {
         let t = Telemetry::default();
         let clock = PhaseClock::start(&t, Rpc::CreateContainer);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let c = clock.start_concurrent(Phase::ShimStart, async move {
-            let _tx = tx;
-            std::future::pending::<()>().await
-        });
+        let c = clock
+            .start_concurrent(Phase::ShimStart, async move {
+                let _tx = tx;
+                std::future::pending::<()>().await
+            })
+            .await;
         drop(c);
         // The sender is dropped with the aborted task.
         assert!(rx.await.is_err());

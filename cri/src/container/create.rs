@@ -242,9 +242,8 @@ async fn make(
     opts.runtime_root = Some(checked.handler.root.clone());
     opts.state_dir = d.shim_dir();
     opts.shim_binary = d.config().shim_binary.clone();
-    let shim = clock.start_concurrent(Phase::ShimStart, async move {
-        carrack_shim::start_shim(&opts).await
-    });
+    let start = async move { carrack_shim::start_shim(&opts).await };
+    let shim = clock.start_concurrent(Phase::ShimStart, start).await;
     let spec = prepare_bundle(d, rec, checked, clock).await;
     // Joined also when the rest failed: the undo shuts the shim down.
     let shim = clock

@@ -171,17 +171,19 @@ async fn make(
     rec.ipcns = pinned.ipc;
     rec.utsns = pinned.uts;
     clock.time(Phase::Db, || d.store.update_sandbox(rec))?;
-    let network = (!host_net).then(|| {
-        let net = d.network.clone();
-        let (id, netns, config) = (
-            rec.id.clone(),
-            PathBuf::from(&rec.netns),
-            rec.config.clone(),
-        );
-        clock.start_concurrent(Phase::NetworkAdd, async move {
-            net.setup(&id, &netns, &config).await
-        })
-    });
+    let network = match host_net {
+        true => None,
+        false => {
+            let net = d.network.clone();
+            let (id, netns, config) = (
+                rec.id.clone(),
+                PathBuf::from(&rec.netns),
+                rec.config.clone(),
+            );
+            let setup = async move { net.setup(&id, &netns, &config).await };
+            Some(clock.start_concurrent(Phase::NetworkAdd, setup).await)
+        }
+    };
     let on_host = make_on_host(d, rec, &hostname, host_ipc, clock);
     let Some(network) = network else {
         return on_host;
