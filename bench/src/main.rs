@@ -47,10 +47,47 @@ struct Args {
     /// Directory for the containers' logs.
     #[arg(long, default_value = "/tmp/cri-bench-logs")]
     log_dir: PathBuf,
+    /// The cgroup driver of the daemons, which decides the form of each
+    /// pod's cgroup parent, as kubelet's cgroupDriver does.
+    #[arg(long, value_enum, default_value_t = CgroupDriver::Cgroupfs)]
+    cgroup_driver: CgroupDriver,
+}
+
+/// How the bench names and removes each pod's cgroup parent.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CgroupDriver {
+    /// A path below each hierarchy's root: `/cri-bench/pod-<tag>`.
+    Cgroupfs,
+    /// A systemd slice, `cribench-pod<tag>.slice` (in `cribench.slice`),
+    /// as kubelet's `kubepods-besteffort-pod<uid>.slice`.
+    Systemd,
+}
+
+impl CgroupDriver {
+    /// The cgroup parent of the pod tagged `tag` (letters and digits).
+    fn pod_parent(self, tag: &str) -> String {
+        match self {
+            CgroupDriver::Cgroupfs => format!("/cri-bench/pod-{tag}"),
+            CgroupDriver::Systemd => format!("cribench-pod{tag}.slice"),
+        }
+    }
+
+    /// Removes the pod cgroup `parent` once its pod is gone, as kubelet
+    /// does: rmdir on cgroupfs, stopping the slice on systemd.
+    fn remove_pod_parent(self, parent: &str) -> Result<()> {
+        match self {
+            CgroupDriver::Cgroupfs => {
+                carrack_cgroups::Cgroup::open(parent, "cri-bench").and_then(|cg| cg.delete())
+            }
+            CgroupDriver::Systemd => carrack_cgroups::systemd::connect_and_stop(parent),
+        }
+        .with_context(|| format!("removing the pod cgroup {parent}"))
+    }
 }
 
 struct Target {
     name: String,
+    cgroup_driver: CgroupDriver,
     runtime: RuntimeServiceClient<Channel>,
     phases: BTreeMap<&'static str, Vec<Duration>>,
 }
@@ -78,7 +115,7 @@ fn named(list: &[String], name: &str) -> Option<String> {
     })
 }
 
-fn pod_config(tag: &str, log_dir: &std::path::Path) -> PodSandboxConfig {
+fn pod_config(tag: &str, log_dir: &std::path::Path, cgroup_parent: String) -> PodSandboxConfig {
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: format!("bench-{tag}"),
@@ -89,7 +126,7 @@ fn pod_config(tag: &str, log_dir: &std::path::Path) -> PodSandboxConfig {
         hostname: format!("bench-{tag}"),
         log_directory: log_dir.join(tag).display().to_string(),
         linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: format!("/cri-bench/pod-{tag}"),
+            cgroup_parent,
             // What kubelet sends for a pod without shareProcessNamespace
             // (none would mean POD: a shared PID namespace).
             security_context: Some(cri::LinuxSandboxSecurityContext {
@@ -142,7 +179,7 @@ impl Target {
         image: &str,
         log_dir: &std::path::Path,
     ) -> Result<Pod> {
-        let config = pod_config(tag, log_dir);
+        let config = pod_config(tag, log_dir, self.cgroup_driver.pod_parent(tag));
         let cgroup_parent = config
             .linux
             .as_ref()
@@ -235,10 +272,7 @@ impl Target {
             .await
             .context("RemovePodSandbox")?;
         self.record("5 stop+remove pod", t);
-        carrack_cgroups::Cgroup::open(&pod.cgroup_parent, "cri-bench")
-            .and_then(|cg| cg.delete())
-            .with_context(|| format!("removing the pod cgroup {}", pod.cgroup_parent))?;
-        Ok(())
+        self.cgroup_driver.remove_pod_parent(&pod.cgroup_parent)
     }
 }
 
@@ -316,6 +350,7 @@ async fn main() -> Result<()> {
             .with_context(|| format!("{name}: pulling {}", args.image))?;
         targets.push(Target {
             name: name.to_owned(),
+            cgroup_driver: args.cgroup_driver,
             runtime: RuntimeServiceClient::new(channel),
             phases: BTreeMap::new(),
         });
