@@ -14,21 +14,31 @@
 //! root = "/run/carrack/runc"
 //! [registries."registry.k8s.io"]
 //! mirrors = ["http://127.0.0.1:5000"]
-//! [network]                        # see crate::pod_network
+//! [network]                        # see network.rs
 //! cni_conf_dir = "/etc/cni/net.d"
 //! cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 //! [network.builtin]
 //! subnet = "10.88.0.0/16"
-//! [streaming]
+//! [streaming]                      # see streaming.rs
 //! address = "127.0.0.1:0"
 //! token_ttl_seconds = 60
 //! ```
+//!
+//! The tables of the pod network and of the streaming server are types of
+//! their own here ([`PodNetworkConfig`], [`StreamingSettings`]); the
+//! modules that use them take them from here.
+
+mod network;
+mod streaming;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use carrack_image::RegistryConfig;
 use serde::{Deserialize, Serialize};
+
+pub use network::{BuiltinNetwork, PodNetworkConfig};
+pub use streaming::StreamingSettings;
 
 /// Errors reading the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -129,12 +139,12 @@ pub struct Config {
     /// Per-registry settings (mirrors, insecure, ca_files, auth).
     pub registries: RegistryConfig,
     /// Pod networking: CNI dirs and the built-in network.
-    pub network: crate::pod_network::PodNetworkConfig,
+    pub network: PodNetworkConfig,
     /// Where carrackd serves Prometheus `/metrics`: `host:port`, or a bare
     /// port for loopback; empty (the default): not served.
     pub metrics_address: String,
     /// The exec/attach/port-forward server (`[streaming]`).
-    pub streaming: crate::streaming::StreamingSettings,
+    pub streaming: StreamingSettings,
 }
 
 /// Finds `name` beside the running carrackd, else returns it bare (PATH).

@@ -1,41 +1,66 @@
 //! carrackd: the CRI v1 daemon of Carrack.
 //!
-//! - [`config`]: the TOML configuration (every key has a default);
-//! - [`config_doc`]: the documented TOML of `carrackd config default`;
-//! - [`check`]: `carrackd check`, what this node has and lacks;
-//! - [`store`]: sandboxes and containers in SQLite (WAL), intent first;
-//! - [`sandbox`]: pinned namespaces, pod files, the pod network seam;
-//! - [`pod_cgroup`]: the pod cgroup's path from kubelet's `cgroup_parent`;
-//! - [`pod_network`]: the pod network over CNI (`carrack-network`);
-//! - [`pod_infra`]: the infra process holding a pod's shared PID namespace;
-//! - [`pod_pid`]: PID namespace sharing (POD and TARGET);
-//! - [`userns`]: pod user namespaces (`hostUsers: false`);
-//! - [`spec`]: the OCI spec of a container (pure logic);
-//! - [`sd_notify`]: readiness for systemd's `Type=notify`;
-//! - [`seccomp`]: the RuntimeDefault seccomp profile;
-//! - [`service`]: the RuntimeService and ImageService;
-//! - [`stats`]: container and pod stats, CRI metrics;
-//! - [`events`]: GetContainerEvents fan-out;
-//! - [`telemetry`]: carrackd's own Prometheus `/metrics`;
-//! - [`streaming`]: exec, attach and port-forward (the streaming server);
-//! - [`serve`]: the gRPC server on the unix socket.
+//! The layers, each using only those below it (`tests/module_deps.rs`
+//! fails on an import circle between these modules):
+//!
+//! - [`server`]: the CRI's gRPC services as tonic serves them: thin
+//!   adapters, one file per concern (sandboxes, containers, exec/attach/
+//!   port-forward, stats and metrics, the runtime's status and config; the
+//!   ImageService apart); each handler answers a [`cri_error::CriError`];
+//! - [`sandbox`] and [`container`]: the managers: RunPodSandbox, Stop,
+//!   Remove, List; CreateContainer (checks, record, make, mark created),
+//!   Start, Stop, Remove, Update, ReopenLog, ExecSync, List;
+//! - [`daemon`]: the core: the daemon's state (config, store, images,
+//!   shims, pod network), lookups by id or prefix, recovery at start-up,
+//!   the exit watchers, stopping a container, the destroy paths, events;
+//! - [`streaming`]: the exec, attach and port-forward sessions of the
+//!   streaming server, reaching the daemon through
+//!   [`streaming::SessionTargets`];
+//! - the pieces of a pod on the host: [`pod_host`] (pinned namespaces, pod
+//!   files, the network seam), [`pod_network`] (CNI, `carrack-network`),
+//!   [`pod_cgroup`], [`pod_infra`] (the process holding a shared PID
+//!   namespace), [`pod_pid`] (PID namespace sharing), [`userns`] (pod user
+//!   namespaces) and [`pod_config`] (what a pod config asks for);
+//! - a container's OCI spec: [`spec`] (pure logic), [`seccomp`] (the
+//!   RuntimeDefault profile), [`id_maps`] (a pod's id mappings),
+//!   [`spec_error`] (the field at fault), [`file_caps`], [`stop_signal`];
+//! - records and what is said of them: [`store`] (sandboxes and containers
+//!   in SQLite, intent first), [`cri_records`] (statuses and list items),
+//!   [`cri_error`] (the CRI's error classes), [`verbose_info`], [`stats`]
+//!   (container and pod stats, CRI metrics), [`events`] (the
+//!   GetContainerEvents fan-out), [`telemetry`] (carrackd's own
+//!   Prometheus `/metrics`);
+//! - the daemon's edges: [`config`] (the TOML configuration, every key
+//!   with a default), [`config_doc`] (`carrackd config default`),
+//!   [`check`] (`carrackd check`), [`handler_features`] (what each runtime
+//!   handler supports), [`authority`] (gRPC C-core clients' `:authority`),
+//!   [`sd_notify`] (systemd's `Type=notify`), and [`serve`] (the gRPC
+//!   server on the unix socket).
 
 pub mod authority;
 pub mod check;
 pub mod config;
 pub mod config_doc;
+pub mod container;
+pub mod cri_error;
+pub mod cri_records;
+pub mod daemon;
 pub mod events;
 pub mod file_caps;
 pub mod handler_features;
+pub mod id_maps;
 pub mod pod_cgroup;
+pub mod pod_config;
+pub mod pod_host;
 pub mod pod_infra;
 pub mod pod_network;
 pub mod pod_pid;
 pub mod sandbox;
 pub mod sd_notify;
 pub mod seccomp;
-pub mod service;
+pub mod server;
 pub mod spec;
+pub mod spec_error;
 pub mod stats;
 pub mod stop_signal;
 pub mod store;
@@ -88,11 +113,10 @@ pub async fn serve(
     notifier: &sd_notify::Notifier,
 ) -> anyhow::Result<()> {
     let socket = cfg.socket.clone();
-    let streaming_settings = cfg.streaming.clone();
     let network = pod_network::CniPodNetwork::open(&cfg.network, &cfg.root).await?;
-    let daemon = service::Daemon::open(cfg, Arc::new(network)).await?;
+    let daemon = daemon::Daemon::open(cfg, Arc::new(network)).await?;
     daemon.recover().await?;
-    let addr = streaming::Streaming::start(&daemon, &streaming_settings).await?;
+    let addr = daemon.start_streaming().await?;
     tracing::info!(%addr, "serving exec, attach and port-forward");
     let listener = bind(&socket)?;
     let _metrics = serve_metrics(&daemon).await?;
@@ -108,14 +132,14 @@ pub async fn serve(
     };
     tonic::transport::Server::builder()
         .layer(telemetry::RpcMetricsLayer(daemon.telemetry.clone()))
-        .add_service(RuntimeServiceServer::new(service::Runtime(daemon.clone())))
-        .add_service(ImageServiceServer::new(service::Images(daemon.clone())))
+        .add_service(RuntimeServiceServer::new(server::Runtime(daemon.clone())))
+        .add_service(ImageServiceServer::new(server::Images(daemon.clone())))
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener).map(|c| c.map(authority::AnyAuthority::new)),
             shutdown,
         )
         .await?;
-    daemon.streaming.stop().await;
+    daemon.stop_streaming().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
@@ -130,7 +154,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// Starts the Prometheus endpoint when `metrics_address` is set.
-async fn serve_metrics(daemon: &Arc<service::Daemon>) -> anyhow::Result<Option<AbortOnDrop>> {
+async fn serve_metrics(daemon: &Arc<daemon::Daemon>) -> anyhow::Result<Option<AbortOnDrop>> {
     let text = &daemon.config().metrics_address;
     if text.is_empty() {
         return Ok(None);

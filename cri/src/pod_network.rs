@@ -1,31 +1,21 @@
-//! carrackd's pod networking: the `[network]` section of the config and the
-//! [`PodNetwork`] seam implemented over `carrack-network`'s
-//! [`NetworkManager`] (CNI plugins, or the built-in bridge network when no
-//! CNI config exists).
+//! carrackd's pod networking: the [`PodNetwork`] seam implemented over
+//! `carrack-network`'s [`NetworkManager`] (CNI plugins, or the built-in
+//! bridge network when no CNI config exists), configured by the `[network]`
+//! table ([`crate::config::PodNetworkConfig`]).
 //!
 //! This module owns the mapping from a CRI `PodSandboxConfig` to a CNI
 //! request: the pod's identity (`K8S_POD_*` CNI_ARGS), its hostPorts
 //! (`portMappings`) and the `kubernetes.io/ingress-bandwidth` /
 //! `egress-bandwidth` annotations (`bandwidth`). It does not own the
-//! namespaces (see [`crate::sandbox`]) nor the CNI protocol (see
+//! namespaces (see [`crate::pod_host`]) nor the CNI protocol (see
 //! `carrack_network::cni`).
-//!
-//! ```toml
-//! [network]
-//! cni_conf_dir = "/etc/cni/net.d"
-//! cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
-//! [network.builtin]
-//! enabled = true
-//! bridge = "carrack0"
-//! subnet = "10.88.0.0/16"
-//! ```
 //!
 //! The CNI result cache and the built-in network's leases live under the
 //! daemon's root (`<root>/network/`), so they survive restarts and follow
 //! `--root`.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use carrack_network::builtin::BuiltinError;
 use carrack_network::{
@@ -33,113 +23,16 @@ use carrack_network::{
     PodNetworkRequest, PortMapping,
 };
 use carrack_proto::cri;
-use serde::{Deserialize, Serialize};
 
-use crate::sandbox::{NetworkFuture, PodNetwork, SandboxError};
+use crate::config::PodNetworkConfig;
+use crate::pod_host::{NetworkFuture, PodNetwork, SandboxError};
 
 /// The pod annotation with the ingress rate limit (a Kubernetes quantity, bits/s).
 pub const INGRESS_BANDWIDTH: &str = "kubernetes.io/ingress-bandwidth";
 /// The pod annotation with the egress rate limit (a Kubernetes quantity, bits/s).
 pub const EGRESS_BANDWIDTH: &str = "kubernetes.io/egress-bandwidth";
 
-/// The built-in default network, used while no CNI config exists.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct BuiltinNetwork {
-    /// Use it at all (false: NetworkReady stays false until a CNI config appears).
-    pub enabled: bool,
-    /// The host bridge (at most 15 bytes).
-    pub bridge: String,
-    /// The IPv4 range pods get addresses from.
-    pub subnet: String,
-    /// An optional IPv6 range, for dual-stack pods.
-    pub subnet_v6: Option<String>,
-}
-
-impl Default for BuiltinNetwork {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            bridge: "carrack0".into(),
-            subnet: "10.88.0.0/16".into(),
-            subnet_v6: None,
-        }
-    }
-}
-
-/// The `[network]` section of carrackd's config.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct PodNetworkConfig {
-    /// Where CNI network configs are read from (the first by name wins).
-    pub cni_conf_dir: PathBuf,
-    /// Where CNI plugin binaries are looked for, in order.
-    pub cni_bin_dirs: Vec<PathBuf>,
-    /// The built-in network.
-    pub builtin: BuiltinNetwork,
-}
-
-impl Default for PodNetworkConfig {
-    fn default() -> Self {
-        Self {
-            cni_conf_dir: "/etc/cni/net.d".into(),
-            cni_bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
-            builtin: BuiltinNetwork::default(),
-        }
-    }
-}
-
-/// A CIDR's address and prefix length, when `s` is one.
-fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
-    let (addr, len) = s.split_once('/')?;
-    let addr: IpAddr = addr.parse().ok()?;
-    let len: u8 = len.parse().ok()?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    (len <= max).then_some((addr, len))
-}
-
 impl PodNetworkConfig {
-    /// Checks the section; `Err((key, message))` names the bad key.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let b = &self.builtin;
-        if b.bridge.is_empty() || b.bridge.len() > 15 || b.bridge.contains(['/', ' ']) {
-            return Err((
-                "network.builtin.bridge".into(),
-                format!(
-                    "expected an interface name of 1 to 15 bytes, got {:?}",
-                    b.bridge
-                ),
-            ));
-        }
-        if !parse_cidr(&b.subnet).is_some_and(|(a, _)| a.is_ipv4()) {
-            return Err((
-                "network.builtin.subnet".into(),
-                format!(
-                    "expected an IPv4 CIDR like 10.88.0.0/16, got {:?}",
-                    b.subnet
-                ),
-            ));
-        }
-        if let Some(v6) = &b.subnet_v6
-            && !parse_cidr(v6).is_some_and(|(a, _)| a.is_ipv6())
-        {
-            return Err((
-                "network.builtin.subnet_v6".into(),
-                format!("expected an IPv6 CIDR like fd00:88::/64, got {v6:?}"),
-            ));
-        }
-        if !self.cni_conf_dir.is_absolute() {
-            return Err((
-                "network.cni_conf_dir".into(),
-                format!(
-                    "expected an absolute path, got {}",
-                    self.cni_conf_dir.display()
-                ),
-            ));
-        }
-        Ok(())
-    }
-
     /// The network manager's config, with the result cache and leases under
     /// `root`.
     pub fn manager_config(&self, root: &Path) -> NetworkConfig {
@@ -387,6 +280,8 @@ impl PodNetwork for CniPodNetwork {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     fn pod(ports: Vec<cri::PortMapping>, ann: &[(&str, &str)]) -> cri::PodSandboxConfig {

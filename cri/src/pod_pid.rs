@@ -4,19 +4,17 @@
 //! the PID namespace of another, running container).
 //!
 //! The infra process itself is [`crate::pod_infra`]; the OCI namespace
-//! entries are written by [`crate::spec`].
+//! entries are written by [`crate::spec`]. What this module needs of the
+//! daemon (the sandbox record, the target container's pid) it takes as
+//! arguments.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use carrack_proto::cri;
-use carrack_proto::shim as sp;
-use tonic::Status;
 
 use crate::pod_infra::{self, InfraError, InfraProcess};
-use crate::service::Daemon;
-use crate::spec::SpecError;
-use crate::store::{ContainerState, SandboxRecord};
+use crate::spec_error::SpecError;
+use crate::store::SandboxRecord;
 
 /// The field kubelet sets for a pod's PID namespace.
 const SANDBOX_PID_FIELD: &str = "config.linux.security_context.namespace_options.pid";
@@ -87,14 +85,15 @@ pub fn kill_unrecorded_infra(rec: &SandboxRecord) -> Result<(), InfraError> {
     pod_infra::kill_cgroup(&infra_cgroup(rec)?)
 }
 
-/// The PID namespace file of the container that `namespace_options.target_id`
-/// names, when `namespace_options.pid` is TARGET (None otherwise).
-/// NotFound when there is no such container, FailedPrecondition when it is
-/// not running.
-pub(crate) async fn target_pidns(
-    d: &Daemon,
-    config: &cri::ContainerConfig,
-) -> Result<Option<String>, Status> {
+/// The field naming the container whose PID namespace a TARGET container
+/// joins.
+pub const TARGET_ID_FIELD: &str = "config.linux.security_context.namespace_options.target_id";
+
+/// The container whose PID namespace `config` asks to join
+/// (`namespace_options.pid` TARGET, `target_id`), None for another mode; an
+/// empty `target_id` is invalid. Finding that container and its PID
+/// namespace is the caller's.
+pub fn target_id(config: &cri::ContainerConfig) -> Result<Option<&str>, SpecError> {
     let ns = config
         .linux
         .as_ref()
@@ -103,66 +102,43 @@ pub(crate) async fn target_pidns(
     let Some(ns) = ns.filter(|n| n.pid == cri::NamespaceMode::Target as i32) else {
         return Ok(None);
     };
-    let field = "config.linux.security_context.namespace_options.target_id";
-    let target = &ns.target_id;
-    if target.is_empty() {
-        return Err(Status::invalid_argument(format!(
-            "{field}: must name a container when namespace_options.pid is TARGET"
-        )));
+    if ns.target_id.is_empty() {
+        return Err(SpecError::Invalid {
+            field: TARGET_ID_FIELD.into(),
+            message: "must name a container when namespace_options.pid is TARGET".into(),
+        });
     }
-    let c = d
-        .container(target)?
-        .filter(|c| c.state != ContainerState::Creating)
-        .ok_or_else(|| Status::not_found(format!("{field}: container {target:?} not found")))?;
-    let not_running =
-        || Status::failed_precondition(format!("{field}: container {target:?} is not running"));
-    if c.state != ContainerState::Running {
-        return Err(not_running());
-    }
-    let mut shim = d.shim(target).await.map_err(|_| not_running())?;
-    let st = shim
-        .task
-        .state(sp::StateRequest {
-            id: target.clone(),
-            exec_id: String::new(),
-        })
-        .await
-        .map_err(|_| not_running())?
-        .into_inner();
-    if st.status != sp::Status::Running as i32 || st.pid == 0 {
-        return Err(not_running());
-    }
-    Ok(Some(format!("/proc/{}/ns/pid", st.pid)))
+    Ok(Some(&ns.target_id))
 }
 
-/// Watches the infra process of sandbox `sandbox_id` and marks the sandbox
-/// NotReady when it exits (its PID namespace, and every container in it,
-/// is gone then), so that kubelet sees the pod needs making again.
-pub(crate) fn watch_infra(d: &Arc<Daemon>, sandbox_id: String, infra: InfraProcess) {
-    let d = d.clone();
-    tokio::spawn(async move {
-        let exited = match infra.pidfd() {
-            // SAFETY: the AsyncFd owns the pidfd, so the descriptor stays
-            // open for as long as it is registered.
-            Ok(Some(fd)) => match unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-            } {
-                Ok(fd) => fd.readable().await.map(drop).is_ok(),
-                Err(e) => {
-                    tracing::warn!(sandbox = sandbox_id, "watching the infra process: {e}");
-                    false
-                }
-            },
-            Ok(None) => true,
+/// The PID namespace file of the process `pid`.
+pub fn pidns_of(pid: u32) -> String {
+    format!("/proc/{pid}/ns/pid")
+}
+
+/// Waits until the infra process `infra` of sandbox `sandbox_id` exits
+/// (its pidfd turns readable); true once it has, false when it cannot be
+/// watched (logged). The caller then marks the sandbox NotReady: its PID
+/// namespace, and every container in it, is gone.
+pub async fn infra_exit(sandbox_id: &str, infra: InfraProcess) -> bool {
+    match infra.pidfd() {
+        // SAFETY: the AsyncFd owns the pidfd, so the descriptor stays
+        // open for as long as it is registered.
+        Ok(Some(fd)) => match unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        } {
+            Ok(fd) => fd.readable().await.map(drop).is_ok(),
             Err(e) => {
-                tracing::warn!(sandbox = sandbox_id, "{e}");
+                tracing::warn!(sandbox = sandbox_id, "watching the infra process: {e}");
                 false
             }
-        };
-        if exited {
-            d.infra_exited(&sandbox_id, infra).await;
+        },
+        Ok(None) => true,
+        Err(e) => {
+            tracing::warn!(sandbox = sandbox_id, "{e}");
+            false
         }
-    });
+    }
 }
 
 #[cfg(test)]

@@ -16,37 +16,16 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use carrack_proto::shim as sp;
-
 use crate::config::Config;
-use crate::service::Daemon;
-use crate::store::{ContainerRecord, ContainerState, SandboxRecord};
-
-/// The host pid of `c`'s init, from its shim; 0 when the container has no
-/// running process or the shim does not answer.
-pub(crate) async fn container_pid(d: &Daemon, c: &ContainerRecord) -> u32 {
-    if !matches!(c.state, ContainerState::Created | ContainerState::Running) {
-        return 0;
-    }
-    let Ok(mut shim) = d.shim(&c.id).await else {
-        return 0;
-    };
-    shim.task
-        .state(sp::StateRequest {
-            id: c.id.clone(),
-            exec_id: String::new(),
-        })
-        .await
-        .map(|s| s.into_inner().pid)
-        .unwrap_or(0)
-}
+use crate::store::{ContainerRecord, SandboxRecord};
 
 /// The OCI runtime binary of runtime handler `name` ("" is the default).
 fn runtime_binary(cfg: &Config, name: &str) -> Option<PathBuf> {
     cfg.handler(name).map(|(_, h)| h.binary.clone())
 }
 
-/// The verbose info of container `c` whose init has host pid `pid`.
+/// The verbose info of container `c` whose init has host pid `pid` (the
+/// caller asks its shim).
 pub fn container(cfg: &Config, c: &ContainerRecord, pid: u32) -> HashMap<String, String> {
     let spec: serde_json::Value = std::fs::read(c.bundle.join("config.json"))
         .ok()

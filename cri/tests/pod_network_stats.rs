@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use carrack_e2e::prerequisite::{require_file, require_root};
-use carrackd::sandbox::{NsRequest, pin_namespaces, release_namespaces};
+use carrackd::pod_host::{NsRequest, pin_namespaces, release_namespaces};
 use carrackd::stats::network::read_pod_interfaces;
 
 /// Releases the pinned namespaces, also when the test fails.

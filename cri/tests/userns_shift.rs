@@ -5,7 +5,8 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use carrackd::file_caps;
-use carrackd::userns::{IdRange, PodIdMaps, shift_rootfs};
+use carrackd::id_maps::{IdRange, PodIdMaps};
+use carrackd::userns::shift_rootfs;
 
 const HOST_ID: u32 = 5 * 65536;
 

@@ -14,11 +14,11 @@
 //! PID 1 under the systemd driver.
 
 use carrack_cgroups::{Cgroup, Mode};
-use carrack_e2e::carrackd::{Carrackd, require_carrackd_stack, test_cgroup_driver, test_image};
+use carrack_e2e::carrackd::{Carrackd, require_carrackd_stack, test_cgroup_driver};
 use carrack_e2e::cri_client::{
-    Rt, container_config, list_containers, pod_config, pull, remove_pod, run_container, run_pod,
-    stop_pod,
+    Rt, container_config, list_containers, pod_config, remove_pod, run_container, run_pod, stop_pod,
 };
+use carrack_e2e::cri_stack::CriStack;
 use carrack_proto::cri;
 
 /// The test network indices of this file's daemons start here.
@@ -105,11 +105,12 @@ async fn runtime_config_names_the_driver_and_the_other_form_is_refused() {
         return;
     }
     let _kubelet_cgroups = KubeletCgroups;
-    let image = test_image();
-    let daemon = Carrackd::options()
-        .test_network(NETWORK_BASE)
-        .start(&image.host);
-    let (mut rt, _) = daemon.clients().await;
+    let CriStack {
+        image: _image,
+        daemon,
+        mut rt,
+        ..
+    } = CriStack::start(Carrackd::options().test_network(NETWORK_BASE)).await;
     let driver = rt
         .runtime_config(cri::RuntimeConfigRequest {})
         .await
@@ -147,13 +148,17 @@ async fn a_pod_lives_where_the_driver_puts_it() {
         return;
     }
     let _kubelet_cgroups = KubeletCgroups;
-    let image = test_image();
-    let mut daemon = Carrackd::options()
-        .runtime("carrack")
-        .test_network(NETWORK_BASE)
-        .start(&image.host);
-    let (mut rt, mut img) = daemon.clients().await;
-    pull(&mut img, &image.name).await;
+    let CriStack {
+        image,
+        mut daemon,
+        mut rt,
+        ..
+    } = CriStack::pulled(
+        Carrackd::options()
+            .runtime("carrack")
+            .test_network(NETWORK_BASE),
+    )
+    .await;
     let parent = kubelet_parent(true, "pod1");
     let mut config = pod_config("driver", &daemon.dir.join("logs"));
     let linux = config.linux.as_mut().unwrap();

@@ -5,10 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use carrack_e2e::carrackd::{Carrackd, require_carrackd_stack, test_image};
+use carrack_e2e::carrackd::{Carrackd, require_carrackd_stack};
 use carrack_e2e::cri_client::{
-    Rt, container_config, exec, pod_config, pull, remove_pod, run_container, run_pod, stop_pod,
+    Rt, container_config, exec, pod_config, remove_pod, run_container, run_pod, stop_pod,
 };
+use carrack_e2e::cri_stack::CriStack;
 use carrack_proto::cri;
 
 /// The test network indices of this file's daemons start here (other test
@@ -110,14 +111,18 @@ async fn pods_reach_only_their_own_cgroups(runtime: &str) {
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let daemon = Carrackd::options()
-        .runtime(runtime)
-        .test_network(NETWORK_BASE)
-        .start(&image.host);
-    let (mut rt, mut img) = daemon.clients().await;
-    pull(&mut img, &image.name).await;
-    let logs = daemon.dir.join("logs");
+    let CriStack {
+        image,
+        daemon: _daemon,
+        mut rt,
+        logs,
+        ..
+    } = CriStack::pulled(
+        Carrackd::options()
+            .runtime(runtime)
+            .test_network(NETWORK_BASE),
+    )
+    .await;
     let sleeper = |name: &str| container_config(name, &image.name, &["sleep", "3600"]);
 
     let pod_a = run_pod(&mut rt, pod_config("iso-a", &logs)).await;
@@ -265,15 +270,20 @@ async fn container_processes_inherit_no_signal_dispositions() {
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let daemon = Carrackd::options()
-        .runtime("carrack")
-        .test_network(NETWORK_BASE + 10)
-        .start(&image.host);
-    let (mut rt, mut img) = daemon.clients().await;
-    pull(&mut img, &image.name).await;
-    let logs = daemon.dir.join("logs");
-    let pod = run_pod(&mut rt, pod_config("sig", &logs)).await;
+    let CriStack {
+        image,
+        daemon: _daemon,
+        mut rt,
+        logs,
+        pod,
+        ..
+    } = CriStack::with_pod(
+        Carrackd::options()
+            .runtime("carrack")
+            .test_network(NETWORK_BASE + 10),
+        |logs| pod_config("sig", logs),
+    )
+    .await;
     let c = run_container(
         &mut rt,
         &pod,

@@ -10,12 +10,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use carrack_e2e::carrackd::{Carrackd, require_carrackd_stack, test_image};
+use carrack_e2e::carrackd::{Carrackd, CarrackdOptions, require_carrackd_stack};
 use carrack_e2e::cri_client::{
     container_config, create_container, exec, list_containers, list_pods, pod_config, pull,
     remove_container, remove_pod, run_container, run_pod, start_container, status, stop_pod,
     wait_exited,
 };
+use carrack_e2e::cri_stack::CriStack;
 use carrack_proto::cri;
 
 /// The test network indices of this file's daemons start here (other test
@@ -27,11 +28,10 @@ fn prerequisites() -> bool {
 }
 
 /// A carrackd whose pods get `runtime` by default, on a network of its own.
-fn start_daemon(registry_host: &str, runtime: &str) -> Carrackd {
+fn daemon_options(runtime: &str) -> CarrackdOptions {
     Carrackd::options()
         .runtime(runtime)
         .test_network(NETWORK_BASE)
-        .start(registry_host)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,9 +49,13 @@ async fn pod_lifecycle(runtime: &'static str) {
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let daemon = start_daemon(&image.host, runtime);
-    let (mut rt, mut img) = daemon.clients().await;
+    let CriStack {
+        image,
+        daemon,
+        mut rt,
+        mut img,
+        ..
+    } = CriStack::start(daemon_options(runtime)).await;
 
     let v = rt
         .version(cri::VersionRequest::default())
@@ -438,12 +442,13 @@ async fn cri_sigkill_and_restart_keeps_containers() {
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let mut daemon = start_daemon(&image.host, "runc");
-    let (mut rt, mut img) = daemon.clients().await;
-    pull(&mut img, &image.name).await;
-    let logs = daemon.dir.join("logs");
-    let pod = run_pod(&mut rt, pod_config("restart", &logs)).await;
+    let CriStack {
+        image,
+        mut daemon,
+        mut rt,
+        pod,
+        ..
+    } = CriStack::with_pod(daemon_options("runc"), |logs| pod_config("restart", logs)).await;
     let signal_dir = daemon.dir.join("signal");
     std::fs::create_dir_all(&signal_dir).unwrap();
     let mut ids = Vec::new();
@@ -576,11 +581,14 @@ async fn cri_bad_requests() {
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let daemon = start_daemon(&image.host, "runc");
-    let (mut rt, mut img) = daemon.clients().await;
-    pull(&mut img, &image.name).await;
-    let logs = daemon.dir.join("logs");
+    let CriStack {
+        image,
+        daemon,
+        mut rt,
+        mut img,
+        logs,
+        ..
+    } = CriStack::pulled(daemon_options("runc")).await;
 
     // A tag the registry does not have is NotFound, naming what is missing.
     let missing = format!("{}/carrack/no-such-image:missing", image.host);
@@ -750,11 +758,13 @@ async fn cri_dead_shim_reported_exited() {
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let daemon = start_daemon(&image.host, "runc");
-    let (mut rt, mut img) = daemon.clients().await;
-    pull(&mut img, &image.name).await;
-    let pod = run_pod(&mut rt, pod_config("shimless", &daemon.dir.join("logs"))).await;
+    let CriStack {
+        image,
+        daemon,
+        mut rt,
+        pod,
+        ..
+    } = CriStack::with_pod(daemon_options("runc"), |logs| pod_config("shimless", logs)).await;
     let id = run_container(
         &mut rt,
         &pod,
@@ -794,11 +804,13 @@ async fn cri_half_created_cleaned_up_at_restart() {
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let mut daemon = start_daemon(&image.host, "runc");
-    let (mut rt, mut img) = daemon.clients().await;
-    pull(&mut img, &image.name).await;
-    let pod = run_pod(&mut rt, pod_config("half", &daemon.dir.join("logs"))).await;
+    let CriStack {
+        image,
+        mut daemon,
+        mut rt,
+        pod,
+        ..
+    } = CriStack::with_pod(daemon_options("runc"), |logs| pod_config("half", logs)).await;
     let id = create_container(
         &mut rt,
         &pod,
@@ -857,14 +869,19 @@ async fn cri_remove_running_container_and_long_pod_name() {
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let daemon = start_daemon(&image.host, "carrack");
-    let (mut rt, mut img) = daemon.clients().await;
-    pull(&mut img, &image.name).await;
     let long = format!("create-podsandbox-for-container-{}", "x".repeat(48));
-    let mut config = pod_config(&long, &daemon.dir.join("logs"));
-    config.hostname = String::new();
-    let pod = run_pod(&mut rt, config).await;
+    let CriStack {
+        image,
+        daemon,
+        mut rt,
+        pod,
+        ..
+    } = CriStack::with_pod(daemon_options("carrack"), |logs| {
+        let mut config = pod_config(&long, logs);
+        config.hostname = String::new();
+        config
+    })
+    .await;
     let id = run_container(
         &mut rt,
         &pod,
@@ -914,11 +931,16 @@ async fn cri_stop_right_after_start_reaches_a_late_handler() {
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let daemon = start_daemon(&image.host, "carrack");
-    let (mut rt, mut img) = daemon.clients().await;
-    pull(&mut img, &image.name).await;
-    let pod = run_pod(&mut rt, pod_config("late-trap", &daemon.dir.join("logs"))).await;
+    let CriStack {
+        image,
+        daemon: _daemon,
+        mut rt,
+        pod,
+        ..
+    } = CriStack::with_pod(daemon_options("carrack"), |logs| {
+        pod_config("late-trap", logs)
+    })
+    .await;
     let script = "sleep 0.5; trap 'exit 7' TERM; while :; do sleep 0.1; done";
     let id = run_container(
         &mut rt,

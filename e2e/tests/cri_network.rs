@@ -12,8 +12,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use carrack_e2e::carrackd::{Carrackd, TestImage, require_carrackd_stack, test_image};
+use carrack_e2e::carrackd::{Carrackd, require_carrackd_stack};
 use carrack_e2e::cri_client::{self, Rt, exec, pull, remove_pod, run_container, stop_pod};
+use carrack_e2e::cri_stack::CriStack;
 use carrack_e2e::pod_network::{TestNetwork, leases};
 use carrack_e2e::prerequisite::require_file;
 use carrack_proto::cri;
@@ -264,13 +265,11 @@ fn busybox_image_name(d: &Carrackd) -> String {
 }
 
 /// Starts a registry with busybox and carrackd on `net` (plus `extra` TOML).
-fn start(net: &TestNetwork, extra: &str) -> (TestImage, Carrackd) {
-    let image = test_image();
-    let d = Carrackd::options()
-        .config(&format!("{}{extra}", net.carrackd_toml()))
-        .start(&image.host);
-    std::fs::write(d.dir.join("image"), &image.name).unwrap();
-    (image, d)
+async fn start(net: &TestNetwork, extra: &str) -> CriStack {
+    let s = CriStack::start(Carrackd::options().config(&format!("{}{extra}", net.carrackd_toml())))
+        .await;
+    std::fs::write(s.daemon.dir.join("image"), &s.image.name).unwrap();
+    s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,7 +278,11 @@ async fn builtin_network_pods_talk_host_port_and_restart() {
         return;
     }
     let net = TestNetwork::new(1);
-    let (_image, mut d) = start(&net, "");
+    let CriStack {
+        image: _image,
+        daemon: mut d,
+        ..
+    } = start(&net, "").await;
     let lease_dir = d.root().join("network/leases");
     two_pods_talk(&net, &mut d, 18081, &lease_dir).await;
 }
@@ -307,8 +310,12 @@ async fn debian_conflist_appears_then_pods_talk() {
         return;
     }
     let net = TestNetwork::new(2);
-    let (_image, mut d) = start(&net, "enabled = false\n");
-    let (mut rt, _) = d.clients().await;
+    let CriStack {
+        image: _image,
+        daemon: mut d,
+        mut rt,
+        ..
+    } = start(&net, "enabled = false\n").await;
     // No config yet and the built-in network off: not ready, and a pod is refused.
     let ready = network_ready(&mut rt).await;
     assert!(!ready.status);
@@ -341,13 +348,17 @@ async fn failed_add_leaves_nothing_and_names_the_plugin() {
         return;
     }
     let net = TestNetwork::new(3);
-    let (_image, d) = start(&net, "enabled = false\n");
+    let CriStack {
+        image: _image,
+        daemon: d,
+        mut rt,
+        ..
+    } = start(&net, "enabled = false\n").await;
     let lease_dir = d.dir.join("host-local");
     net.write_conflist(
         "10-carrack-e2e.conflist",
         &debian_conflist(&net, &lease_dir, r#", {"type": "carrack-no-such-plugin"}"#),
     );
-    let (mut rt, _) = d.clients().await;
     let ready = network_ready(&mut rt).await;
     assert!(!ready.status);
     assert!(
@@ -402,9 +413,13 @@ async fn hundred_pod_cycles_leak_nothing() {
         return;
     }
     let net = TestNetwork::new(4);
-    let (_image, d) = start(&net, "");
+    let CriStack {
+        image: _image,
+        daemon: d,
+        mut rt,
+        ..
+    } = start(&net, "").await;
     let lease_dir = d.root().join("network/leases");
-    let (mut rt, _) = d.clients().await;
     let before = host_trace(&net, &d, &lease_dir, &[]);
     let ifbs_before = ifb_devices();
     let mut ids = Vec::new();
@@ -446,9 +461,13 @@ async fn dual_stack_pod_gets_additional_ip() {
         return;
     }
     let net = TestNetwork::new(5);
-    let (_image, d) = start(&net, &format!("subnet_v6 = \"{}\"\n", net.subnet_v6()));
+    let CriStack {
+        image: _image,
+        daemon: d,
+        mut rt,
+        ..
+    } = start(&net, &format!("subnet_v6 = \"{}\"\n", net.subnet_v6())).await;
     let lease_dir = d.root().join("network/leases");
-    let (mut rt, _) = d.clients().await;
     let before = host_trace(&net, &d, &lease_dir, &[]);
     let pod = run_pod(&mut rt, pod_config("dual", &d, None))
         .await
@@ -487,13 +506,16 @@ async fn builtin_network_without_cni_binaries() {
     let net = TestNetwork::new(6);
     let empty_bin = net.conf_dir.join("no-cni-binaries");
     std::fs::create_dir_all(&empty_bin).unwrap();
-    let image = test_image();
     let toml = net
         .carrackd_toml()
         .replace("\"/usr/lib/cni\"", &format!("\"{}\"", empty_bin.display()));
-    let d = Carrackd::options().config(&toml).start(&image.host);
+    let CriStack {
+        image: _image,
+        daemon: d,
+        mut rt,
+        ..
+    } = CriStack::start(Carrackd::options().config(&toml)).await;
     let lease_dir = d.root().join("network/leases");
-    let (mut rt, _) = d.clients().await;
     let ready = network_ready(&mut rt).await;
     assert!(ready.status, "NetworkReady: {ready:?}\n{}", d.log());
     let before = host_trace(&net, &d, &lease_dir, &[]);

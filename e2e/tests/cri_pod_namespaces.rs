@@ -11,11 +11,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use carrack_e2e::carrackd::{Carrackd, require_carrackd_stack, test_image};
+use carrack_e2e::carrackd::{Carrackd, CarrackdOptions, require_carrackd_stack};
 use carrack_e2e::cri_client::{
     Rt, container_config, create_container, exec, list_pods, pod_config, pull, remove_pod,
     run_container, run_pod, stop_pod,
 };
+use carrack_e2e::cri_stack::CriStack;
 use carrack_proto::cri;
 
 /// The test network indices of this file's daemons start here (other test
@@ -26,11 +27,10 @@ fn prerequisites() -> bool {
     require_carrackd_stack(&["carrackd", "carrack-shim", "carrack-runtime"])
 }
 
-fn start_daemon(registry_host: &str, runtime: &str) -> Carrackd {
+fn daemon_options(runtime: &str) -> CarrackdOptions {
     Carrackd::options()
         .runtime(runtime)
         .test_network(NETWORK_BASE)
-        .start(registry_host)
 }
 
 /// `config` with the pod-level namespace options `ns`.
@@ -162,12 +162,16 @@ async fn shared_pid_namespace(runtime: &str) {
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let mut daemon = start_daemon(&image.host, runtime);
-    let (mut rt, mut img) = daemon.clients().await;
-    pull(&mut img, &image.name).await;
-    let logs = daemon.dir.join("logs");
-    let pod = run_pod(&mut rt, shared_pid_pod("shared-pid", &logs)).await;
+    let CriStack {
+        image,
+        mut daemon,
+        mut rt,
+        pod,
+        ..
+    } = CriStack::with_pod(daemon_options(runtime), |logs| {
+        shared_pid_pod("shared-pid", logs)
+    })
+    .await;
     let info = pod_info(&mut rt, &pod).await;
     let infra = info["infraPid"]
         .as_i64()
@@ -277,13 +281,18 @@ async fn no_namespace_options_share_the_pods_pid_namespace() {
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let daemon = start_daemon(&image.host, "carrack");
-    let (mut rt, mut img) = daemon.clients().await;
-    pull(&mut img, &image.name).await;
-    let mut config = pod_config("no-ns-options", &daemon.dir.join("logs"));
-    config.linux = None;
-    let pod = run_pod(&mut rt, config).await;
+    let CriStack {
+        image,
+        daemon: _daemon,
+        mut rt,
+        pod,
+        ..
+    } = CriStack::with_pod(daemon_options("carrack"), |logs| {
+        let mut config = pod_config("no-ns-options", logs);
+        config.linux = None;
+        config
+    })
+    .await;
     let bare = |name: &str, arg: &str| cri::ContainerConfig {
         linux: None,
         ..container_config(name, &image.name, &["sleep", arg])
@@ -313,12 +322,17 @@ async fn target_pid_namespace() {
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let daemon = start_daemon(&image.host, "carrack");
-    let (mut rt, mut img) = daemon.clients().await;
-    pull(&mut img, &image.name).await;
-    let logs = daemon.dir.join("logs");
-    let pod = run_pod(&mut rt, pod_config("target-pid", &logs)).await;
+    let CriStack {
+        image,
+        daemon: _daemon,
+        mut rt,
+        logs,
+        pod,
+        ..
+    } = CriStack::with_pod(daemon_options("carrack"), |logs| {
+        pod_config("target-pid", logs)
+    })
+    .await;
     let a = run_container(
         &mut rt,
         &pod,
@@ -481,9 +495,13 @@ async fn user_namespace_pod(runtime: &str) {
     // Unique per test: the host-side check finds the container by it.
     let sleep_a = if runtime == "runc" { "1016" } else { "1006" };
     let marker = format!("sleep\u{0}{sleep_a}");
-    let image = test_image();
-    let daemon = start_daemon(&image.host, runtime);
-    let (mut rt, mut img) = daemon.clients().await;
+    let CriStack {
+        image,
+        daemon,
+        mut rt,
+        mut img,
+        ..
+    } = CriStack::start(daemon_options(runtime)).await;
     let st = rt
         .status(cri::StatusRequest { verbose: false })
         .await
@@ -653,10 +671,13 @@ async fn user_namespace_bad_mappings_are_refused() {
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let daemon = start_daemon(&image.host, "carrack");
-    let (mut rt, _img) = daemon.clients().await;
-    let logs = daemon.dir.join("logs");
+    let CriStack {
+        image: _image,
+        daemon,
+        mut rt,
+        logs,
+        ..
+    } = CriStack::start(daemon_options("carrack")).await;
     let field = "namespace_options.userns_options";
     let two = cri::IdMapping {
         host_id: HOST_ID + 65536,
@@ -750,12 +771,17 @@ async fn lost_infra_process_makes_the_pod_not_ready() {
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let mut daemon = start_daemon(&image.host, "carrack");
-    let (mut rt, mut img) = daemon.clients().await;
-    pull(&mut img, &image.name).await;
-    let logs = daemon.dir.join("logs");
-    let pod = run_pod(&mut rt, shared_pid_pod("lost-infra", &logs)).await;
+    let CriStack {
+        image,
+        mut daemon,
+        mut rt,
+        logs,
+        pod,
+        ..
+    } = CriStack::with_pod(daemon_options("carrack"), |logs| {
+        shared_pid_pod("lost-infra", logs)
+    })
+    .await;
     let a = container_config("a", &image.name, &["sleep", "1008"]);
     let a = run_container(
         &mut rt,
@@ -816,10 +842,13 @@ async fn unrecorded_infra_of_a_half_created_pod_is_killed_at_restart() {
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let mut daemon = start_daemon(&image.host, "carrack");
-    let (mut rt, _img) = daemon.clients().await;
-    let logs = daemon.dir.join("logs");
+    let CriStack {
+        image: _image,
+        mut daemon,
+        mut rt,
+        logs,
+        ..
+    } = CriStack::start(daemon_options("carrack")).await;
     let pod = run_pod(&mut rt, shared_pid_pod("unrecorded-infra", &logs)).await;
     let infra = pod_info(&mut rt, &pod).await["infraPid"].as_i64().unwrap();
     let memory_cgroup = std::fs::read_to_string(format!("/proc/{infra}/cgroup"))

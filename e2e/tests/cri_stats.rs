@@ -13,6 +13,7 @@ use carrack_e2e::cri_client::{
     self, container_config, exec, pod_config, pull, remove_container, remove_pod, run_container,
     stop_pod, wait_exited,
 };
+use carrack_e2e::cri_stack::CriStack;
 use carrack_proto::cri;
 use cri::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
@@ -72,10 +73,12 @@ async fn cri_container_and_pod_stats() {
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let daemon = daemon_options().start(&image.host);
-    let (mut rt, mut img) = daemon.clients().await;
-    pull(&mut img, &image.name).await;
+    let CriStack {
+        image,
+        daemon,
+        mut rt,
+        ..
+    } = CriStack::pulled(daemon_options()).await;
     let (pod_id, pod) = run_pod(&mut rt, &daemon, "stats").await;
 
     let mut burn = container_config("burn", &image.name, &["sh", "-c", "while :; do :; done"]);
@@ -375,10 +378,12 @@ async fn cri_container_events_in_order() {
     if !prerequisites() {
         return;
     }
-    let image = test_image();
-    let daemon = daemon_options().start(&image.host);
-    let (mut rt, mut img) = daemon.clients().await;
-    pull(&mut img, &image.name).await;
+    let CriStack {
+        image,
+        daemon,
+        mut rt,
+        ..
+    } = CriStack::pulled(daemon_options()).await;
     // Two subscribers at once, both before anything happens.
     let mut first = rt
         .clone()

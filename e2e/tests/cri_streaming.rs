@@ -8,8 +8,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use carrack_e2e::carrackd::{Carrackd, TestImage, require_carrackd_stack, test_image};
-use carrack_e2e::cri_client::{container_config, pod_config, pull, wait_exited};
+use carrack_e2e::carrackd::{Carrackd, TestImage, require_carrackd_stack};
+use carrack_e2e::cri_client::{container_config, pod_config, wait_exited};
+use carrack_e2e::cri_stack::CriStack;
 use carrack_proto::cri;
 use carrack_streaming::TerminalSize;
 use carrack_streaming::client::{self, ClientError, ExecIo, PortForwarder};
@@ -119,28 +120,24 @@ struct Pod {
 
 impl Pod {
     async fn start(name: &str) -> Pod {
-        let registry = test_image();
-        let daemon = Carrackd::options()
-            .test_network(NETWORK_BASE)
-            .start(&registry.host);
-        let (mut rt, mut img) = daemon.clients().await;
-        pull(&mut img, &registry.name).await;
-        let config = pod_config(name, &daemon.dir.join("logs"));
-        let pod_id = rt
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("run pod: {e}\n{}", daemon.log()))
-            .into_inner()
-            .pod_sandbox_id;
+        let CriStack {
+            image: registry,
+            daemon,
+            rt,
+            img,
+            logs,
+            pod: pod_id,
+            ..
+        } = CriStack::with_pod(Carrackd::options().test_network(NETWORK_BASE), |logs| {
+            pod_config(name, logs)
+        })
+        .await;
         Pod {
             rt,
             _img: img,
             image: registry.name.clone(),
             pod_id,
-            config,
+            config: pod_config(name, &logs),
             daemon,
             _registry: registry,
         }

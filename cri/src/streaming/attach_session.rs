@@ -8,33 +8,28 @@
 
 use carrack_streaming::{AttachSpec, BackendError, ProcessIo};
 
+use super::SessionTargets;
 use super::shim_stdio::{self, ClientOutput, OutputEnd, ProcessRef, StdinEnd};
-use crate::service::Daemon;
-use crate::store::ContainerState;
 
 /// Attaches the client's `io` to the container of `spec`.
-pub(super) async fn run(d: &Daemon, spec: AttachSpec, io: ProcessIo) -> Result<(), BackendError> {
-    let id = spec.container_id.clone();
-    let c = d
-        .container(&id)
-        .map_err(|e| BackendError::Failed(e.message().to_owned()))?
-        .filter(|c| c.state == ContainerState::Running)
-        .ok_or_else(|| BackendError::NotFound(format!("running container {id}")))?;
+pub(super) async fn run(
+    d: &dyn SessionTargets,
+    spec: AttachSpec,
+    io: ProcessIo,
+) -> Result<(), BackendError> {
+    let c = d.running_container(&spec.container_id)?;
     let p = ProcessRef {
-        id,
+        id: spec.container_id.clone(),
         exec_id: String::new(),
     };
-    let mut shim = d
-        .shim(&p.id)
-        .await
-        .map_err(|e| BackendError::Failed(e.message().to_owned()))?;
+    let mut shim = d.shim(&p.id).await?;
     let mut attach = shim_stdio::open(&mut shim.task, &p).await?;
     let (client_left_tx, client_left) = tokio::sync::oneshot::channel();
-    let stdin = match io.stdin.filter(|_| c.config.stdin) {
+    let stdin = match io.stdin.filter(|_| c.stdin) {
         Some(r) => {
             let input = attach.input.clone();
             let p = p.clone();
-            let once = c.config.stdin_once;
+            let once = c.stdin_once;
             Some(tokio::spawn(async move {
                 if shim_stdio::forward_stdin(r, input, p, once).await == StdinEnd::ClientGone {
                     let _ = client_left_tx.send(());
@@ -43,7 +38,7 @@ pub(super) async fn run(d: &Daemon, spec: AttachSpec, io: ProcessIo) -> Result<(
         }
         None => None,
     };
-    let resize = io.resize.filter(|_| c.config.tty).map(|sizes| {
+    let resize = io.resize.filter(|_| c.tty).map(|sizes| {
         tokio::spawn(shim_stdio::forward_resizes(
             shim.task.clone(),
             sizes,

@@ -9,19 +9,19 @@ use carrack_streaming::{
     AsyncReadWrite, AttachSpec, BackendError, BoxFuture, ExecSpec, ProcessIo, StreamingBackend,
 };
 
-use crate::service::Daemon;
+use super::SessionTargets;
 
 /// The backend the streaming server calls.
 pub(super) struct ShimBackend {
-    daemon: Weak<Daemon>,
+    daemon: Weak<dyn SessionTargets>,
 }
 
 impl ShimBackend {
-    pub(super) fn new(daemon: Weak<Daemon>) -> Self {
+    pub(super) fn new(daemon: Weak<dyn SessionTargets>) -> Self {
         ShimBackend { daemon }
     }
 
-    fn daemon(&self) -> Result<Arc<Daemon>, BackendError> {
+    fn daemon(&self) -> Result<Arc<dyn SessionTargets>, BackendError> {
         self.daemon
             .upgrade()
             .ok_or_else(|| BackendError::Failed("carrackd is shutting down".into()))
@@ -33,7 +33,7 @@ impl StreamingBackend for ShimBackend {
         let d = self.daemon();
         Box::pin(async move {
             let d = d?;
-            super::exec_session::run(&d, spec, io).await
+            super::exec_session::run(&*d, spec, io).await
         })
     }
 
@@ -45,7 +45,7 @@ impl StreamingBackend for ShimBackend {
         let d = self.daemon();
         Box::pin(async move {
             let d = d?;
-            super::attach_session::run(&d, spec, io).await
+            super::attach_session::run(&*d, spec, io).await
         })
     }
 
@@ -58,7 +58,7 @@ impl StreamingBackend for ShimBackend {
         let d = self.daemon();
         Box::pin(async move {
             let d = d?;
-            super::pod_port::forward(&d, &pod_sandbox_id, port, stream).await
+            super::pod_port::forward(&*d, &pod_sandbox_id, port, stream).await
         })
     }
 }

@@ -9,18 +9,17 @@ use carrack_proto::shim as sp;
 use carrack_shim::ShimClient;
 use carrack_streaming::{BackendError, ExecSpec, ProcessIo};
 
+use super::SessionTargets;
 use super::shim_stdio::{self, ClientOutput, OutputEnd, ProcessRef, shim_failed};
-use crate::service::Daemon;
-use crate::store::ContainerState;
 
 /// Runs `spec` in its container with the client's `io`; returns the exit code.
-pub(super) async fn run(d: &Daemon, spec: ExecSpec, io: ProcessIo) -> Result<i32, BackendError> {
+pub(super) async fn run(
+    d: &dyn SessionTargets,
+    spec: ExecSpec,
+    io: ProcessIo,
+) -> Result<i32, BackendError> {
     let id = spec.container_id.clone();
-    let c = d
-        .container(&id)
-        .map_err(|e| BackendError::Failed(e.message().to_owned()))?
-        .filter(|c| c.state == ContainerState::Running)
-        .ok_or_else(|| BackendError::NotFound(format!("running container {id}")))?;
+    let c = d.running_container(&id)?;
     let config = std::fs::read(c.bundle.join("config.json"))
         .map_err(|e| BackendError::Failed(format!("reading the spec of {id}: {e}")))?;
     let config: serde_json::Value = serde_json::from_slice(&config)
@@ -33,10 +32,7 @@ pub(super) async fn run(d: &Daemon, spec: ExecSpec, io: ProcessIo) -> Result<i32
         rand.iter().map(|b| format!("{b:02x}")).collect::<String>()
     );
     let p = ProcessRef { id, exec_id };
-    let mut shim = d
-        .shim(&p.id)
-        .await
-        .map_err(|e| BackendError::Failed(e.message().to_owned()))?;
+    let mut shim = d.shim(&p.id).await?;
     shim.task
         .exec(sp::ExecRequest {
             id: p.id.clone(),

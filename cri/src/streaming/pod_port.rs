@@ -11,23 +11,19 @@ use std::time::Duration;
 
 use carrack_streaming::{AsyncReadWrite, BackendError};
 
-use crate::service::Daemon;
+use super::SessionTargets;
 
 /// How long the dial in the namespace may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Copies `stream` to and from `port` in the pod of `sandbox_id`.
 pub(super) async fn forward(
-    d: &Daemon,
+    d: &dyn SessionTargets,
     sandbox_id: &str,
     port: u16,
     mut stream: Box<dyn AsyncReadWrite>,
 ) -> Result<(), BackendError> {
-    let s = d
-        .sandbox(sandbox_id)
-        .map_err(|e| BackendError::Failed(e.message().to_owned()))?
-        .ok_or_else(|| BackendError::NotFound(format!("sandbox {sandbox_id}")))?;
-    let netns = s.netns.clone();
+    let netns = d.pod_netns(sandbox_id)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(format!("port-forward-{port}"))

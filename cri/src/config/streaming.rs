@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use super::ConfigError;
 
 /// Settings of the streaming server.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -48,7 +48,7 @@ impl Default for StreamingSettings {
 }
 
 impl StreamingSettings {
-    /// Checks the values (called by [`crate::config::Config::validate`]).
+    /// Checks the values (called by [`super::Config::validate`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.token_ttl_seconds == 0 || self.token_ttl_seconds > 3600 {
             return Err(ConfigError::Invalid {

@@ -1,0 +1,76 @@
+//! The pod sandbox RPCs: RunPodSandbox, StopPodSandbox, RemovePodSandbox,
+//! PodSandboxStatus and ListPodSandbox.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use carrack_proto::cri;
+
+use crate::cri_error::CriError;
+use crate::cri_records::{sandbox_item, sandbox_status};
+use crate::daemon::{Daemon, now_nanos};
+use crate::sandbox;
+
+/// RunPodSandbox: creates and starts a pod-level sandbox; it is Ready
+/// when this returns.
+pub(super) async fn run_pod_sandbox(
+    d: &Arc<Daemon>,
+    r: cri::RunPodSandboxRequest,
+) -> Result<cri::RunPodSandboxResponse, CriError> {
+    let config = r
+        .config
+        .ok_or_else(|| CriError::invalid("config", "missing"))?;
+    let id = sandbox::run(d, config, &r.runtime_handler).await?;
+    Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
+}
+
+/// StopPodSandbox: stops every running process of the sandbox and
+/// reclaims its network resources. Idempotent: an unknown id succeeds.
+pub(super) async fn stop_pod_sandbox(
+    d: &Arc<Daemon>,
+    r: cri::StopPodSandboxRequest,
+) -> Result<cri::StopPodSandboxResponse, CriError> {
+    sandbox::stop(d, &r.pod_sandbox_id).await?;
+    Ok(cri::StopPodSandboxResponse {})
+}
+
+/// RemovePodSandbox: removes the sandbox, stopping and removing its
+/// containers first. Idempotent: an unknown id succeeds.
+pub(super) async fn remove_pod_sandbox(
+    d: &Arc<Daemon>,
+    r: cri::RemovePodSandboxRequest,
+) -> Result<cri::RemovePodSandboxResponse, CriError> {
+    sandbox::remove(d, &r.pod_sandbox_id).await?;
+    Ok(cri::RemovePodSandboxResponse {})
+}
+
+/// PodSandboxStatus: the status of the sandbox; with `verbose`, the info
+/// map (`crate::verbose_info`).
+pub(super) fn pod_sandbox_status(
+    d: &Daemon,
+    r: cri::PodSandboxStatusRequest,
+) -> Result<cri::PodSandboxStatusResponse, CriError> {
+    let sb = d.sandbox(&r.pod_sandbox_id)?.ok_or_else(|| {
+        CriError::NotFound(format!("pod sandbox {:?} not found", r.pod_sandbox_id))
+    })?;
+    let info = match r.verbose {
+        true => crate::verbose_info::sandbox(d.config(), &sb),
+        false => HashMap::new(),
+    };
+    Ok(cri::PodSandboxStatusResponse {
+        status: Some(sandbox_status(&sb)),
+        info,
+        containers_statuses: vec![],
+        timestamp: now_nanos(),
+    })
+}
+
+/// ListPodSandbox: the sandboxes the filter selects.
+pub(super) fn list_pod_sandbox(
+    d: &Daemon,
+    r: cri::ListPodSandboxRequest,
+) -> Result<cri::ListPodSandboxResponse, CriError> {
+    let f = r.filter.unwrap_or_default();
+    let items = sandbox::list(d, &f)?.iter().map(sandbox_item).collect();
+    Ok(cri::ListPodSandboxResponse { items })
+}
