@@ -125,6 +125,14 @@ async fn runtime_config_names_the_driver_and_the_other_form_is_refused() {
         cri::CgroupDriver::Cgroupfs
     };
     assert_eq!(driver, want as i32);
+    let info = rt
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let named = if systemd() { "systemd" } else { "cgroupfs" };
+    assert_eq!(info.get("cgroupDriver").map(String::as_str), Some(named));
     let mut config = pod_config("other-form", &daemon.dir.join("logs"));
     config.linux.as_mut().unwrap().cgroup_parent = kubelet_parent(false, "pod0");
     let e = rt
