@@ -36,6 +36,8 @@ export PATH=$dir:$PATH
 sock=unix:///run/carrack/carrack.sock
 export CONTAINER_RUNTIME_ENDPOINT=$sock IMAGE_SERVICE_ENDPOINT=$sock
 log() { echo "== systemd-node.sh: $*"; }
+# crictl's default 2 s is short for a first pod under software emulation.
+crictl() { command crictl --timeout 120s "$@"; }
 
 log "registry from $dir/registry.yml"
 docker-registry serve "$dir/registry.yml" >/var/log/critest-registry.log 2>&1 &
