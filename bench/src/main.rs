@@ -272,7 +272,9 @@ impl Target {
             .await
             .context("RemovePodSandbox")?;
         self.record("5 stop+remove pod", t);
-        self.cgroup_driver.remove_pod_parent(&pod.cgroup_parent)
+        // systemd's bus client blocks (it runs a runtime of its own).
+        let driver = self.cgroup_driver;
+        tokio::task::spawn_blocking(move || driver.remove_pod_parent(&pod.cgroup_parent)).await?
     }
 }
 
