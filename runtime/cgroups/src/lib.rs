@@ -52,7 +52,7 @@ pub use hierarchy::{
 pub use oom::OomWatcher;
 pub use stats::{
     BlkioEntry, BlkioStats, CpuStats, CpuUsage, HugetlbStats, MemoryData, MemoryStats, PidsStats,
-    Stats, Throttling,
+    Psi, PsiData, Stats, Throttling,
 };
 
 /// One cgroup across all hierarchies of the host.
