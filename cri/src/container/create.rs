@@ -46,6 +46,8 @@ struct Checked {
     sandbox: SandboxRecord,
     /// The image (pulled).
     image: Image,
+    /// The signal that stops it: the config's, else the image's.
+    stop_signal: i32,
     /// The pod's runtime handler.
     handler: RuntimeHandler,
     /// The PID namespace of the TARGET container, when asked for.
@@ -93,6 +95,7 @@ async fn check(
             "config.image.image: image {image_name:?} not found (pull it first)"
         ))
     })?;
+    let stop_signal = spec::stop_signal(config, &image.config)?;
     let (_, handler) = d.config().handler(&sb.runtime_handler).ok_or_else(|| {
         CriError::FailedPrecondition(format!(
             "runtime handler {:?} is gone from the config",
@@ -126,6 +129,7 @@ async fn check(
     Ok(Checked {
         sandbox: sb,
         image,
+        stop_signal,
         handler,
         target_pidns,
     })
@@ -212,7 +216,7 @@ fn record(
         log_path,
         bundle: d.config().root.join("containers").join(&id),
         runtime_handler: sb.runtime_handler.clone(),
-        stop_signal: spec::stop_signal(&image.config),
+        stop_signal: checked.stop_signal,
         resources: config.linux.as_ref().and_then(|l| l.resources.clone()),
         user: None,
         config,
