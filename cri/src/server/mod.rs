@@ -3,16 +3,18 @@
 //! No lifecycle logic lives here.
 //!
 //! - `sandboxes`: RunPodSandbox, StopPodSandbox, RemovePodSandbox,
-//!   PodSandboxStatus, ListPodSandbox;
+//!   PodSandboxStatus, ListPodSandbox, StreamPodSandboxes;
 //! - `containers`: CreateContainer, StartContainer, StopContainer,
-//!   RemoveContainer, ListContainers, ContainerStatus,
+//!   RemoveContainer, ListContainers, StreamContainers, ContainerStatus,
 //!   UpdateContainerResources, ReopenContainerLog;
 //! - `streaming`: ExecSync, Exec, Attach, PortForward;
-//! - `stats`: ContainerStats, ListContainerStats, PodSandboxStats,
-//!   ListPodSandboxStats, ListMetricDescriptors, ListPodSandboxMetrics;
+//! - `stats`: ContainerStats, ListContainerStats, StreamContainerStats,
+//!   PodSandboxStats, ListPodSandboxStats, StreamPodSandboxStats,
+//!   ListMetricDescriptors, ListPodSandboxMetrics, StreamPodSandboxMetrics;
 //! - `runtime_status`: Version, Status, UpdateRuntimeConfig, RuntimeConfig,
 //!   CheckpointContainer;
-//! - `images`: the ImageService.
+//! - `images`: the ImageService;
+//! - `pages`: the pages of every Stream* list RPC.
 //!
 //! GetContainerEvents hands out a subscription to the daemon's events
 //! (`crate::events`). Every other handler returns a [`CriError`]; the
@@ -20,6 +22,7 @@
 
 mod containers;
 mod images;
+mod pages;
 mod runtime_status;
 mod sandboxes;
 mod stats;
@@ -222,43 +225,40 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
     ) -> R<cri::RuntimeConfigResponse> {
         answer(Ok(runtime_status::runtime_config(&self.0, r.into_inner())))
     }
-    // The RPCs of cri-api v0.33 and v0.36, not served yet: kubelet falls
-    // back to the List* RPCs on Unimplemented, and treats a failed
-    // UpdatePodSandboxResources as best effort.
     type StreamPodSandboxesStream = Pages<cri::StreamPodSandboxesResponse>;
     async fn stream_pod_sandboxes(
         &self,
-        _: Request<cri::StreamPodSandboxesRequest>,
+        r: Request<cri::StreamPodSandboxesRequest>,
     ) -> R<Self::StreamPodSandboxesStream> {
-        Err(Status::unimplemented("StreamPodSandboxes"))
+        pages::streamed(sandboxes::stream_pod_sandboxes(&self.0, r.into_inner()))
     }
     type StreamContainersStream = Pages<cri::StreamContainersResponse>;
     async fn stream_containers(
         &self,
-        _: Request<cri::StreamContainersRequest>,
+        r: Request<cri::StreamContainersRequest>,
     ) -> R<Self::StreamContainersStream> {
-        Err(Status::unimplemented("StreamContainers"))
+        pages::streamed(containers::stream_containers(&self.0, r.into_inner()))
     }
     type StreamContainerStatsStream = Pages<cri::StreamContainerStatsResponse>;
     async fn stream_container_stats(
         &self,
-        _: Request<cri::StreamContainerStatsRequest>,
+        r: Request<cri::StreamContainerStatsRequest>,
     ) -> R<Self::StreamContainerStatsStream> {
-        Err(Status::unimplemented("StreamContainerStats"))
+        pages::streamed(stats::stream_container_stats(&self.0, r.into_inner()).await)
     }
     type StreamPodSandboxStatsStream = Pages<cri::StreamPodSandboxStatsResponse>;
     async fn stream_pod_sandbox_stats(
         &self,
-        _: Request<cri::StreamPodSandboxStatsRequest>,
+        r: Request<cri::StreamPodSandboxStatsRequest>,
     ) -> R<Self::StreamPodSandboxStatsStream> {
-        Err(Status::unimplemented("StreamPodSandboxStats"))
+        pages::streamed(stats::stream_pod_sandbox_stats(&self.0, r.into_inner()).await)
     }
     type StreamPodSandboxMetricsStream = Pages<cri::StreamPodSandboxMetricsResponse>;
     async fn stream_pod_sandbox_metrics(
         &self,
-        _: Request<cri::StreamPodSandboxMetricsRequest>,
+        r: Request<cri::StreamPodSandboxMetricsRequest>,
     ) -> R<Self::StreamPodSandboxMetricsStream> {
-        Err(Status::unimplemented("StreamPodSandboxMetrics"))
+        pages::streamed(stats::stream_pod_sandbox_metrics(&self.0, r.into_inner()).await)
     }
     async fn update_pod_sandbox_resources(
         &self,

@@ -1,11 +1,12 @@
 //! The pod sandbox RPCs: RunPodSandbox, StopPodSandbox, RemovePodSandbox,
-//! PodSandboxStatus and ListPodSandbox.
+//! PodSandboxStatus, ListPodSandbox and StreamPodSandboxes (its pages).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use carrack_proto::cri;
 
+use super::pages;
 use crate::cri_error::CriError;
 use crate::cri_records::{sandbox_item, sandbox_status};
 use crate::daemon::{Daemon, now_nanos};
@@ -70,7 +71,28 @@ pub(super) fn list_pod_sandbox(
     d: &Daemon,
     r: cri::ListPodSandboxRequest,
 ) -> Result<cri::ListPodSandboxResponse, CriError> {
-    let f = r.filter.unwrap_or_default();
-    let items = sandbox::list(d, &f)?.iter().map(sandbox_item).collect();
-    Ok(cri::ListPodSandboxResponse { items })
+    Ok(cri::ListPodSandboxResponse {
+        items: pod_sandboxes(d, r.filter)?,
+    })
+}
+
+/// StreamPodSandboxes: ListPodSandbox's items in pages.
+pub(super) fn stream_pod_sandboxes(
+    d: &Daemon,
+    r: cri::StreamPodSandboxesRequest,
+) -> Result<Vec<cri::StreamPodSandboxesResponse>, CriError> {
+    Ok(pages::split(
+        pod_sandboxes(d, r.filter)?,
+        d.config().stream_page_bytes,
+        |pod_sandboxes| cri::StreamPodSandboxesResponse { pod_sandboxes },
+    ))
+}
+
+/// The items of ListPodSandbox: the sandboxes `filter` selects.
+fn pod_sandboxes(
+    d: &Daemon,
+    filter: Option<cri::PodSandboxFilter>,
+) -> Result<Vec<cri::PodSandbox>, CriError> {
+    let f = filter.unwrap_or_default();
+    Ok(sandbox::list(d, &f)?.iter().map(sandbox_item).collect())
 }
