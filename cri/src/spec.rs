@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 
 pub use capabilities::{ALL_CAPS, DEFAULT_CAPS, grantable_caps};
 pub use process::{exec_process, process_args, process_env};
-pub use resources::resources;
+pub use resources::{check_resources, resources};
 pub use security::{DEFAULT_MASKED, DEFAULT_READONLY};
 pub use signal::{cri_signal, parse_signal, signal_number, stop_signal};
 pub use user::{RootfsFiles, User, resolve_user};

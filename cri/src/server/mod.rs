@@ -3,7 +3,8 @@
 //! No lifecycle logic lives here.
 //!
 //! - `sandboxes`: RunPodSandbox, StopPodSandbox, RemovePodSandbox,
-//!   PodSandboxStatus, ListPodSandbox, StreamPodSandboxes;
+//!   PodSandboxStatus, ListPodSandbox, StreamPodSandboxes,
+//!   UpdatePodSandboxResources;
 //! - `containers`: CreateContainer, StartContainer, StopContainer,
 //!   RemoveContainer, ListContainers, StreamContainers, ContainerStatus,
 //!   UpdateContainerResources, ReopenContainerLog;
@@ -262,8 +263,8 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
     }
     async fn update_pod_sandbox_resources(
         &self,
-        _: Request<cri::UpdatePodSandboxResourcesRequest>,
+        r: Request<cri::UpdatePodSandboxResourcesRequest>,
     ) -> R<cri::UpdatePodSandboxResourcesResponse> {
-        Err(Status::unimplemented("UpdatePodSandboxResources"))
+        answer(sandboxes::update_pod_sandbox_resources(&self.0, r.into_inner()).await)
     }
 }

@@ -1,5 +1,6 @@
 //! The pod sandbox RPCs: RunPodSandbox, StopPodSandbox, RemovePodSandbox,
-//! PodSandboxStatus, ListPodSandbox and StreamPodSandboxes (its pages).
+//! PodSandboxStatus, ListPodSandbox, StreamPodSandboxes (its pages) and
+//! UpdatePodSandboxResources.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -64,6 +65,16 @@ pub(super) fn pod_sandbox_status(
         containers_statuses: vec![],
         timestamp: now_nanos(),
     })
+}
+
+/// UpdatePodSandboxResources: the pod's overhead and resources after an
+/// in-place resize, applied to its cgroup and recorded, all or nothing.
+pub(super) async fn update_pod_sandbox_resources(
+    d: &Daemon,
+    r: cri::UpdatePodSandboxResourcesRequest,
+) -> Result<cri::UpdatePodSandboxResourcesResponse, CriError> {
+    sandbox::update_resources(d, &r.pod_sandbox_id, r.overhead, r.resources).await?;
+    Ok(cri::UpdatePodSandboxResourcesResponse {})
 }
 
 /// ListPodSandbox: the sandboxes the filter selects.
