@@ -257,6 +257,21 @@ fn process_joins_freezes_and_shows_in_stats() {
     assert_eq!(stats.pids.current, 1);
     let json = serde_json::to_value(&stats).unwrap();
     assert!(json["memory"]["usage"]["usage"].as_u64().unwrap() > 0);
+    // Pressure: from the cgroup2 directory (v2 and hybrid hosts), whatever
+    // its controllers, where the kernel has PSI on.
+    let psi_on =
+        t.cg.unified_dir()
+            .is_some_and(|d| std::fs::read_to_string(d.join("cpu.pressure")).is_ok());
+    for (what, psi) in [
+        ("cpu", &stats.cpu.psi),
+        ("memory", &stats.memory.psi),
+        ("io", &stats.blkio.psi),
+    ] {
+        assert_eq!(psi.is_some(), psi_on, "{what}: {psi:?}");
+    }
+    if psi_on {
+        assert!(json["cpu"]["psi"]["some"]["avg10"].is_number(), "{json}");
+    }
 }
 
 #[test]
