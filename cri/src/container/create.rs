@@ -19,7 +19,7 @@ use crate::daemon::{Daemon, new_id, now_nanos};
 use crate::events::ContainerEventKind;
 use crate::pod_pid::TARGET_ID_FIELD;
 use crate::spec::{self, SandboxView, SpecInput};
-use crate::store::{ContainerRecord, ContainerState, SandboxRecord, SandboxState};
+use crate::store::{ContainerRecord, ContainerState, SandboxRecord};
 
 /// Creates a container of `config` in the pod sandbox `pod_sandbox_id`
 /// names; returns its id.
@@ -81,15 +81,7 @@ async fn check(
     if image_name.is_empty() {
         return Err(CriError::invalid("config.image.image", "must not be empty"));
     }
-    let sb = d
-        .sandbox(pod_sandbox_id)?
-        .ok_or_else(|| CriError::NotFound(format!("pod sandbox {pod_sandbox_id:?} not found")))?;
-    if sb.state != SandboxState::Ready {
-        return Err(CriError::FailedPrecondition(format!(
-            "pod sandbox {} is not ready",
-            sb.id
-        )));
-    }
+    let sb = d.ready_sandbox(pod_sandbox_id)?;
     let image = d.images.resolve(&image_name)?.ok_or_else(|| {
         CriError::NotFound(format!(
             "config.image.image: image {image_name:?} not found (pull it first)"

@@ -11,7 +11,6 @@ use carrack_proto::cri;
 use crate::cri_error::CriError;
 use crate::daemon::Daemon;
 use crate::spec::check_resources;
-use crate::store::SandboxState;
 
 /// Applies and records the new `overhead` and `resources` of the Ready pod
 /// sandbox `id` names.
@@ -29,15 +28,7 @@ pub(crate) async fn update_resources(
     if let Some(o) = &overhead {
         check_resources(o, "overhead")?;
     }
-    let sb = d
-        .sandbox(id)?
-        .ok_or_else(|| CriError::NotFound(format!("pod sandbox {id:?} not found")))?;
-    if sb.state != SandboxState::Ready {
-        return Err(CriError::FailedPrecondition(format!(
-            "pod sandbox {} is not ready",
-            sb.id
-        )));
-    }
+    let sb = d.ready_sandbox(id)?;
     let limits = crate::pod_resize::pod_limits(overhead.as_ref(), &resources);
     let pod = sb.clone();
     let applied = tokio::task::spawn_blocking(move || crate::pod_resize::apply(&pod, &limits))
