@@ -8,8 +8,9 @@
 //!   port-forward, stats and metrics, the runtime's status and config; the
 //!   ImageService apart); each handler answers a [`cri_error::CriError`];
 //! - [`sandbox`] and [`container`]: the managers: RunPodSandbox, Stop,
-//!   Remove, UpdatePodSandboxResources, List; CreateContainer (checks, record, make, mark created),
-//!   Start, Stop, Remove, Update, ReopenLog, ExecSync, List;
+//!   Remove, UpdatePodSandboxResources, List; CreateContainer (checks,
+//!   record, make, mark created), Start, Stop, Remove, Update, ReopenLog,
+//!   ExecSync, List;
 //! - [`daemon`]: the core: the daemon's state (config, store, images,
 //!   shims, pod network), lookups by id or prefix, recovery at start-up,
 //!   the exit watchers, stopping a container, the destroy paths, events;
@@ -19,9 +20,9 @@
 //! - the pieces of a pod on the host: [`pod_host`] (pinned namespaces, pod
 //!   files, the network seam), [`pod_network`] (CNI, `carrack-network`),
 //!   [`pod_cgroup`], [`pod_resize`] (its limits after a resize),
-//!   [`pod_infra`] (the process holding a shared PID
-//!   namespace), [`pod_pid`] (PID namespace sharing), [`userns`] (pod user
-//!   namespaces) and [`pod_config`] (what a pod config asks for);
+//!   [`pod_infra`] (the process holding a shared PID namespace),
+//!   [`pod_pid`] (PID namespace sharing), [`userns`] (pod user namespaces)
+//!   and [`pod_config`] (what a pod config asks for);
 //! - a container's OCI spec: [`spec`] (pure logic), [`seccomp`] (the
 //!   RuntimeDefault profile), [`id_maps`] (a pod's id mappings),
 //!   [`spec_error`] (the field at fault), [`file_caps`], [`stop_signal`];

@@ -1,9 +1,9 @@
 //! The pod sandbox manager: RunPodSandbox (`run`), StopPodSandbox
 //! (`stop`), RemovePodSandbox (`remove`), UpdatePodSandboxResources
 //! (`update_resources`) and the selection of ListPodSandbox (`list`), over
-//! the daemon's core. The host-side pieces
-//! it makes are `crate::pod_host`'s, `crate::pod_network`'s,
-//! `crate::pod_cgroup`'s and `crate::pod_pid`'s; their removal is the
+//! the daemon's core. The host-side pieces it makes are
+//! `crate::pod_host`'s, `crate::pod_network`'s, `crate::pod_cgroup`'s
+//! (and `crate::pod_resize`'s) and `crate::pod_pid`'s; their removal is the
 //! core's destroy path.
 
 mod run;

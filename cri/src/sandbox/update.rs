@@ -4,7 +4,9 @@
 //! written to the pod cgroup (`crate::pod_resize`), and recorded in the
 //! pod's config (`linux.overhead`, `linux.resources`), which is what the
 //! CRI asks the RPC to update. All or nothing: a refusal at any step leaves
-//! the cgroup and the record as they were.
+//! the cgroup files and the record as they were (a slice's systemd
+//! properties stay set only when the store itself fails after them: there
+//! is no reading them back).
 
 use carrack_proto::cri;
 

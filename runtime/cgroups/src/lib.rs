@@ -230,9 +230,9 @@ impl Cgroup {
     /// content of each file is kept before its first write. When a write
     /// fails, the files written before it get their old content back and
     /// the write's error is returned: the cgroup is as it was (but for a
-    /// file whose old content the kernel would not take back, which cannot
-    /// happen for content it gave). On success the [`Applied`] undoes the
-    /// whole apply when a later step of the caller fails. Files only: the
+    /// file the kernel would not take its old content back into, see
+    /// [`Applied::undo`]). On success the [`Applied`] undoes the whole
+    /// apply when a later step of the caller fails. Files only: the
     /// properties of a systemd unit are the caller's.
     pub fn apply_undoable(&self, resources: &LinuxResources) -> Result<Applied> {
         let (result, applied) = undo::journaled(|| self.apply(resources));
