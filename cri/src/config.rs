@@ -9,6 +9,7 @@
 //! cgroup_driver = "auto"            # systemd when systemd is PID 1, else cgroupfs
 //! cgroup_parent = ""                # "/carrack" (cgroupfs) or "carrack.slice" (systemd)
 //! metrics_address = "127.0.0.1:9464"   # Prometheus /metrics; unset: off
+//! stream_page_bytes = 4194304      # one response of the Stream* list RPCs
 //! [runtimes.runc]
 //! binary = "/usr/sbin/runc"
 //! root = "/run/carrack/runc"
@@ -143,6 +144,10 @@ pub struct Config {
     /// Where carrackd serves Prometheus `/metrics`: `host:port`, or a bare
     /// port for loopback; empty (the default): not served.
     pub metrics_address: String,
+    /// The most bytes of one response of the Stream* list RPCs
+    /// (StreamContainers, …): a page holds the items that fit, and at
+    /// least one.
+    pub stream_page_bytes: usize,
     /// The exec/attach/port-forward server (`[streaming]`).
     pub streaming: StreamingSettings,
 }
@@ -176,6 +181,9 @@ impl Default for Config {
             registries: RegistryConfig::default(),
             network: Default::default(),
             metrics_address: String::new(),
+            // 4 MiB: what a gRPC client receives by default (kubelet takes
+            // 16 MiB), so any client reads every page.
+            stream_page_bytes: 4 << 20,
             streaming: Default::default(),
         }
     }

@@ -53,6 +53,10 @@ const DOCS: &[(&str, &str)] = &[
         "carrackd's Prometheus /metrics: \"host:port\", or a bare port for\n127.0.0.1 only; \"\" (the default) serves none.",
     ),
     (
+        "stream_page_bytes",
+        "The most bytes of one response of the Stream* list RPCs (StreamContainers,\nStreamPodSandboxes, StreamImages, the stats and metrics): a response holds\nthe items that fit, and at least one. 4 MiB is what any gRPC client\nreceives by default.",
+    ),
+    (
         "runtimes",
         "Runtime handlers by name, as RuntimeClass objects name them. Each\nbinary speaks runc's command line (carrack-runtime, runc, crun, youki).\nA file that lists handlers replaces these three; in each, a key left\nout takes its default.",
     ),

@@ -8,8 +8,9 @@
 //!   port-forward, stats and metrics, the runtime's status and config; the
 //!   ImageService apart); each handler answers a [`cri_error::CriError`];
 //! - [`sandbox`] and [`container`]: the managers: RunPodSandbox, Stop,
-//!   Remove, List; CreateContainer (checks, record, make, mark created),
-//!   Start, Stop, Remove, Update, ReopenLog, ExecSync, List;
+//!   Remove, UpdatePodSandboxResources, List; CreateContainer (checks,
+//!   record, make, mark created), Start, Stop, Remove, Update, ReopenLog,
+//!   ExecSync, List;
 //! - [`daemon`]: the core: the daemon's state (config, store, images,
 //!   shims, pod network), lookups by id or prefix, recovery at start-up,
 //!   the exit watchers, stopping a container, the destroy paths, events;
@@ -18,9 +19,10 @@
 //!   [`streaming::SessionTargets`];
 //! - the pieces of a pod on the host: [`pod_host`] (pinned namespaces, pod
 //!   files, the network seam), [`pod_network`] (CNI, `carrack-network`),
-//!   [`pod_cgroup`], [`pod_infra`] (the process holding a shared PID
-//!   namespace), [`pod_pid`] (PID namespace sharing), [`userns`] (pod user
-//!   namespaces) and [`pod_config`] (what a pod config asks for);
+//!   [`pod_cgroup`], [`pod_resize`] (its limits after a resize),
+//!   [`pod_infra`] (the process holding a shared PID namespace),
+//!   [`pod_pid`] (PID namespace sharing), [`userns`] (pod user namespaces)
+//!   and [`pod_config`] (what a pod config asks for);
 //! - a container's OCI spec: [`spec`] (pure logic), [`seccomp`] (the
 //!   RuntimeDefault profile), [`id_maps`] (a pod's id mappings),
 //!   [`spec_error`] (the field at fault), [`file_caps`], [`stop_signal`];
@@ -55,6 +57,7 @@ pub mod pod_host;
 pub mod pod_infra;
 pub mod pod_network;
 pub mod pod_pid;
+pub mod pod_resize;
 pub mod sandbox;
 pub mod sd_notify;
 pub mod seccomp;

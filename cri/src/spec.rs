@@ -18,6 +18,7 @@ mod namespaces;
 mod process;
 mod resources;
 mod security;
+mod signal;
 mod user;
 
 use std::path::{Path, PathBuf};
@@ -27,9 +28,10 @@ use oci_spec::image::ImageConfiguration;
 use serde_json::{Value, json};
 
 pub use capabilities::{ALL_CAPS, DEFAULT_CAPS, grantable_caps};
-pub use process::{exec_process, parse_signal, process_args, process_env, stop_signal};
-pub use resources::resources;
+pub use process::{exec_process, process_args, process_env};
+pub use resources::{check_resources, resources};
 pub use security::{DEFAULT_MASKED, DEFAULT_READONLY};
+pub use signal::{cri_signal, parse_signal, signal_number, stop_signal};
 pub use user::{RootfsFiles, User, resolve_user};
 
 pub use crate::spec_error::SpecError;
@@ -272,6 +274,20 @@ mod tests {
         assert_eq!(env, ["PATH=/img", "HOSTNAME=h", "A=1", "B=x=y", "C=3"]);
     }
 
+    /// A value is bytes since cri-api v0.34.9; config.json holds strings,
+    /// so bytes that are not UTF-8 become U+FFFD (as through containerd).
+    #[test]
+    fn env_values_that_are_not_utf8() {
+        let img = image(&[], &["sh"], "", &[]);
+        let mut c = config(&[], &[]);
+        c.envs = vec![cri::KeyValue {
+            key: "RAW".into(),
+            value: b"a\xffb".to_vec(),
+        }];
+        let env = process_env(&c, &img, "h");
+        assert_eq!(env.last().unwrap(), "RAW=a\u{fffd}b");
+    }
+
     #[test]
     fn root_propagation_follows_the_volumes() {
         let m = |p: cri::MountPropagation| cri::Mount {
@@ -392,7 +408,8 @@ mod tests {
         assert_eq!(parse_signal("kill"), Some(9));
         assert_eq!(parse_signal("15"), Some(15));
         assert_eq!(parse_signal("SIGNOPE"), None);
-        assert_eq!(stop_signal(&image(&[], &["sh"], "", &[])), 3);
+        let config = cri::ContainerConfig::default();
+        assert_eq!(stop_signal(&config, &image(&[], &["sh"], "", &[])), Ok(3));
     }
 
     fn sandbox() -> SandboxView {

@@ -657,10 +657,21 @@ fn resources_map_every_cri_field() {
 
 #[test]
 fn stop_signal_defaults_to_sigterm() {
-    assert_eq!(stop_signal(&image("", "")), libc::SIGTERM);
-    assert_eq!(stop_signal(&image("", "SIGUSR1")), libc::SIGUSR1);
-    assert_eq!(stop_signal(&image("", "2")), libc::SIGINT);
-    assert_eq!(stop_signal(&image("", "SIGBOGUS")), libc::SIGTERM);
+    let none = cri::ContainerConfig::default();
+    assert_eq!(stop_signal(&none, &image("", "")), Ok(libc::SIGTERM));
+    assert_eq!(stop_signal(&none, &image("", "SIGUSR1")), Ok(libc::SIGUSR1));
+    assert_eq!(stop_signal(&none, &image("", "2")), Ok(libc::SIGINT));
+    assert_eq!(
+        stop_signal(&none, &image("", "SIGBOGUS")),
+        Ok(libc::SIGTERM)
+    );
+    assert_eq!(stop_signal(&none, &image("", "RTMIN+2")), Ok(36));
+    // The config's stop_signal (cri-api v0.33) wins over the image's.
+    let quit = cri::ContainerConfig {
+        stop_signal: cri::Signal::Sigquit as i32,
+        ..Default::default()
+    };
+    assert_eq!(stop_signal(&quit, &image("", "SIGUSR1")), Ok(libc::SIGQUIT));
 }
 
 #[test]

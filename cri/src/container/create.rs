@@ -19,7 +19,7 @@ use crate::daemon::{Daemon, new_id, now_nanos};
 use crate::events::ContainerEventKind;
 use crate::pod_pid::TARGET_ID_FIELD;
 use crate::spec::{self, SandboxView, SpecInput};
-use crate::store::{ContainerRecord, ContainerState, SandboxRecord, SandboxState};
+use crate::store::{ContainerRecord, ContainerState, SandboxRecord};
 
 /// Creates a container of `config` in the pod sandbox `pod_sandbox_id`
 /// names; returns its id.
@@ -46,6 +46,8 @@ struct Checked {
     sandbox: SandboxRecord,
     /// The image (pulled).
     image: Image,
+    /// The signal that stops it: the config's, else the image's.
+    stop_signal: i32,
     /// The pod's runtime handler.
     handler: RuntimeHandler,
     /// The PID namespace of the TARGET container, when asked for.
@@ -79,20 +81,13 @@ async fn check(
     if image_name.is_empty() {
         return Err(CriError::invalid("config.image.image", "must not be empty"));
     }
-    let sb = d
-        .sandbox(pod_sandbox_id)?
-        .ok_or_else(|| CriError::NotFound(format!("pod sandbox {pod_sandbox_id:?} not found")))?;
-    if sb.state != SandboxState::Ready {
-        return Err(CriError::FailedPrecondition(format!(
-            "pod sandbox {} is not ready",
-            sb.id
-        )));
-    }
+    let sb = d.ready_sandbox(pod_sandbox_id)?;
     let image = d.images.resolve(&image_name)?.ok_or_else(|| {
         CriError::NotFound(format!(
             "config.image.image: image {image_name:?} not found (pull it first)"
         ))
     })?;
+    let stop_signal = spec::stop_signal(config, &image.config)?;
     let (_, handler) = d.config().handler(&sb.runtime_handler).ok_or_else(|| {
         CriError::FailedPrecondition(format!(
             "runtime handler {:?} is gone from the config",
@@ -126,6 +121,7 @@ async fn check(
     Ok(Checked {
         sandbox: sb,
         image,
+        stop_signal,
         handler,
         target_pidns,
     })
@@ -212,7 +208,7 @@ fn record(
         log_path,
         bundle: d.config().root.join("containers").join(&id),
         runtime_handler: sb.runtime_handler.clone(),
-        stop_signal: spec::stop_signal(&image.config),
+        stop_signal: checked.stop_signal,
         resources: config.linux.as_ref().and_then(|l| l.resources.clone()),
         user: None,
         config,

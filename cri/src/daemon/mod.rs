@@ -45,7 +45,7 @@ use crate::cri_error::CriError;
 use crate::cri_records::{container_state, sandbox_state};
 use crate::events::ContainerEvents;
 use crate::pod_host::PodNetwork;
-use crate::store::{ContainerRecord, ContainerState, SandboxRecord, Store};
+use crate::store::{ContainerRecord, ContainerState, SandboxRecord, SandboxState, Store};
 use crate::telemetry::{Census, Telemetry};
 
 /// The shared state of the daemon.
@@ -182,6 +182,21 @@ impl Daemon {
     pub(crate) fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, CriError> {
         let all = self.store.sandboxes()?;
         by_id_or_prefix(all, id, |s| &s.id, "pod sandbox")
+    }
+    /// The Ready sandbox `id` names (what a container is made in, or a
+    /// pod resized): NotFound when none, FailedPrecondition when it is not
+    /// Ready.
+    pub(crate) fn ready_sandbox(&self, id: &str) -> Result<SandboxRecord, CriError> {
+        let sb = self
+            .sandbox(id)?
+            .ok_or_else(|| CriError::NotFound(format!("pod sandbox {id:?} not found")))?;
+        if sb.state != SandboxState::Ready {
+            return Err(CriError::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                sb.id
+            )));
+        }
+        Ok(sb)
     }
     /// The container `id` names: its full id or a unique prefix of it.
     pub(crate) fn container(&self, id: &str) -> Result<Option<ContainerRecord>, CriError> {

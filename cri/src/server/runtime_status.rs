@@ -73,6 +73,11 @@ pub(super) async fn status(d: &Daemon, r: cri::StatusRequest) -> cri::StatusResp
             .collect(),
         features: Some(cri::RuntimeFeatures {
             supplemental_groups_policy: true,
+            // Not supported: a pod's user namespace owns the pod's network
+            // namespace (that is what lets net sysctls and loopback work
+            // from inside), so a `hostUsers: false` pod with the host's
+            // network is refused (`crate::id_maps::validate`).
+            user_namespaces_host_network: false,
         }),
     }
 }

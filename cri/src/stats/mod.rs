@@ -8,6 +8,11 @@
 //! the writable layer from the image store's `rootfs_usage`, network
 //! counters from inside the pod's network namespace ([`network`]).
 //!
+//! Pressure (PSI: the `psi` of CPU and memory, and `io`, which carries only
+//! the I/O pressure) comes from the cgroup2 directory's `*.pressure` files:
+//! on a cgroup v2 or hybrid host; none on a host without cgroup2, nor where
+//! the kernel has PSI off (`psi=0`).
+//!
 //! `usage_nano_cores` is a rate: the [`Sampler`] keeps the last CPU sample
 //! of every container and pod and divides the CPU time used since then by
 //! the wall time elapsed. The first sample of a container has no rate.
@@ -109,12 +114,17 @@ impl Sampler {
             timestamp: ts,
             usage_core_nano_seconds: value(st.cpu.usage.total),
             usage_nano_cores: self.rate(key, sample).and_then(value),
+            psi: st.cpu.psi.as_ref().map(psi),
         };
         let processes = cg.pids().map(|p| p.len() as u64).unwrap_or(0);
         Some(CgroupUsage {
             cpu,
             memory: memory_usage(&st.memory, ts),
             swap: swap_usage(&st.memory, ts),
+            io: st.blkio.psi.as_ref().map(|p| cri::IoUsage {
+                timestamp: ts,
+                psi: Some(psi(p)),
+            }),
             processes,
         })
     }
@@ -139,9 +149,9 @@ impl Sampler {
                 used_bytes: value(u.used_bytes),
                 inodes_used: value(u.inodes_used),
             });
-        let (cpu, memory, swap) = match usage {
-            Some(u) => (Some(u.cpu), Some(u.memory), u.swap),
-            None => (None, None, None),
+        let (cpu, memory, swap, io) = match usage {
+            Some(u) => (Some(u.cpu), Some(u.memory), u.swap, u.io),
+            None => (None, None, None, None),
         };
         cri::ContainerStats {
             attributes: Some(cri::ContainerAttributes {
@@ -154,6 +164,7 @@ impl Sampler {
             memory,
             writable_layer,
             swap,
+            io,
         }
     }
 
@@ -171,7 +182,7 @@ impl Sampler {
             &crate::pod_cgroup::cgroupfs_path(&sb.cgroup_path),
             &sb.id,
         );
-        let (cpu, memory, process) = match usage {
+        let (cpu, memory, process, io) = match usage {
             Some(u) => (
                 Some(u.cpu),
                 Some(u.memory),
@@ -179,8 +190,9 @@ impl Sampler {
                     timestamp: ts,
                     process_count: value(u.processes),
                 }),
+                u.io,
             ),
-            None => (None, None, None),
+            None => (None, None, None, None),
         };
         cri::PodSandboxStats {
             attributes: Some(cri::PodSandboxAttributes {
@@ -198,6 +210,7 @@ impl Sampler {
                     .iter()
                     .map(|c| self.container_stats(images, c, Some(sb)))
                     .collect(),
+                io,
             }),
             windows: None,
         }
@@ -209,7 +222,24 @@ struct CgroupUsage {
     cpu: cri::CpuUsage,
     memory: cri::MemoryUsage,
     swap: Option<cri::SwapUsage>,
+    /// I/O pressure, where the kernel reports it.
+    io: Option<cri::IoUsage>,
     processes: u64,
+}
+
+/// A cgroup's pressure as the CRI has it: the same lines, the total in
+/// nanoseconds (the kernel counts microseconds).
+fn psi(p: &carrack_cgroups::Psi) -> cri::PsiStats {
+    let line = |d: &carrack_cgroups::PsiData| cri::PsiData {
+        total: d.total.saturating_mul(1000),
+        avg10: d.avg10,
+        avg60: d.avg60,
+        avg300: d.avg300,
+    };
+    cri::PsiStats {
+        full: Some(line(&p.full)),
+        some: Some(line(&p.some)),
+    }
 }
 
 /// Memory as kubelet reads it; `available_bytes` only under a limit.
@@ -225,6 +255,7 @@ fn memory_usage(m: &carrack_cgroups::MemoryStats, ts: i64) -> cri::MemoryUsage {
         rss_bytes: value(m.rss),
         page_faults: value(m.pgfault),
         major_page_faults: value(m.pgmajfault),
+        psi: m.psi.as_ref().map(psi),
     }
 }
 
@@ -336,6 +367,33 @@ mod tests {
         assert_eq!(
             swap_usage(&m, 7).unwrap().swap_usage_bytes.unwrap().value,
             50
+        );
+    }
+
+    #[test]
+    fn pressure_totals_are_nanoseconds() {
+        let p = carrack_cgroups::Psi {
+            some: carrack_cgroups::PsiData {
+                avg10: 2.5,
+                avg60: 1.0,
+                avg300: 0.5,
+                total: 1500,
+            },
+            full: carrack_cgroups::PsiData::default(),
+        };
+        let c = psi(&p);
+        let some = c.some.unwrap();
+        assert_eq!(
+            (some.total, some.avg10, some.avg60, some.avg300),
+            (1_500_000, 2.5, 1.0, 0.5)
+        );
+        assert_eq!(c.full.unwrap(), cri::PsiData::default());
+        let mut m = carrack_cgroups::MemoryStats::default();
+        assert!(memory_usage(&m, 1).psi.is_none(), "no pressure file: none");
+        m.psi = Some(p);
+        assert_eq!(
+            memory_usage(&m, 1).psi.unwrap().some.unwrap().total,
+            1_500_000
         );
     }
 
