@@ -14,6 +14,7 @@
 use carrack_image::ImageError;
 use tonic::Code;
 
+use crate::cdi::CdiError;
 use crate::spec_error::SpecError;
 use crate::store::StoreError;
 
@@ -123,6 +124,20 @@ impl From<SpecError> for CriError {
         match e {
             SpecError::Invalid { .. } => CriError::InvalidArgument(e.to_string()),
             SpecError::Unsupported(m) => CriError::Unimplemented(m),
+        }
+    }
+}
+
+/// A name that is no CDI device name is InvalidArgument; a device no spec
+/// defines, or one this host cannot give, FailedPrecondition (the node is
+/// not ready for the container, as containerd and CRI-O answer).
+impl From<CdiError> for CriError {
+    fn from(e: CdiError) -> CriError {
+        match e {
+            CdiError::InvalidName { .. } => CriError::InvalidArgument(e.to_string()),
+            CdiError::Unknown { .. } | CdiError::Unusable { .. } => {
+                CriError::FailedPrecondition(e.to_string())
+            }
         }
     }
 }

@@ -10,7 +10,8 @@
 //! `process` (arguments, environment, working directory, AppArmor), `user`
 //! (the process's uid and groups), `capabilities`, `mounts`, `namespaces`,
 //! `resources` (devices and cgroup limits) and `security` (seccomp,
-//! masked and read-only paths).
+//! masked and read-only paths). The edits of the container's CDI devices
+//! come last ([`crate::cdi::apply`]).
 
 mod capabilities;
 mod mounts;
@@ -80,6 +81,9 @@ pub struct SpecInput<'a> {
     /// The PID namespace of the running container `namespace_options.target_id`
     /// names, resolved by the caller (None: not resolved, not asked).
     pub target_pidns: Option<&'a str>,
+    /// The edits of the CDI devices the container asks for, resolved by
+    /// the caller ([`crate::cdi::resolve`]); None: none asked for.
+    pub cdi: Option<&'a crate::cdi::ContainerEdits>,
 }
 
 /// Builds `config.json`.
@@ -110,6 +114,9 @@ pub fn generate(input: &SpecInput<'_>, files: &dyn RootfsFiles) -> Result<Value,
     // (host-network pods) runtimes refuse to set one.
     if !sb.utsns.is_empty() {
         spec["hostname"] = json!(sb.hostname);
+    }
+    if let Some(edits) = input.cdi {
+        crate::cdi::apply(edits, &mut spec);
     }
     // The spec must be one oci-spec reads back (catches shape mistakes).
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
@@ -419,6 +426,7 @@ mod tests {
                 apparmor_available: false,
                 cgroup_unified: false,
                 target_pidns: None,
+                cdi: None,
             },
             &files(),
         )

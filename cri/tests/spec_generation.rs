@@ -89,6 +89,7 @@ fn gen_with(
             apparmor_available: apparmor,
             cgroup_unified: false,
             target_pidns: None,
+            cdi: None,
         },
         f,
     )
@@ -429,6 +430,7 @@ fn pod_and_target_pid_modes_join_the_namespace_they_name() {
             apparmor_available: false,
             cgroup_unified: false,
             target_pidns: Some("/proc/88/ns/pid"),
+            cdi: None,
         },
         f,
     )
@@ -756,6 +758,7 @@ fn cgroup_namespace_for_unprivileged_containers_on_cgroup_v2() {
                 apparmor_available: false,
                 cgroup_unified: unified,
                 target_pidns: None,
+                cdi: None,
             },
             f,
         )

@@ -50,12 +50,15 @@ struct Checked {
     handler: RuntimeHandler,
     /// The PID namespace of the TARGET container, when asked for.
     target_pidns: Option<String>,
+    /// The edits of the CDI devices asked for (empty: none).
+    cdi: crate::cdi::ContainerEdits,
 }
 
 /// Checks the container's metadata and image name, its pod (Ready, with
 /// its infra process when it has one), the image (pulled), the pod's
-/// runtime handler (still configured, able to do what the mounts ask) and
-/// the TARGET container of its PID namespace.
+/// runtime handler (still configured, able to do what the mounts ask), the
+/// TARGET container of its PID namespace and the CDI devices asked for
+/// (each defined by a spec file and usable here).
 async fn check(
     d: &Daemon,
     pod_sandbox_id: &str,
@@ -123,12 +126,21 @@ async fn check(
         )));
     }
     let target_pidns = target_pidns(d, config).await?;
+    let requests = crate::cdi::requests(&cdi_device_names(config), &config.annotations)?;
+    let cdi = crate::cdi::resolve(&d.config().cdi_spec_dirs, &requests)?;
     Ok(Checked {
         sandbox: sb,
         image,
         handler,
         target_pidns,
+        cdi,
     })
+}
+
+/// The names of `config.CDI_devices`. The CRI proto carrackd serves has
+/// no such field yet: only the `cdi.k8s.io/` annotations ask for devices.
+fn cdi_device_names(_config: &cri::ContainerConfig) -> Vec<String> {
+    Vec::new()
 }
 
 /// The PID namespace file of the container `namespace_options.target_id`
@@ -287,6 +299,7 @@ fn write_spec(
             apparmor_available: apparmor_available(),
             cgroup_unified: cgroup_unified(),
             target_pidns: checked.target_pidns.as_deref(),
+            cdi: Some(&checked.cdi),
         },
         &rootfs.to_owned(),
     )?;
