@@ -153,7 +153,8 @@ impl From<StoreError> for CriError {
 }
 
 /// A missing image, manifest or platform is NotFound (as containerd
-/// answers), a registry's refusal PermissionDenied; the rest (bad
+/// answers), a registry's refusal PermissionDenied, an image mounted as a
+/// volume FailedPrecondition (it cannot be removed now); the rest (bad
 /// references, transport, bad content, disk) Unknown.
 impl From<ImageError> for CriError {
     fn from(e: ImageError) -> CriError {
@@ -163,6 +164,7 @@ impl From<ImageError> for CriError {
             | ImageError::RegistryNotFound { .. }
             | ImageError::PlatformNotFound { .. } => CriError::NotFound(text),
             ImageError::Unauthorized { .. } => CriError::PermissionDenied(text),
+            ImageError::InUse { .. } => CriError::FailedPrecondition(text),
             _ => CriError::Unknown(text),
         }
     }
@@ -196,6 +198,26 @@ mod tests {
         assert_eq!(
             CriError::invalid("cmd", "must not be empty").message(),
             "cmd: must not be empty"
+        );
+        let e = CriError::from(ImageError::InUse {
+            image: "sha256:ab".into(),
+            owners: vec!["c1".into()],
+        });
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert_eq!(
+            e.message(),
+            "image sha256:ab is in use by the image volumes of container c1"
+        );
+        let e = CriError::from(crate::cdi::CdiError::Unknown {
+            field: "config.CDI_devices[0].name".into(),
+            name: "v.example/c=x".into(),
+            dirs: "/etc/cdi".into(),
+            problems: String::new(),
+        });
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert_eq!(
+            e.message(),
+            "config.CDI_devices[0].name: CDI device \"v.example/c=x\" is not defined by any CDI spec in /etc/cdi"
         );
     }
 }

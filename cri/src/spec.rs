@@ -21,6 +21,7 @@ mod resources;
 mod security;
 mod user;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use carrack_proto::cri;
@@ -84,6 +85,9 @@ pub struct SpecInput<'a> {
     /// The edits of the CDI devices the container asks for, resolved by
     /// the caller ([`crate::cdi::resolve`]); None: none asked for.
     pub cdi: Option<&'a crate::cdi::ContainerEdits>,
+    /// The host paths of the request's image mounts by their index in
+    /// `config.mounts` (the views [`crate::image_volume::mount`] made).
+    pub image_volumes: &'a BTreeMap<usize, PathBuf>,
 }
 
 /// Builds `config.json`.
@@ -96,7 +100,7 @@ pub fn generate(input: &SpecInput<'_>, files: &dyn RootfsFiles) -> Result<Value,
         check_privileged_pod(sb)?;
     }
     let (process, caps) = process::process(input, sc, privileged, files)?;
-    let mounts = mounts::mounts(c, sb, privileged)?;
+    let mounts = mounts::mounts(c, sb, privileged, input.image_volumes)?;
     let linux_v = linux(input, sc, privileged, &caps)?;
     let mut annotations = serde_json::Map::new();
     for (k, v) in &c.annotations {
@@ -427,6 +431,7 @@ mod tests {
                 cgroup_unified: false,
                 target_pidns: None,
                 cdi: None,
+                image_volumes: &BTreeMap::new(),
             },
             &files(),
         )

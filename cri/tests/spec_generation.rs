@@ -90,6 +90,7 @@ fn gen_with(
             cgroup_unified: false,
             target_pidns: None,
             cdi: None,
+            image_volumes: &Default::default(),
         },
         f,
     )
@@ -431,6 +432,7 @@ fn pod_and_target_pid_modes_join_the_namespace_they_name() {
             cgroup_unified: false,
             target_pidns: Some("/proc/88/ns/pid"),
             cdi: None,
+            image_volumes: &Default::default(),
         },
         f,
     )
@@ -759,6 +761,7 @@ fn cgroup_namespace_for_unprivileged_containers_on_cgroup_v2() {
                 cgroup_unified: unified,
                 target_pidns: None,
                 cdi: None,
+                image_volumes: &Default::default(),
             },
             f,
         )
