@@ -88,6 +88,7 @@ pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
             let spec = std::fs::read(c.bundle.join("config.json")).ok()?;
             process_user(&serde_json::from_slice(&spec).ok()?)
         }),
+        stop_signal: cri::Signal::RuntimeDefault as i32,
     }
 }
 

@@ -159,4 +159,12 @@ impl cri::image_service_server::ImageService for Images {
     ) -> R<cri::ImageFsInfoResponse> {
         answer(image_fs_info(&self.0, r.into_inner()))
     }
+    // cri-api v0.36, not served yet: kubelet falls back to ListImages.
+    type StreamImagesStream = super::Pages<cri::StreamImagesResponse>;
+    async fn stream_images(
+        &self,
+        _: Request<cri::StreamImagesRequest>,
+    ) -> R<Self::StreamImagesStream> {
+        Err(tonic::Status::unimplemented("StreamImages"))
+    }
 }

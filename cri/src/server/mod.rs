@@ -47,6 +47,9 @@ impl From<CriError> for Status {
 
 type R<T> = Result<Response<T>, Status>;
 
+/// The answer of a server-streaming RPC: its pages.
+type Pages<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
 /// A handler's result as tonic's.
 fn answer<T>(r: Result<T, CriError>) -> R<T> {
     r.map(Response::new).map_err(Status::from)
@@ -218,5 +221,49 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         r: Request<cri::RuntimeConfigRequest>,
     ) -> R<cri::RuntimeConfigResponse> {
         answer(Ok(runtime_status::runtime_config(&self.0, r.into_inner())))
+    }
+    // The RPCs of cri-api v0.33 and v0.36, not served yet: kubelet falls
+    // back to the List* RPCs on Unimplemented, and treats a failed
+    // UpdatePodSandboxResources as best effort.
+    type StreamPodSandboxesStream = Pages<cri::StreamPodSandboxesResponse>;
+    async fn stream_pod_sandboxes(
+        &self,
+        _: Request<cri::StreamPodSandboxesRequest>,
+    ) -> R<Self::StreamPodSandboxesStream> {
+        Err(Status::unimplemented("StreamPodSandboxes"))
+    }
+    type StreamContainersStream = Pages<cri::StreamContainersResponse>;
+    async fn stream_containers(
+        &self,
+        _: Request<cri::StreamContainersRequest>,
+    ) -> R<Self::StreamContainersStream> {
+        Err(Status::unimplemented("StreamContainers"))
+    }
+    type StreamContainerStatsStream = Pages<cri::StreamContainerStatsResponse>;
+    async fn stream_container_stats(
+        &self,
+        _: Request<cri::StreamContainerStatsRequest>,
+    ) -> R<Self::StreamContainerStatsStream> {
+        Err(Status::unimplemented("StreamContainerStats"))
+    }
+    type StreamPodSandboxStatsStream = Pages<cri::StreamPodSandboxStatsResponse>;
+    async fn stream_pod_sandbox_stats(
+        &self,
+        _: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> R<Self::StreamPodSandboxStatsStream> {
+        Err(Status::unimplemented("StreamPodSandboxStats"))
+    }
+    type StreamPodSandboxMetricsStream = Pages<cri::StreamPodSandboxMetricsResponse>;
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> R<Self::StreamPodSandboxMetricsStream> {
+        Err(Status::unimplemented("StreamPodSandboxMetrics"))
+    }
+    async fn update_pod_sandbox_resources(
+        &self,
+        _: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> R<cri::UpdatePodSandboxResourcesResponse> {
+        Err(Status::unimplemented("UpdatePodSandboxResources"))
     }
 }

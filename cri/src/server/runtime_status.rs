@@ -67,6 +67,7 @@ pub(super) async fn status(d: &Daemon, r: cri::StatusRequest) -> cri::StatusResp
             .collect(),
         features: Some(cri::RuntimeFeatures {
             supplemental_groups_policy: true,
+            user_namespaces_host_network: false,
         }),
     }
 }

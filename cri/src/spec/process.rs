@@ -153,8 +153,11 @@ pub fn process_env(
         let (k, v) = e.split_once('=').unwrap_or((e, ""));
         set(k, v);
     }
+    // A value is bytes on the wire (cri-api v0.34.9+) and may not be UTF-8;
+    // config.json is JSON, whose strings are: such bytes become U+FFFD,
+    // as they do through containerd (Go's JSON encoder) to runc.
     for kv in &config.envs {
-        set(&kv.key, &kv.value);
+        set(&kv.key, &String::from_utf8_lossy(&kv.value));
     }
     keys.iter().map(|k| format!("{k}={}", map[k])).collect()
 }

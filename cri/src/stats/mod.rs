@@ -109,6 +109,7 @@ impl Sampler {
             timestamp: ts,
             usage_core_nano_seconds: value(st.cpu.usage.total),
             usage_nano_cores: self.rate(key, sample).and_then(value),
+            psi: None,
         };
         let processes = cg.pids().map(|p| p.len() as u64).unwrap_or(0);
         Some(CgroupUsage {
@@ -154,6 +155,7 @@ impl Sampler {
             memory,
             writable_layer,
             swap,
+            io: None,
         }
     }
 
@@ -198,6 +200,7 @@ impl Sampler {
                     .iter()
                     .map(|c| self.container_stats(images, c, Some(sb)))
                     .collect(),
+                io: None,
             }),
             windows: None,
         }
@@ -225,6 +228,7 @@ fn memory_usage(m: &carrack_cgroups::MemoryStats, ts: i64) -> cri::MemoryUsage {
         rss_bytes: value(m.rss),
         page_faults: value(m.pgfault),
         major_page_faults: value(m.pgmajfault),
+        psi: None,
     }
 }
 
