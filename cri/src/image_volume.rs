@@ -44,9 +44,10 @@ pub struct ImageVolume {
 }
 
 /// The image a mount names and its sub path (None: a host path mount).
-/// The CRI proto carrackd serves has no such field yet.
-fn image_of(_m: &cri::Mount) -> Option<(&str, &str)> {
-    None
+fn image_of(m: &cri::Mount) -> Option<(&str, &str)> {
+    m.image
+        .as_ref()
+        .map(|i| (i.image.as_str(), m.image_sub_path.as_str()))
 }
 
 /// Checks the image mounts of `mounts`: no host path, the image pulled,

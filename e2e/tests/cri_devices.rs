@@ -2,10 +2,11 @@
 //! for a fake vendor's device (`vendor.example/fake=dev0`: a device node
 //! with /dev/null's numbers under a new path, a read-only bind mount of a
 //! host file, an environment variable, a createRuntime hook) in a spec
-//! directory of the test's own; a container asking for it (by the
-//! `cdi.k8s.io/` annotation) sees the node, the file and the variable and
-//! may write to the node; one asking for a device no spec defines is
-//! refused with FailedPrecondition naming it, and nothing is left.
+//! directory of the test's own; a container asking for it (in
+//! `CDI_devices`, or by a `cdi.k8s.io/` annotation) sees the node, the file
+//! and the variable and may write to the node; one asking for a device no
+//! spec defines is refused with FailedPrecondition naming it, and nothing
+//! is left.
 //!
 //! Needs root, runc, docker-registry, skopeo and busybox-static, and the
 //! binaries built first (`cargo build --workspace --bins`).
@@ -95,6 +96,18 @@ fn daemon_options(specs: &Path) -> CarrackdOptions {
         ))
 }
 
+/// A container running `sleep` that asks for `devices` in `CDI_devices`.
+fn asking_by_field(image: &str, devices: &[&str]) -> cri::ContainerConfig {
+    let mut c = container_config("gpu-user", image, &["sleep", "1000"]);
+    c.cdi_devices = devices
+        .iter()
+        .map(|d| cri::CdiDevice {
+            name: d.to_string(),
+        })
+        .collect();
+    c
+}
+
 /// A container running `sleep` that asks for `devices` by annotation.
 fn asking_by_annotation(image: &str, devices: &str) -> cri::ContainerConfig {
     let mut c = container_config("gpu-user", image, &["sleep", "1000"]);
@@ -125,6 +138,38 @@ async fn leftovers(rt: &mut carrack_e2e::cri_client::Rt, daemon: &Carrackd) -> V
             .filter(|m| m.contains("/containers/")),
     );
     left
+}
+
+/// The device a container asks for in `CDI_devices` is in it: the node
+/// (writable, so its device cgroup rule is there), the mounted file (read
+/// only), the file's and the device's variables; the hook ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdi_device_by_field_reaches_the_container() {
+    if !prerequisites() {
+        return;
+    }
+    let vendor = FakeVendor::new();
+    let CriStack {
+        image,
+        daemon: _daemon,
+        mut rt,
+        pod,
+        ..
+    } = CriStack::with_pod(daemon_options(&vendor.specs()), |logs| {
+        pod_config("cdi-field", logs)
+    })
+    .await;
+    let id = run_container(
+        &mut rt,
+        &pod,
+        asking_by_field(&image.name, &["vendor.example/fake=dev0"]),
+        None,
+    )
+    .await;
+    assert_device_present(&mut rt, &id).await;
+    assert!(vendor.hook_ran(), "the createRuntime hook did not run");
+    remove_container(&mut rt, &id).await;
+    remove_pod(&mut rt, &pod).await;
 }
 
 /// The device a container asks for by annotation is in it: the node
@@ -181,7 +226,7 @@ async fn assert_device_present(rt: &mut carrack_e2e::cri_client::Rt, id: &str) {
 }
 
 /// A device no spec defines: FailedPrecondition naming the device and the
-/// annotation, and nothing made (no container, bundle, shim or mount); a
+/// annotation or `CDI_devices` entry, and nothing made (no container, bundle, shim or mount); a
 /// name that is not qualified: InvalidArgument.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_cdi_device_is_refused_and_leaves_nothing() {
@@ -214,6 +259,26 @@ async fn unknown_cdi_device_is_refused_and_leaves_nothing() {
     assert!(
         e.message().starts_with(
             "config.annotations[\"cdi.k8s.io/test\"]: CDI device \"vendor.example/fake=nope\""
+        ),
+        "{e}"
+    );
+    assert!(!vendor.hook_ran(), "a refused container ran a hook");
+    assert_eq!(leftovers(&mut rt, &daemon).await, Vec::<String>::new());
+    let e = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(asking_by_field(
+                &image.name,
+                &["vendor.example/fake=dev0", "vendor.example/fake=nope"],
+            )),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+    assert!(
+        e.message().starts_with(
+            "config.CDI_devices[1].name: CDI device \"vendor.example/fake=nope\" is not defined by any CDI spec in "
         ),
         "{e}"
     );

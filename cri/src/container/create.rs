@@ -142,10 +142,9 @@ async fn check(
     })
 }
 
-/// The names of `config.CDI_devices`. The CRI proto carrackd serves has
-/// no such field yet: only the `cdi.k8s.io/` annotations ask for devices.
-fn cdi_device_names(_config: &cri::ContainerConfig) -> Vec<String> {
-    Vec::new()
+/// The names of `config.CDI_devices`.
+fn cdi_device_names(config: &cri::ContainerConfig) -> Vec<String> {
+    config.cdi_devices.iter().map(|d| d.name.clone()).collect()
 }
 
 /// The PID namespace file of the container `namespace_options.target_id`
