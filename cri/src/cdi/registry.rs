@@ -109,15 +109,15 @@ impl Registry {
     /// naming its request's field.
     pub fn resolve(&self, requests: &[DeviceRequest]) -> Result<ContainerEdits, CdiError> {
         let mut edits = ContainerEdits::default();
-        let mut files_seen: Vec<*const LoadedFile> = Vec::new();
+        let mut files_seen: Vec<&Arc<LoadedFile>> = Vec::new();
         for req in requests {
             let def = self
                 .devices
                 .get(&req.name)
                 .ok_or_else(|| self.unknown(req))?;
             let file = &def.file;
-            if !files_seen.contains(&Arc::as_ptr(file)) {
-                files_seen.push(Arc::as_ptr(file));
+            if !files_seen.iter().any(|f| Arc::ptr_eq(f, file)) {
+                files_seen.push(file);
                 if let Some(e) = &file.spec.container_edits {
                     edits.append(&completed(e, req, &file.path)?);
                 }
@@ -134,7 +134,7 @@ impl Registry {
         let problems = if self.problems.is_empty() {
             String::new()
         } else {
-            format!(" (unusable spec files: {})", self.problems.join("; "))
+            format!(" (spec problems: {})", self.problems.join("; "))
         };
         CdiError::Unknown {
             field: req.field.clone(),
