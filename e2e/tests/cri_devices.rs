@@ -27,7 +27,7 @@ use carrack_proto::cri;
 const NETWORK_BASE: u8 = 60;
 
 fn prerequisites() -> bool {
-    require_carrackd_stack(&["carrackd", "carrack-shim"])
+    require_carrackd_stack(&["carrackd", "carrack-shim", "carrack-runtime"])
 }
 
 /// A CDI spec directory with the fake vendor's spec, a host file its
@@ -86,9 +86,11 @@ devices:
     }
 }
 
-/// A carrackd reading CDI specs from `specs` only, on a network of its own.
-fn daemon_options(specs: &Path) -> CarrackdOptions {
+/// A carrackd reading CDI specs from `specs` only, on a network of its own,
+/// whose pods get `runtime`.
+fn daemon_options(specs: &Path, runtime: &str) -> CarrackdOptions {
     Carrackd::options()
+        .runtime(runtime)
         .test_network(NETWORK_BASE)
         .config(&format!(
             "cdi_spec_dirs = [{:?}]\n",
@@ -142,7 +144,8 @@ async fn leftovers(rt: &mut carrack_e2e::cri_client::Rt, daemon: &Carrackd) -> V
 
 /// The device a container asks for in `CDI_devices` is in it: the node
 /// (writable, so its device cgroup rule is there), the mounted file (read
-/// only), the file's and the device's variables; the hook ran.
+/// only), the file's and the device's variables; the hook ran. Under
+/// carrack-runtime (the default handler of an installed carrackd).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdi_device_by_field_reaches_the_container() {
     if !prerequisites() {
@@ -155,7 +158,7 @@ async fn cdi_device_by_field_reaches_the_container() {
         mut rt,
         pod,
         ..
-    } = CriStack::with_pod(daemon_options(&vendor.specs()), |logs| {
+    } = CriStack::with_pod(daemon_options(&vendor.specs(), "carrack"), |logs| {
         pod_config("cdi-field", logs)
     })
     .await;
@@ -174,7 +177,7 @@ async fn cdi_device_by_field_reaches_the_container() {
 
 /// The device a container asks for by annotation is in it: the node
 /// (writable, so its device cgroup rule is there), the mounted file (read
-/// only), the file's and the device's variables; the hook ran.
+/// only), the file's and the device's variables; the hook ran. Under runc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdi_device_by_annotation_reaches_the_container() {
     if !prerequisites() {
@@ -187,7 +190,7 @@ async fn cdi_device_by_annotation_reaches_the_container() {
         mut rt,
         pod,
         ..
-    } = CriStack::with_pod(daemon_options(&vendor.specs()), |logs| {
+    } = CriStack::with_pod(daemon_options(&vendor.specs(), "runc"), |logs| {
         pod_config("cdi", logs)
     })
     .await;
@@ -240,7 +243,7 @@ async fn unknown_cdi_device_is_refused_and_leaves_nothing() {
         mut rt,
         pod,
         ..
-    } = CriStack::with_pod(daemon_options(&vendor.specs()), |logs| {
+    } = CriStack::with_pod(daemon_options(&vendor.specs(), "runc"), |logs| {
         pod_config("cdi-missing", logs)
     })
     .await;

@@ -26,11 +26,14 @@ use tonic::transport::Channel;
 const NETWORK_BASE: u8 = 70;
 
 fn prerequisites() -> bool {
-    require_carrackd_stack(&["carrackd", "carrack-shim"])
+    require_carrackd_stack(&["carrackd", "carrack-shim", "carrack-runtime"])
 }
 
-fn daemon_options() -> CarrackdOptions {
-    Carrackd::options().test_network(NETWORK_BASE)
+/// A carrackd on a network of its own whose pods get `runtime`.
+fn daemon_options(runtime: &str) -> CarrackdOptions {
+    Carrackd::options()
+        .runtime(runtime)
+        .test_network(NETWORK_BASE)
 }
 
 /// Pushes the data image to the registry at `host` as `test/data:v1`;
@@ -133,6 +136,17 @@ async fn options_in_container(rt: &mut Rt, id: &str, path: &str) -> String {
 /// while it exists and allowed after RemoveContainer, which leaves nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_volume_is_read_only_and_holds_its_image() {
+    image_volume_lifecycle("runc").await;
+}
+
+/// The same under carrack-runtime (the default handler of an installed
+/// carrackd).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_volume_is_read_only_and_holds_its_image_with_carrack_runtime() {
+    image_volume_lifecycle("carrack").await;
+}
+
+async fn image_volume_lifecycle(runtime: &str) {
     if !prerequisites() {
         return;
     }
@@ -143,7 +157,7 @@ async fn image_volume_is_read_only_and_holds_its_image() {
         mut img,
         pod,
         ..
-    } = CriStack::with_pod(daemon_options(), |logs| pod_config("vol", logs)).await;
+    } = CriStack::with_pod(daemon_options(runtime), |logs| pod_config("vol", logs)).await;
     let data = push_data_image(&image.host);
     let data_id = pull(&mut img, &data).await;
     // kubelet names the image by the id PullImage answered; a name works too.
@@ -209,7 +223,7 @@ async fn bad_image_volumes_are_refused_and_leave_nothing() {
         mut img,
         pod,
         ..
-    } = CriStack::with_pod(daemon_options(), |logs| pod_config("badvol", logs)).await;
+    } = CriStack::with_pod(daemon_options("runc"), |logs| pod_config("badvol", logs)).await;
     let data = push_data_image(&image.host);
     pull(&mut img, &data).await;
     let missing = format!("{}/test/never-pulled:v1", image.host);
@@ -279,7 +293,7 @@ async fn image_volumes_of_containers_gone_are_removed_at_restart() {
         mut img,
         pod,
         ..
-    } = CriStack::with_pod(daemon_options(), |logs| pod_config("crashvol", logs)).await;
+    } = CriStack::with_pod(daemon_options("runc"), |logs| pod_config("crashvol", logs)).await;
     let data = push_data_image(&image.host);
     let data_id = pull(&mut img, &data).await;
     let mut ids = Vec::new();
