@@ -17,9 +17,9 @@
 //!   (`Daemon::recover`); while one exists its image is not removed
 //!   (RemoveImage answers FailedPrecondition naming the container).
 //!
-//! As containerd and CRI-O (which mount per pod, here per container so a
-//! view's life is its container's): the mount is read-only whatever
-//! `readonly` says, and a sub path must be a directory.
+//! As containerd (which mounts one view per pod; here one per container
+//! mount, so a view lives as long as its container): the mount is
+//! read-only whatever `readonly` says, and a sub path must be a directory.
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
