@@ -10,6 +10,7 @@
 //! cgroup_parent = ""                # "/carrack" (cgroupfs) or "carrack.slice" (systemd)
 //! metrics_address = "127.0.0.1:9464"   # Prometheus /metrics; unset: off
 //! stream_page_bytes = 4194304      # one response of the Stream* list RPCs
+//! cdi_spec_dirs = ["/etc/cdi", "/var/run/cdi"]   # CDI device specs
 //! [runtimes.runc]
 //! binary = "/usr/sbin/runc"
 //! root = "/run/carrack/runc"
@@ -150,6 +151,9 @@ pub struct Config {
     pub stream_page_bytes: usize,
     /// The exec/attach/port-forward server (`[streaming]`).
     pub streaming: StreamingSettings,
+    /// Directories of CDI spec files, lowest priority first (see
+    /// [`crate::cdi`]); empty: no CDI devices.
+    pub cdi_spec_dirs: Vec<PathBuf>,
 }
 
 /// Finds `name` beside the running carrackd, else returns it bare (PATH).
@@ -185,6 +189,7 @@ impl Default for Config {
             // 16 MiB), so any client reads every page.
             stream_page_bytes: 4 << 20,
             streaming: Default::default(),
+            cdi_spec_dirs: vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")],
         }
     }
 }
@@ -243,6 +248,12 @@ impl Config {
                     message: format!("expected an absolute path, got {}", p.display()),
                 });
             }
+        }
+        if let Some(d) = self.cdi_spec_dirs.iter().find(|d| !d.is_absolute()) {
+            return Err(ConfigError::Invalid {
+                key: "cdi_spec_dirs".into(),
+                message: format!("expected absolute paths, got {}", d.display()),
+            });
         }
         if !self.cgroup_parent.is_empty() {
             self.cgroup_driver()
@@ -377,6 +388,10 @@ mod tests {
         assert!(e.to_string().contains("metrics_address"), "{e}");
         let c = Config::parse("metrics_address = \"9464\"", Path::new("x")).unwrap();
         assert_eq!(c.metrics_address, "9464");
+        let c = Config::parse("cdi_spec_dirs = [\"/opt/cdi\"]", Path::new("x")).unwrap();
+        assert_eq!(c.cdi_spec_dirs, [PathBuf::from("/opt/cdi")]);
+        let e = Config::parse("cdi_spec_dirs = [\"cdi\"]", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("cdi_spec_dirs"), "{e}");
     }
 
     /// A file needs only the keys it changes, in a runtime handler's table

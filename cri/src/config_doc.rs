@@ -57,6 +57,10 @@ const DOCS: &[(&str, &str)] = &[
         "The most bytes of one response of the Stream* list RPCs (StreamContainers,\nStreamPodSandboxes, StreamImages, the stats and metrics): a response holds\nthe items that fit, and at least one. 4 MiB is what any gRPC client\nreceives by default.",
     ),
     (
+        "cdi_spec_dirs",
+        "Directories of CDI (Container Device Interface) spec files, .json or\n.yaml, lowest priority first: a device defined in a later directory\nreplaces one of the same name in an earlier one. Containers ask for\ndevices by name (CDI_devices, or cdi.k8s.io/ annotations); [] turns\nCDI off.",
+    ),
+    (
         "runtimes",
         "Runtime handlers by name, as RuntimeClass objects name them. Each\nbinary speaks runc's command line (carrack-runtime, runc, crun, youki).\nA file that lists handlers replaces these three; in each, a key left\nout takes its default.",
     ),

@@ -24,7 +24,9 @@
 //!   [`pod_pid`] (PID namespace sharing), [`userns`] (pod user namespaces)
 //!   and [`pod_config`] (what a pod config asks for);
 //! - a container's OCI spec: [`spec`] (pure logic), [`seccomp`] (the
-//!   RuntimeDefault profile), [`id_maps`] (a pod's id mappings),
+//!   RuntimeDefault profile), [`cdi`] (devices of the Container Device
+//!   Interface), [`image_volume`] (mounts of images), [`id_maps`] (a
+//!   pod's id mappings),
 //!   [`spec_error`] (the field at fault), [`file_caps`], [`stop_signal`];
 //! - records and what is said of them: [`store`] (sandboxes and containers
 //!   in SQLite, intent first), [`cri_records`] (statuses and list items),
@@ -40,6 +42,7 @@
 //!   server on the unix socket).
 
 pub mod authority;
+pub mod cdi;
 pub mod check;
 pub mod config;
 pub mod config_doc;
@@ -51,6 +54,7 @@ pub mod events;
 pub mod file_caps;
 pub mod handler_features;
 pub mod id_maps;
+pub mod image_volume;
 pub mod pod_cgroup;
 pub mod pod_config;
 pub mod pod_host;

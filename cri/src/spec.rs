@@ -10,7 +10,8 @@
 //! `process` (arguments, environment, working directory, AppArmor), `user`
 //! (the process's uid and groups), `capabilities`, `mounts`, `namespaces`,
 //! `resources` (devices and cgroup limits) and `security` (seccomp,
-//! masked and read-only paths).
+//! masked and read-only paths). The edits of the container's CDI devices
+//! come last ([`crate::cdi::apply`]).
 
 mod capabilities;
 mod mounts;
@@ -21,6 +22,7 @@ mod security;
 mod signal;
 mod user;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use carrack_proto::cri;
@@ -82,6 +84,12 @@ pub struct SpecInput<'a> {
     /// The PID namespace of the running container `namespace_options.target_id`
     /// names, resolved by the caller (None: not resolved, not asked).
     pub target_pidns: Option<&'a str>,
+    /// The edits of the CDI devices the container asks for, resolved by
+    /// the caller ([`crate::cdi::resolve`]); None: none asked for.
+    pub cdi: Option<&'a crate::cdi::ContainerEdits>,
+    /// The host paths of the request's image mounts by their index in
+    /// `config.mounts` (the views [`crate::image_volume::mount`] made).
+    pub image_volumes: &'a BTreeMap<usize, PathBuf>,
 }
 
 /// Builds `config.json`.
@@ -94,7 +102,7 @@ pub fn generate(input: &SpecInput<'_>, files: &dyn RootfsFiles) -> Result<Value,
         check_privileged_pod(sb)?;
     }
     let (process, caps) = process::process(input, sc, privileged, files)?;
-    let mounts = mounts::mounts(c, sb, privileged)?;
+    let mounts = mounts::mounts(c, sb, privileged, input.image_volumes)?;
     let linux_v = linux(input, sc, privileged, &caps)?;
     let mut annotations = serde_json::Map::new();
     for (k, v) in &c.annotations {
@@ -112,6 +120,9 @@ pub fn generate(input: &SpecInput<'_>, files: &dyn RootfsFiles) -> Result<Value,
     // (host-network pods) runtimes refuse to set one.
     if !sb.utsns.is_empty() {
         spec["hostname"] = json!(sb.hostname);
+    }
+    if let Some(edits) = input.cdi {
+        crate::cdi::apply(edits, &mut spec);
     }
     // The spec must be one oci-spec reads back (catches shape mistakes).
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
@@ -436,6 +447,8 @@ mod tests {
                 apparmor_available: false,
                 cgroup_unified: false,
                 target_pidns: None,
+                cdi: None,
+                image_volumes: &BTreeMap::new(),
             },
             &files(),
         )

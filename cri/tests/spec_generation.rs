@@ -89,6 +89,8 @@ fn gen_with(
             apparmor_available: apparmor,
             cgroup_unified: false,
             target_pidns: None,
+            cdi: None,
+            image_volumes: &Default::default(),
         },
         f,
     )
@@ -429,6 +431,8 @@ fn pod_and_target_pid_modes_join_the_namespace_they_name() {
             apparmor_available: false,
             cgroup_unified: false,
             target_pidns: Some("/proc/88/ns/pid"),
+            cdi: None,
+            image_volumes: &Default::default(),
         },
         f,
     )
@@ -767,6 +771,8 @@ fn cgroup_namespace_for_unprivileged_containers_on_cgroup_v2() {
                 apparmor_available: false,
                 cgroup_unified: unified,
                 target_pidns: None,
+                cdi: None,
+                image_volumes: &Default::default(),
             },
             f,
         )

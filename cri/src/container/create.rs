@@ -52,12 +52,18 @@ struct Checked {
     handler: RuntimeHandler,
     /// The PID namespace of the TARGET container, when asked for.
     target_pidns: Option<String>,
+    /// The edits of the CDI devices asked for (empty: none).
+    cdi: crate::cdi::ContainerEdits,
+    /// The image mounts (image volumes).
+    volumes: Vec<crate::image_volume::ImageVolume>,
 }
 
 /// Checks the container's metadata and image name, its pod (Ready, with
 /// its infra process when it has one), the image (pulled), the pod's
-/// runtime handler (still configured, able to do what the mounts ask) and
-/// the TARGET container of its PID namespace.
+/// runtime handler (still configured, able to do what the mounts ask), the
+/// TARGET container of its PID namespace, the CDI devices asked for
+/// (each defined by a spec file and usable here) and the images of image
+/// mounts (pulled).
 async fn check(
     d: &Daemon,
     pod_sandbox_id: &str,
@@ -118,13 +124,23 @@ async fn check(
         )));
     }
     let target_pidns = target_pidns(d, config).await?;
+    let requests = crate::cdi::requests(&cdi_device_names(config), &config.annotations)?;
+    let cdi = crate::cdi::resolve(&d.config().cdi_spec_dirs, &requests)?;
+    let volumes = crate::image_volume::check(&config.mounts, &d.images)?;
     Ok(Checked {
         sandbox: sb,
         image,
         stop_signal,
         handler,
         target_pidns,
+        cdi,
+        volumes,
     })
+}
+
+/// The names of `config.CDI_devices`.
+fn cdi_device_names(config: &cri::ContainerConfig) -> Vec<String> {
+    config.cdi_devices.iter().map(|d| d.name.clone()).collect()
 }
 
 /// The PID namespace file of the container `namespace_options.target_id`
@@ -218,9 +234,9 @@ fn record(
 }
 
 /// Makes the container of `rec`: its rootfs (shifted into the pod's user
-/// namespace when it has one), its OCI spec in the bundle, its log
-/// directory, its shim, and the runtime's create. Returns the user its
-/// process runs as.
+/// namespace when it has one), the views of its image volumes, its OCI
+/// spec in the bundle, its log directory, its shim, and the runtime's
+/// create. Returns the user its process runs as.
 async fn make(
     d: &Daemon,
     rec: &ContainerRecord,
@@ -228,7 +244,8 @@ async fn make(
 ) -> Result<Option<cri::ContainerUser>, CriError> {
     let rootfs = rec.bundle.join("rootfs");
     prepare_rootfs(d, rec, checked, &rootfs).await?;
-    let spec = write_spec(d, rec, checked, &rootfs)?;
+    let volumes = crate::image_volume::mount(&d.images, &rec.id, &checked.volumes)?;
+    let spec = write_spec(d, rec, checked, &rootfs, &volumes)?;
     if !rec.log_path.is_empty()
         && let Some(parent) = Path::new(&rec.log_path).parent()
     {
@@ -264,13 +281,14 @@ async fn prepare_rootfs(
     Ok(())
 }
 
-/// Generates the container's OCI spec and writes it as the bundle's
-/// `config.json`.
+/// Generates the container's OCI spec (with the host paths of its image
+/// volumes) and writes it as the bundle's `config.json`.
 fn write_spec(
     d: &Daemon,
     rec: &ContainerRecord,
     checked: &Checked,
     rootfs: &Path,
+    image_volumes: &std::collections::BTreeMap<usize, std::path::PathBuf>,
 ) -> Result<serde_json::Value, CriError> {
     let view = sandbox_view(d, &checked.sandbox);
     let spec = spec::generate(
@@ -283,6 +301,8 @@ fn write_spec(
             apparmor_available: apparmor_available(),
             cgroup_unified: cgroup_unified(),
             target_pidns: checked.target_pidns.as_deref(),
+            cdi: Some(&checked.cdi),
+            image_volumes,
         },
         &rootfs.to_owned(),
     )?;
