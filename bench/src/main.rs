@@ -11,17 +11,18 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use carrack_bench::cri_client::{connect, named};
+use carrack_bench::pods::{container_config, pod_config};
+use carrack_bench::procs::{processes, pss_kib, rss_kib};
+use carrack_bench::quantiles::{ms, percentile};
 use carrack_proto::cri::{
-    self, ContainerConfig, ContainerMetadata, ContainerState, CreateContainerRequest, ImageSpec,
-    LinuxContainerConfig, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata,
-    PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
-    image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
+    self, ContainerState, CreateContainerRequest, ImageSpec, PullImageRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest, image_service_client::ImageServiceClient,
+    runtime_service_client::RuntimeServiceClient,
 };
 use clap::Parser;
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 #[derive(Parser)]
 #[command(about = "Pod lifecycle and memory benchmark over the CRI API")]
@@ -92,73 +93,6 @@ struct Target {
     phases: BTreeMap<&'static str, Vec<Duration>>,
 }
 
-async fn connect(uri: &str) -> Result<Channel> {
-    let path = uri
-        .strip_prefix("unix://")
-        .with_context(|| format!("endpoint '{uri}' must be unix:///path"))?
-        .to_owned();
-    let channel = Endpoint::try_from("http://[::]:0")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await
-        .with_context(|| format!("connecting to {uri}"))?;
-    Ok(channel)
-}
-
-fn named(list: &[String], name: &str) -> Option<String> {
-    list.iter().find_map(|s| {
-        s.split_once('=')
-            .filter(|(n, _)| *n == name)
-            .map(|(_, v)| v.to_owned())
-    })
-}
-
-fn pod_config(tag: &str, log_dir: &std::path::Path, cgroup_parent: String) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: format!("bench-{tag}"),
-            uid: format!("uid-bench-{tag}"),
-            namespace: "bench".into(),
-            attempt: 0,
-        }),
-        hostname: format!("bench-{tag}"),
-        log_directory: log_dir.join(tag).display().to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent,
-            // What kubelet sends for a pod without shareProcessNamespace
-            // (none would mean POD: a shared PID namespace).
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    pid: cri::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn container_config(image: &str) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: "sleeper".into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: vec!["/bin/sleep".into(), "3600".into()],
-        log_path: "sleeper.log".into(),
-        linux: Some(LinuxContainerConfig::default()),
-        ..Default::default()
-    }
-}
-
 /// A running pod: its sandbox and container ids, and the pod cgroup the
 /// bench asked for (removed after the pod, as kubelet removes the pod
 /// cgroups it makes; containerd leaves it).
@@ -179,7 +113,7 @@ impl Target {
         image: &str,
         log_dir: &std::path::Path,
     ) -> Result<Pod> {
-        let config = pod_config(tag, log_dir, self.cgroup_driver.pod_parent(tag));
+        let config = pod_config(tag, log_dir, &self.cgroup_driver.pod_parent(tag));
         let cgroup_parent = config
             .linux
             .as_ref()
@@ -203,7 +137,12 @@ impl Target {
             .runtime
             .create_container(CreateContainerRequest {
                 pod_sandbox_id: sandbox.clone(),
-                config: Some(container_config(image)),
+                config: Some(container_config(
+                    "sleeper",
+                    image,
+                    &["/bin/sleep", "3600"],
+                    "sleeper.log",
+                )),
                 sandbox_config: Some(config),
             })
             .await
@@ -276,57 +215,6 @@ impl Target {
         let driver = self.cgroup_driver;
         tokio::task::spawn_blocking(move || driver.remove_pod_parent(&pod.cgroup_parent)).await?
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// VmRSS of a process in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    field_kib(&status, "VmRSS:")
-}
-
-/// Pss of a process in KiB (smaps_rollup).
-fn pss_kib(pid: u32) -> Option<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    field_kib(&rollup, "Pss:")
-}
-
-/// The first word after `key` in a `/proc` file of `Key: value` lines.
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines()
-        .find(|l| l.starts_with(key))?
-        .split_whitespace()
-        .nth(1)
-}
-
-fn field_kib(text: &str, key: &str) -> Option<u64> {
-    field(text, key)?.parse().ok()
-}
-
-/// PIDs of the live processes named `comm`. Zombies are left out: shims of removed pods
-/// that exited under a PID 1 that does not reap them hold no memory.
-fn pids_named(comm: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-            continue;
-        };
-        if field(&status, "Name:") == Some(comm) && field(&status, "State:") != Some("Z") {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -438,7 +326,7 @@ async fn main() -> Result<()> {
             }
             let busy = daemon.and_then(rss_kib);
             let shims = named(&args.shim_names, &t.name)
-                .map(|c| pids_named(&c))
+                .map(|c| processes(&c, ""))
                 .unwrap_or_default();
             let (rss, pss): (u64, u64) = shims
                 .iter()

@@ -11,6 +11,8 @@
 //! metrics_address = "127.0.0.1:9464"   # Prometheus /metrics; unset: off
 //! stream_page_bytes = 4194304      # one response of the Stream* list RPCs
 //! cdi_spec_dirs = ["/etc/cdi", "/var/run/cdi"]   # CDI device specs
+//! disk_usage_refresh_seconds = 10      # writable layers' usage, at most this old
+//! stats_collection_seconds = 10        # CPU, memory, network read in the background; 0: per call
 //! [runtimes.runc]
 //! binary = "/usr/sbin/runc"
 //! root = "/run/carrack/runc"
@@ -149,6 +151,14 @@ pub struct Config {
     /// (StreamContainers, …): a page holds the items that fit, and at
     /// least one.
     pub stream_page_bytes: usize,
+    /// A change in a container's writable layer shows in its stats within
+    /// this many seconds (`carrack_image::usage`).
+    pub disk_usage_refresh_seconds: u64,
+    /// Every pod's and container's CPU, memory, processes and network
+    /// counters are read in the background this often, and the stats calls
+    /// answer from those samples; 0: read at each call
+    /// (`crate::stats::collection`).
+    pub stats_collection_seconds: u64,
     /// The exec/attach/port-forward server (`[streaming]`).
     pub streaming: StreamingSettings,
     /// Directories of CDI spec files, lowest priority first (see
@@ -188,6 +198,8 @@ impl Default for Config {
             // 4 MiB: what a gRPC client receives by default (kubelet takes
             // 16 MiB), so any client reads every page.
             stream_page_bytes: 4 << 20,
+            disk_usage_refresh_seconds: 10,
+            stats_collection_seconds: 10,
             streaming: Default::default(),
             cdi_spec_dirs: vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")],
         }
@@ -235,6 +247,24 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "metrics_address".into(),
                 message,
+            });
+        }
+        if self.stats_collection_seconds > 600 {
+            return Err(ConfigError::Invalid {
+                key: "stats_collection_seconds".into(),
+                message: format!(
+                    "expected 0 (read at each call) to 600 seconds, got {}",
+                    self.stats_collection_seconds
+                ),
+            });
+        }
+        if !(1..=3600).contains(&self.disk_usage_refresh_seconds) {
+            return Err(ConfigError::Invalid {
+                key: "disk_usage_refresh_seconds".into(),
+                message: format!(
+                    "expected 1 to 3600 seconds, got {}",
+                    self.disk_usage_refresh_seconds
+                ),
             });
         }
         for (key, p) in [
@@ -315,6 +345,7 @@ impl Config {
             registries: self.registries.clone(),
             max_concurrent_downloads: self.max_concurrent_downloads,
             overlay_method: None,
+            usage_refresh: std::time::Duration::from_secs(self.disk_usage_refresh_seconds),
         }
     }
 
@@ -392,6 +423,17 @@ mod tests {
         assert_eq!(c.cdi_spec_dirs, [PathBuf::from("/opt/cdi")]);
         let e = Config::parse("cdi_spec_dirs = [\"cdi\"]", Path::new("x")).unwrap_err();
         assert!(e.to_string().contains("cdi_spec_dirs"), "{e}");
+        let e = Config::parse("disk_usage_refresh_seconds = 0", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("disk_usage_refresh_seconds"), "{e}");
+        let e = Config::parse("stats_collection_seconds = 601", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("stats_collection_seconds"), "{e}");
+        let c = Config::parse("stats_collection_seconds = 0", Path::new("x")).unwrap();
+        assert_eq!(c.stats_collection_seconds, 0);
+        let c = Config::parse("disk_usage_refresh_seconds = 2", Path::new("x")).unwrap();
+        assert_eq!(
+            c.image_store_config().usage_refresh,
+            std::time::Duration::from_secs(2)
+        );
     }
 
     /// A file needs only the keys it changes, in a runtime handler's table

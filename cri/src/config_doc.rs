@@ -61,6 +61,14 @@ const DOCS: &[(&str, &str)] = &[
         "Directories of CDI (Container Device Interface) spec files, .json or\n.yaml, lowest priority first: a device defined in a later directory\nreplaces one of the same name in an earlier one. Containers ask for\ndevices by name (CDI_devices, or cdi.k8s.io/ annotations); [] turns\nCDI off.",
     ),
     (
+        "stats_collection_seconds",
+        "How often every pod's and container's CPU, memory, processes and\nnetwork counters are read in the background; the stats calls answer\nfrom those samples (at most this old). 0 reads them at each call.",
+    ),
+    (
+        "disk_usage_refresh_seconds",
+        "How old a container's writable-layer usage (ContainerStats) may be\nafter it changed: layers are walked in the background, not per call.",
+    ),
+    (
         "runtimes",
         "Runtime handlers by name, as RuntimeClass objects name them. Each\nbinary speaks runc's command line (carrack-runtime, runc, crun, youki).\nA file that lists handlers replaces these three; in each, a key left\nout takes its default.",
     ),

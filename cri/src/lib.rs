@@ -33,7 +33,7 @@
 //!   [`cri_error`] (the CRI's error classes), [`verbose_info`], [`stats`]
 //!   (container and pod stats, CRI metrics), [`events`] (the
 //!   GetContainerEvents fan-out), [`telemetry`] (carrackd's own
-//!   Prometheus `/metrics`);
+//!   Prometheus `/metrics`), [`phases`] (where a pod start's time went);
 //! - the daemon's edges: [`config`] (the TOML configuration, every key
 //!   with a default), [`config_doc`] (`carrackd config default`),
 //!   [`check`] (`carrackd check`), [`handler_features`] (what each runtime
@@ -55,6 +55,7 @@ pub mod file_caps;
 pub mod handler_features;
 pub mod id_maps;
 pub mod image_volume;
+pub mod phases;
 pub mod pod_cgroup;
 pub mod pod_config;
 pub mod pod_host;
@@ -123,6 +124,7 @@ pub async fn serve(
     let network = pod_network::CniPodNetwork::open(&cfg.network, &cfg.root).await?;
     let daemon = daemon::Daemon::open(cfg, Arc::new(network)).await?;
     daemon.recover().await?;
+    daemon.start_stats_collection();
     let addr = daemon.start_streaming().await?;
     tracing::info!(%addr, "serving exec, attach and port-forward");
     let listener = bind(&socket)?;

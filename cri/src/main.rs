@@ -46,7 +46,9 @@ enum LogFormat {
 
 /// Logs to stderr at `RUST_LOG`'s levels (info by default): JSON lines, or
 /// text with ANSI colours only when stderr is a terminal (not a file or
-/// the journal, where escape codes are noise).
+/// the journal, where escape codes are noise). A span's close is logged
+/// with its busy and idle time: the phases of a pod's start and stop are
+/// spans (`carrackd::phases`, at DEBUG).
 fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     let logger = tracing_subscriber::fmt()
@@ -54,6 +56,7 @@ fn init_logging(format: LogFormat) {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => logger.json().init(),

@@ -5,9 +5,15 @@
 //! A row is written before the thing it describes is made (state
 //! `Creating`), so that a crash half-way leaves a row start-up recovery finds
 //! and cleans up.
+//!
+//! Every row is also kept in memory as written (read once at open): reads
+//! never touch SQLite. kubelet lists every sandbox and container each
+//! second and looks one up by id in each call; parsing each row's JSON on
+//! every read cost a full node (250 pods) milliseconds per call.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use carrack_proto::cri;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -152,11 +158,73 @@ pub struct ContainerRecord {
     pub user: Option<cri::ContainerUser>,
 }
 
+/// The rows of one table as written, by id and in insertion order (the
+/// order of SQLite's rowids, which reads used to follow).
+#[derive(Debug)]
+struct Rows<T> {
+    /// id → (insertion number, record).
+    by_id: HashMap<String, (u64, T)>,
+    /// Insertion number → id.
+    order: BTreeMap<u64, String>,
+    next: u64,
+}
+
+impl<T: Clone> Rows<T> {
+    fn new(records: Vec<(String, T)>) -> Rows<T> {
+        let mut rows = Rows {
+            by_id: HashMap::new(),
+            order: BTreeMap::new(),
+            next: 0,
+        };
+        for (id, r) in records {
+            rows.insert(id, r);
+        }
+        rows
+    }
+
+    fn insert(&mut self, id: String, r: T) {
+        let n = self.next;
+        self.next += 1;
+        self.order.insert(n, id.clone());
+        if let Some((old, _)) = self.by_id.insert(id, (n, r)) {
+            self.order.remove(&old);
+        }
+    }
+
+    fn update(&mut self, id: &str, r: T) {
+        if let Some((_, slot)) = self.by_id.get_mut(id) {
+            *slot = r;
+        }
+    }
+
+    fn delete(&mut self, id: &str) {
+        if let Some((n, _)) = self.by_id.remove(id) {
+            self.order.remove(&n);
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<T> {
+        self.by_id.get(id).map(|(_, r)| r.clone())
+    }
+
+    fn all(&self) -> Vec<T> {
+        self.order
+            .values()
+            .filter_map(|id| self.by_id.get(id).map(|(_, r)| r.clone()))
+            .collect()
+    }
+}
+
 /// The database.
 #[derive(Debug)]
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// `cri_sandboxes` as written (writes hold `conn` while they change
+    /// both, so the two agree).
+    sandboxes: RwLock<Rows<SandboxRecord>>,
+    /// `cri_containers` as written.
+    containers: RwLock<Rows<ContainerRecord>>,
 }
 
 impl Store {
@@ -181,9 +249,13 @@ impl Store {
                 record TEXT NOT NULL);",
         )
         .map_err(err)?;
+        let sandboxes = Rows::new(read_all(&conn, "cri_sandboxes").map_err(|e| e.at(path))?);
+        let containers = Rows::new(read_all(&conn, "cri_containers").map_err(|e| e.at(path))?);
         Ok(Store {
             path: path.to_owned(),
             conn: Mutex::new(conn),
+            sandboxes: RwLock::new(sandboxes),
+            containers: RwLock::new(containers),
         })
     }
 
@@ -198,15 +270,17 @@ impl Store {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Inserts a row (the caller holds `conn` and puts the record in
+    /// memory after).
     fn insert(
         &self,
+        conn: &Connection,
         table: &str,
         id: &str,
         name: &str,
         extra: Option<&str>,
         json: String,
     ) -> Result<(), StoreError> {
-        let conn = self.conn();
         let holder: Option<String> = conn
             .query_row(
                 &format!("SELECT id FROM {table} WHERE name = ?1"),
@@ -237,87 +311,159 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces the record of row `id` in `table`; true when there was one.
+    fn update(
+        &self,
+        conn: &Connection,
+        table: &str,
+        id: &str,
+        json: String,
+    ) -> Result<bool, StoreError> {
+        let n = conn
+            .execute(
+                &format!("UPDATE {table} SET record = ?2 WHERE id = ?1"),
+                params![id, json],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(n > 0)
+    }
+
+    /// Deletes row `id` of `table`.
+    fn delete(&self, conn: &Connection, table: &str, id: &str) -> Result<(), StoreError> {
+        conn.execute(&format!("DELETE FROM {table} WHERE id = ?1"), params![id])
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
     /// Reserves the sandbox's name and stores the record.
     pub fn insert_sandbox(&self, r: &SandboxRecord) -> Result<(), StoreError> {
-        self.insert("cri_sandboxes", &r.id, &r.name, None, to_json(&r.id, r)?)
+        let conn = self.conn();
+        self.insert(
+            &conn,
+            "cri_sandboxes",
+            &r.id,
+            &r.name,
+            None,
+            to_json(&r.id, r)?,
+        )?;
+        write(&self.sandboxes).insert(r.id.clone(), r.clone());
+        Ok(())
     }
 
     /// Replaces a sandbox record.
     pub fn update_sandbox(&self, r: &SandboxRecord) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
-                "UPDATE cri_sandboxes SET record = ?2 WHERE id = ?1",
-                params![r.id, to_json(&r.id, r)?],
-            )
-            .map_err(|e| self.sql(e))?;
+        let conn = self.conn();
+        if self.update(&conn, "cri_sandboxes", &r.id, to_json(&r.id, r)?)? {
+            write(&self.sandboxes).update(&r.id, r.clone());
+        }
         Ok(())
     }
 
     /// Deletes a sandbox row.
     pub fn delete_sandbox(&self, id: &str) -> Result<(), StoreError> {
-        self.conn()
-            .execute("DELETE FROM cri_sandboxes WHERE id = ?1", params![id])
-            .map_err(|e| self.sql(e))?;
+        let conn = self.conn();
+        self.delete(&conn, "cri_sandboxes", id)?;
+        write(&self.sandboxes).delete(id);
         Ok(())
     }
 
-    /// Every sandbox.
+    /// Every sandbox, in the order they were inserted.
     pub fn sandboxes(&self) -> Result<Vec<SandboxRecord>, StoreError> {
-        self.all("cri_sandboxes")
+        Ok(read(&self.sandboxes).all())
+    }
+
+    /// The sandbox whose id is `id`.
+    pub fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
+        Ok(read(&self.sandboxes).get(id))
     }
 
     /// Reserves the container's name and stores the record.
     pub fn insert_container(&self, r: &ContainerRecord) -> Result<(), StoreError> {
+        let conn = self.conn();
         self.insert(
+            &conn,
             "cri_containers",
             &r.id,
             &r.name,
             Some(&r.sandbox_id),
             to_json(&r.id, r)?,
-        )
+        )?;
+        write(&self.containers).insert(r.id.clone(), r.clone());
+        Ok(())
     }
 
     /// Replaces a container record.
     pub fn update_container(&self, r: &ContainerRecord) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
-                "UPDATE cri_containers SET record = ?2 WHERE id = ?1",
-                params![r.id, to_json(&r.id, r)?],
-            )
-            .map_err(|e| self.sql(e))?;
+        let conn = self.conn();
+        if self.update(&conn, "cri_containers", &r.id, to_json(&r.id, r)?)? {
+            write(&self.containers).update(&r.id, r.clone());
+        }
         Ok(())
     }
 
     /// Deletes a container row.
     pub fn delete_container(&self, id: &str) -> Result<(), StoreError> {
-        self.conn()
-            .execute("DELETE FROM cri_containers WHERE id = ?1", params![id])
-            .map_err(|e| self.sql(e))?;
+        let conn = self.conn();
+        self.delete(&conn, "cri_containers", id)?;
+        write(&self.containers).delete(id);
         Ok(())
     }
 
-    /// Every container.
+    /// Every container, in the order they were inserted.
     pub fn containers(&self) -> Result<Vec<ContainerRecord>, StoreError> {
-        self.all("cri_containers")
+        Ok(read(&self.containers).all())
     }
 
-    fn all<T: for<'de> Deserialize<'de>>(&self, table: &str) -> Result<Vec<T>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(&format!("SELECT id, record FROM {table} ORDER BY rowid"))
-            .map_err(|e| self.sql(e))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(|e| self.sql(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, json) = row.map_err(|e| self.sql(e))?;
-            out.push(
-                serde_json::from_str(&json).map_err(|source| StoreError::Json { id, source })?,
-            );
-        }
-        Ok(out)
+    /// The container whose id is `id`.
+    pub fn container(&self, id: &str) -> Result<Option<ContainerRecord>, StoreError> {
+        Ok(read(&self.containers).get(id))
     }
+}
+
+fn read<T>(rows: &RwLock<Rows<T>>) -> std::sync::RwLockReadGuard<'_, Rows<T>> {
+    rows.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(rows: &RwLock<Rows<T>>) -> std::sync::RwLockWriteGuard<'_, Rows<T>> {
+    rows.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A failure reading the rows at open, before the store knows its path.
+enum ReadError {
+    Sqlite(rusqlite::Error),
+    Json(String, serde_json::Error),
+}
+
+impl ReadError {
+    fn at(self, path: &Path) -> StoreError {
+        match self {
+            ReadError::Sqlite(source) => StoreError::Sqlite {
+                path: path.to_owned(),
+                source,
+            },
+            ReadError::Json(id, source) => StoreError::Json { id, source },
+        }
+    }
+}
+
+/// Every row of `table` by rowid, as (id, record).
+fn read_all<T: for<'de> Deserialize<'de>>(
+    conn: &Connection,
+    table: &str,
+) -> Result<Vec<(String, T)>, ReadError> {
+    let mut stmt = conn
+        .prepare(&format!("SELECT id, record FROM {table} ORDER BY rowid"))
+        .map_err(ReadError::Sqlite)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(ReadError::Sqlite)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, json) = row.map_err(ReadError::Sqlite)?;
+        let record = serde_json::from_str(&json).map_err(|e| ReadError::Json(id.clone(), e))?;
+        out.push((id, record));
+    }
+    Ok(out)
 }
 
 fn to_json<T: Serialize>(id: &str, v: &T) -> Result<String, StoreError> {
@@ -372,5 +518,54 @@ mod tests {
         s.delete_sandbox("a").unwrap();
         assert!(s.sandboxes().unwrap().is_empty());
         s.insert_sandbox(&sandbox("b", "pod_ns_uid_0")).unwrap();
+    }
+
+    /// Reads answer from the rows kept in memory: a row another connection
+    /// deletes behind the store's back is still read, until a reopen.
+    #[test]
+    fn reads_come_from_memory_and_follow_the_stores_own_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("c.db");
+        let s = Store::open(&db).unwrap();
+        for id in ["a", "b", "c"] {
+            s.insert_sandbox(&sandbox(id, &format!("n-{id}"))).unwrap();
+        }
+        let other = Connection::open(&db).unwrap();
+        other
+            .execute("DELETE FROM cri_sandboxes WHERE id = 'a'", [])
+            .unwrap();
+        assert_eq!(s.sandbox("a").unwrap().unwrap().name, "n-a");
+        // The store's own writes show at once, in insertion order.
+        let mut b = sandbox("b", "n-b");
+        b.state = SandboxState::Ready;
+        s.update_sandbox(&b).unwrap();
+        s.delete_sandbox("c").unwrap();
+        s.insert_sandbox(&sandbox("d", "n-d")).unwrap();
+        let read: Vec<(String, SandboxState)> = s
+            .sandboxes()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.id, r.state))
+            .collect();
+        assert_eq!(
+            read,
+            [
+                ("a".to_string(), SandboxState::Creating),
+                ("b".to_string(), SandboxState::Ready),
+                ("d".to_string(), SandboxState::Creating)
+            ]
+        );
+        assert!(s.sandbox("c").unwrap().is_none());
+        // An update of a row that is not in the file changes nothing.
+        s.update_sandbox(&sandbox("a", "n-a")).unwrap();
+        drop(s);
+        let ids: Vec<String> = Store::open(&db)
+            .unwrap()
+            .sandboxes()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["b", "d"]);
     }
 }

@@ -1,5 +1,6 @@
 //! carrackd's own Prometheus `/metrics` endpoint: CRI calls by method and
-//! gRPC code with their latencies, image pulls (bytes and duration),
+//! gRPC code with their latencies, the phases of the pod lifecycle's calls
+//! (`crate::phases` times them), image pulls (bytes and duration),
 //! containers and sandboxes by state, and the number of shims.
 //!
 //! It is off by default; `metrics_address` in the config turns it on (a
@@ -97,6 +98,8 @@ pub struct Census {
 struct Counters {
     /// (method, gRPC code name) → latencies.
     rpcs: BTreeMap<(String, String), Histogram>,
+    /// (RPC, phase) → the phase's time in each call.
+    phases: BTreeMap<(&'static str, &'static str), Histogram>,
     pulls_ok: u64,
     pulls_failed: u64,
     pull_bytes: u64,
@@ -130,6 +133,15 @@ impl Telemetry {
         self.counters()
             .rpcs
             .entry((method.to_owned(), code_name(code)))
+            .or_default()
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records the time one call of `rpc` spent in `phase`.
+    pub fn record_phase(&self, rpc: &'static str, phase: &'static str, took: Duration) {
+        self.counters()
+            .phases
+            .entry((rpc, phase))
             .or_default()
             .observe(took.as_secs_f64());
     }
@@ -169,6 +181,17 @@ impl Telemetry {
                 &mut out,
                 "carrack_grpc_request_duration_seconds",
                 &format!("method=\"{}\",code=\"{}\"", escape(m), code),
+            );
+        }
+        out.push_str(
+            "# HELP carrack_pod_start_phase_seconds Time a RunPodSandbox, CreateContainer, StartContainer or StopPodSandbox call spent in one phase (phase \"other\": in none).\n",
+        );
+        out.push_str("# TYPE carrack_pod_start_phase_seconds histogram\n");
+        for ((rpc, phase), h) in &c.phases {
+            h.write(
+                &mut out,
+                "carrack_pod_start_phase_seconds",
+                &format!("rpc=\"{rpc}\",phase=\"{phase}\""),
             );
         }
         out.push_str("# HELP carrack_image_pulls_total Image pulls by result.\n");
@@ -366,6 +389,54 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
+    }
+
+    /// Each (RPC, phase) is a histogram of its own, in the RPC latencies'
+    /// buckets.
+    #[test]
+    fn renders_a_histogram_per_rpc_and_phase() {
+        let t = Telemetry::default();
+        t.record_phase(
+            "RunPodSandbox",
+            "network_add",
+            Duration::from_micros(31_250),
+        );
+        t.record_phase(
+            "RunPodSandbox",
+            "network_add",
+            Duration::from_micros(62_500),
+        );
+        t.record_phase("RunPodSandbox", "db", Duration::from_micros(200));
+        t.record_phase("CreateContainer", "db", Duration::from_millis(3));
+        let text = t.render(&Census::default());
+        let name = "carrack_pod_start_phase_seconds";
+        assert!(
+            text.contains(&format!("# TYPE {name} histogram\n")),
+            "{text}"
+        );
+        for line in [
+            format!("{name}_bucket{{rpc=\"RunPodSandbox\",phase=\"network_add\",le=\"0.025\"}} 0"),
+            format!("{name}_bucket{{rpc=\"RunPodSandbox\",phase=\"network_add\",le=\"0.05\"}} 1"),
+            format!("{name}_bucket{{rpc=\"RunPodSandbox\",phase=\"network_add\",le=\"0.1\"}} 2"),
+            format!("{name}_bucket{{rpc=\"RunPodSandbox\",phase=\"network_add\",le=\"+Inf\"}} 2"),
+            format!("{name}_count{{rpc=\"RunPodSandbox\",phase=\"network_add\"}} 2"),
+            format!("{name}_sum{{rpc=\"RunPodSandbox\",phase=\"network_add\"}} 0.09375"),
+            format!("{name}_bucket{{rpc=\"RunPodSandbox\",phase=\"db\",le=\"0.001\"}} 1"),
+            format!("{name}_count{{rpc=\"RunPodSandbox\",phase=\"db\"}} 1"),
+            format!("{name}_bucket{{rpc=\"CreateContainer\",phase=\"db\",le=\"0.001\"}} 0"),
+            format!("{name}_bucket{{rpc=\"CreateContainer\",phase=\"db\",le=\"0.005\"}} 1"),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        // As many buckets as the RPC latencies have, and +Inf.
+        let buckets = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}_bucket{{rpc=\"CreateContainer\"")))
+            .count();
+        assert_eq!(buckets, BUCKETS.len() + 1);
     }
 
     /// Answers with the `grpc-status` header it was built with (None: no header).

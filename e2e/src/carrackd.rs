@@ -138,6 +138,7 @@ pub struct CarrackdOptions {
     extra_config: String,
     network_base: Option<u8>,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Default for CarrackdOptions {
@@ -147,6 +148,7 @@ impl Default for CarrackdOptions {
             extra_config: String::new(),
             network_base: None,
             extra_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -170,6 +172,13 @@ impl CarrackdOptions {
     /// `--log-format json`).
     pub fn args(mut self, args: &[&str]) -> Self {
         self.extra_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// An environment variable of the daemon's (e.g. `RUST_LOG`), over
+    /// the test's own.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -309,6 +318,7 @@ impl Carrackd {
             .arg("--registry-insecure")
             .arg(&self.registry_host)
             .args(&self.options.extra_args)
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -110,12 +110,13 @@ async fn cri_container_and_pod_stats() {
     if !prerequisites() {
         return;
     }
+    // Read at each call: what an exec just did shows at once.
     let CriStack {
         image,
         daemon,
         mut rt,
         ..
-    } = CriStack::pulled(daemon_options()).await;
+    } = CriStack::pulled(daemon_options().config("stats_collection_seconds = 0\n")).await;
     let (pod_id, pod) = run_pod(&mut rt, &daemon, "stats").await;
 
     let mut burn = container_config("burn", &image.name, &["sh", "-c", "while :; do :; done"]);
@@ -192,19 +193,6 @@ async fn cri_container_and_pod_stats() {
             + limited.working_set_bytes.unwrap().value,
         MEM_LIMIT
     );
-    // The writable layer grows with a file written into the rootfs.
-    let layer0 = container_stats(&mut rt, &mem).await.writable_layer.unwrap();
-    let (code, _, err) = exec(
-        &mut rt,
-        &mem,
-        &["sh", "-c", "head -c 1048576 /dev/zero > /big"],
-    )
-    .await;
-    assert_eq!(code, 0, "{err}");
-    let layer1 = container_stats(&mut rt, &mem).await.writable_layer.unwrap();
-    assert!(layer1.used_bytes.unwrap().value >= layer0.used_bytes.unwrap().value + 1024 * 1024);
-    assert!(layer1.inodes_used.unwrap().value > layer0.inodes_used.unwrap().value);
-
     // Lists and their filters.
     let list = |f: cri::ContainerStatsFilter| {
         let mut rt = rt.clone();
@@ -398,6 +386,133 @@ async fn cri_container_and_pod_stats() {
     remove_pod(&mut rt, &pod_id).await;
 }
 
+/// The writable layers' refresh interval of the daemons below that set it.
+const USAGE_REFRESH: Duration = Duration::from_secs(2);
+
+/// (used bytes, inodes) of a container's writable layer.
+async fn writable_layer(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> (u64, u64) {
+    let l = container_stats(rt, id)
+        .await
+        .writable_layer
+        .expect("writable_layer");
+    (l.used_bytes.unwrap().value, l.inodes_used.unwrap().value)
+}
+
+/// The writable layer of `id` once `ok` holds for it, which must be within
+/// the refresh interval (and as long again for the walk and the scheduler
+/// of a loaded machine). ContainerStats is asked every 100 ms: the cache
+/// has no event to wait on through CRI.
+async fn writable_layer_within_refresh(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    what: &str,
+    ok: impl Fn((u64, u64)) -> bool,
+) -> (u64, u64) {
+    let deadline = Instant::now() + USAGE_REFRESH * 2;
+    loop {
+        let layer = writable_layer(rt, id).await;
+        if ok(layer) {
+            return layer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the writable layer is still {layer:?} after {:?}",
+            USAGE_REFRESH * 2
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writable_layer_shows_a_file_written_and_deleted_within_the_refresh_interval() {
+    if !prerequisites() {
+        return;
+    }
+    let CriStack {
+        image,
+        daemon,
+        mut rt,
+        ..
+    } = CriStack::pulled(daemon_options().config(&format!(
+        "disk_usage_refresh_seconds = {}\n",
+        USAGE_REFRESH.as_secs()
+    )))
+    .await;
+    let (pod_id, pod) = run_pod(&mut rt, &daemon, "layer").await;
+    let c = container_config("writer", &image.name, &["sleep", "1000"]);
+    let c = run_container(&mut rt, &pod_id, c, Some(&pod)).await;
+    let before = writable_layer(&mut rt, &c).await;
+
+    const SIZE: u64 = 4 << 20;
+    let (code, _, err) = exec(
+        &mut rt,
+        &c,
+        &[
+            "sh",
+            "-c",
+            "mkdir /data && head -c 4194304 /dev/zero > /data/big",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let grown = writable_layer_within_refresh(&mut rt, &c, "after the write", |(used, _)| {
+        used >= before.0 + SIZE
+    })
+    .await;
+    assert!(grown.1 >= before.1 + 2, "{before:?} -> {grown:?}");
+
+    let (code, _, err) = exec(&mut rt, &c, &["rm", "/data/big"]).await;
+    assert_eq!(code, 0, "{err}");
+    let shrunk = writable_layer_within_refresh(&mut rt, &c, "after the delete", |(used, _)| {
+        used + SIZE <= grown.0
+    })
+    .await;
+    assert_eq!(shrunk.1, grown.1 - 1, "{grown:?} -> {shrunk:?}");
+
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
+}
+
+/// (used bytes, inodes) of the image file system.
+async fn image_fs(img: &mut cri::image_service_client::ImageServiceClient<Channel>) -> (u64, u64) {
+    let fs = img
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let u = &fs.image_filesystems[0];
+    (u.used_bytes.unwrap().value, u.inodes_used.unwrap().value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_fs_info_follows_pulls_and_removals() {
+    if !prerequisites() {
+        return;
+    }
+    let CriStack {
+        image,
+        daemon: _daemon,
+        mut img,
+        ..
+    } = CriStack::start(daemon_options()).await;
+    let empty = image_fs(&mut img).await;
+    pull(&mut img, &image.name).await;
+    let pulled = image_fs(&mut img).await;
+    assert!(
+        pulled.0 > empty.0 + (512 << 10) && pulled.1 > empty.1,
+        "a busybox image: {empty:?} -> {pulled:?}"
+    );
+    img.remove_image(cri::RemoveImageRequest {
+        image: Some(cri::ImageSpec {
+            image: image.name.clone(),
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    assert_eq!(image_fs(&mut img).await, empty, "removed");
+}
+
 /// Every event on `stream` up to and including the first of `id` with
 /// type `until`, waiting at most 60 s for it.
 async fn events_until(
@@ -569,12 +684,7 @@ async fn cri_prometheus_metrics_endpoint() {
         return;
     }
     let image = test_image();
-    // A free loopback port: bound, read, released for carrackd.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let daemon = daemon_options()
         .config(&format!("metrics_address = \"{port}\""))
@@ -624,5 +734,264 @@ async fn cri_prometheus_metrics_endpoint() {
     );
     assert!(series(&text, "carrack_shims").is_some());
 
+    remove_pod(&mut rt, &pod_id).await;
+}
+
+/// A free loopback port: bound, read, released for carrackd.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Every phase of a pod's start and stop is counted once in
+/// `carrack_pod_start_phase_seconds{rpc,phase}` and logged: a span's close
+/// per phase, a line per call with every phase's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_start_phases_are_counted_in_metrics_and_logged() {
+    if !prerequisites() {
+        return;
+    }
+    let port = free_port();
+    let CriStack {
+        image,
+        daemon,
+        mut rt,
+        logs,
+        ..
+    } = CriStack::pulled(
+        daemon_options()
+            .config(&format!("metrics_address = \"{port}\"\n"))
+            .env("RUST_LOG", "info,carrackd::phases=debug")
+            .args(&["--log-format", "json"]),
+    )
+    .await;
+    // A shared PID namespace: the pod has an infra process.
+    let mut pod = pod_config("phases", &logs);
+    let shared = |ns: &mut Option<cri::NamespaceOption>| {
+        ns.get_or_insert_with(Default::default).pid = cri::NamespaceMode::Pod as i32;
+    };
+    shared(
+        &mut pod
+            .linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default)
+            .namespace_options,
+    );
+    let mut c = container_config("sleeper", &image.name, &["sleep", "1000"]);
+    shared(
+        &mut c
+            .linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default)
+            .namespace_options,
+    );
+    let pod_id = cri_client::run_pod(&mut rt, pod.clone()).await;
+    run_container(&mut rt, &pod_id, c, Some(&pod)).await;
+    stop_pod(&mut rt, &pod_id).await;
+
+    let addr = format!("127.0.0.1:{port}");
+    let text = tokio::task::spawn_blocking(move || scrape(&addr))
+        .await
+        .unwrap();
+    // Under the systemd driver the pod cgroup is a slice systemd makes.
+    let pod_cgroup: &[&str] = match carrack_e2e::carrackd::test_cgroup_driver() {
+        "cgroupfs" => &["pod_cgroup"],
+        _ => &[],
+    };
+    let run_pod = [
+        &[
+            "db",
+            "namespaces",
+            "infra",
+            "pod_files",
+            "network_add",
+            "other",
+        ][..],
+        pod_cgroup,
+    ]
+    .concat();
+    let expected: [(&str, &[&str]); 4] = [
+        ("RunPodSandbox", &run_pod),
+        (
+            "CreateContainer",
+            &[
+                "db",
+                "rootfs",
+                "spec",
+                "shim_start",
+                "shim_call",
+                "runtime_create",
+                "other",
+            ],
+        ),
+        (
+            "StartContainer",
+            &["db", "shim_call", "runtime_start", "other"],
+        ),
+        (
+            "StopPodSandbox",
+            &[
+                "db",
+                "stop_containers",
+                "infra",
+                "network_del",
+                "namespaces",
+                "other",
+            ],
+        ),
+    ];
+    for (rpc, phases) in expected {
+        for phase in phases {
+            let labels = format!("{{rpc=\"{rpc}\",phase=\"{phase}\"}}");
+            assert_eq!(
+                series(
+                    &text,
+                    &format!("carrack_pod_start_phase_seconds_count{labels}")
+                ),
+                Some(1.0),
+                "{rpc} {phase} in\n{text}"
+            );
+        }
+    }
+    // The runtime's create is part of CreateContainer's time.
+    let sum = |name: &str| series(&text, name).unwrap_or_else(|| panic!("{name} in\n{text}"));
+    let runtime_create = sum(
+        "carrack_pod_start_phase_seconds_sum{rpc=\"CreateContainer\",phase=\"runtime_create\"}",
+    );
+    let create_call = sum(
+        "carrack_grpc_request_duration_seconds_sum{method=\"/runtime.v1.RuntimeService/CreateContainer\",code=\"Ok\"}",
+    );
+    assert!(
+        runtime_create > 0.0 && runtime_create < create_call,
+        "runtime {runtime_create} s of CreateContainer's {create_call} s"
+    );
+
+    // The log: a line per call listing its phases, a close per phase span.
+    let log = daemon.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let timed = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "RunPodSandbox timed")
+        .unwrap_or_else(|| panic!("no RunPodSandbox timing in\n{log}"));
+    let listed = timed["fields"]["phases"].as_str().unwrap_or_default();
+    for phase in &run_pod {
+        assert!(listed.contains(&format!("{phase}=")), "{phase} in {timed}");
+    }
+    assert_eq!(timed["span"]["id"], pod_id.as_str(), "{timed}");
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"] == "close"
+            && l["span"]["name"] == "phase"
+            && l["span"]["phase"] == "network_add"),
+        "no network_add span closed in\n{log}"
+    );
+
+    remove_pod(&mut rt, &pod_id).await;
+}
+
+/// The CPU time and its timestamp of container `id` in ListContainerStats.
+async fn listed_cpu(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::CpuUsage {
+    rt.list_container_stats(cri::ListContainerStatsRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .into_iter()
+        .find(|s| s.attributes.as_ref().is_some_and(|a| a.id == id))
+        .unwrap_or_else(|| panic!("{id} not listed"))
+        .cpu
+        .unwrap_or_else(|| panic!("no CPU stats of {id}"))
+}
+
+/// With stats collected in the background, calls answer from the last
+/// pass: a container just started is listed with its CPU and memory at
+/// once, and the samples follow the container pass after pass (its CPU
+/// time grows, with a rate over the period).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_collected_in_the_background_follow_each_pass() {
+    if !prerequisites() {
+        return;
+    }
+    const PERIOD: Duration = Duration::from_secs(1);
+    let CriStack {
+        image,
+        daemon,
+        mut rt,
+        ..
+    } = CriStack::pulled(daemon_options().config(&format!(
+        "stats_collection_seconds = {}\n",
+        PERIOD.as_secs()
+    )))
+    .await;
+    let (pod_id, pod) = run_pod(&mut rt, &daemon, "collected").await;
+    let burn = container_config("burn", &image.name, &["sh", "-c", "while :; do :; done"]);
+    let burn = run_container(&mut rt, &pod_id, burn, Some(&pod)).await;
+    let first = listed_cpu(&mut rt, &burn).await;
+    let deadline = Instant::now() + PERIOD * 30;
+    let later = loop {
+        let cpu = listed_cpu(&mut rt, &burn).await;
+        let used = |c: &cri::CpuUsage| c.usage_core_nano_seconds.map(|v| v.value);
+        if used(&cpu) > used(&first) && cpu.usage_nano_cores.is_some() {
+            break cpu;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the samples stay at {first:?}: {cpu:?}"
+        );
+        tokio::time::sleep(PERIOD / 4).await;
+    };
+    assert!(later.timestamp > first.timestamp);
+    assert!(later.usage_nano_cores.unwrap().value > 0);
+    let pods = rt
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    let linux = pods[0].linux.as_ref().unwrap();
+    assert!(linux.cpu.is_some() && linux.memory.is_some() && linux.network.is_some());
+    assert_eq!(linux.containers.len(), 1);
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
+}
+
+/// Between two passes every call gives the same sample (nothing is read at
+/// the call): with a period longer than the test, a busy container's CPU
+/// time stands still, in ContainerStats and both lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn between_passes_stats_calls_read_nothing() {
+    if !prerequisites() {
+        return;
+    }
+    let CriStack {
+        image,
+        daemon,
+        mut rt,
+        ..
+    } = CriStack::pulled(daemon_options().config("stats_collection_seconds = 600\n")).await;
+    let (pod_id, pod) = run_pod(&mut rt, &daemon, "standing").await;
+    let burn = container_config("burn", &image.name, &["sh", "-c", "while :; do :; done"]);
+    let burn = run_container(&mut rt, &pod_id, burn, Some(&pod)).await;
+    let first = listed_cpu(&mut rt, &burn).await;
+    // The loop burns a core meanwhile: a read now would show more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(listed_cpu(&mut rt, &burn).await, first);
+    assert_eq!(container_stats(&mut rt, &burn).await.cpu.unwrap(), first);
+    let pods = rt
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    let listed = &pods[0].linux.as_ref().unwrap().containers[0];
+    assert_eq!(listed.cpu.as_ref().unwrap(), &first);
+    stop_pod(&mut rt, &pod_id).await;
     remove_pod(&mut rt, &pod_id).await;
 }

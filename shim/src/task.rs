@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use carrack_proto::shim::{self as pb, task_server::Task};
 use serde::{Deserialize, Serialize};
@@ -422,6 +422,11 @@ fn cgroups_path_of(bundle: &Path) -> Option<String> {
     Some(config.pointer("/linux/cgroupsPath")?.as_str()?.to_owned())
 }
 
+/// `d` in whole nanoseconds, as the answers carry the runtime's time.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -453,17 +458,22 @@ impl Task for TaskService {
             }
             *init = Some(proc.clone());
         }
-        let result = self.0.create_init(&bundle, &proc, &stdio).await;
-        if let Err(e) = result {
-            // Undo: no container, no task, no files.
-            let _ = self.runtime.run(&["delete", "--force", &self.id]).await;
-            *self.init.lock().expect("init lock") = None;
-            *self.log.lock().expect("log lock") = None;
-            let _ = std::fs::remove_file(self.dir.join("init.pid"));
-            return Err(e);
-        }
+        let runtime_took = match self.0.create_init(&bundle, &proc, &stdio).await {
+            Ok(took) => took,
+            Err(e) => {
+                // Undo: no container, no task, no files.
+                let _ = self.runtime.run(&["delete", "--force", &self.id]).await;
+                *self.init.lock().expect("init lock") = None;
+                *self.log.lock().expect("log lock") = None;
+                let _ = std::fs::remove_file(self.dir.join("init.pid"));
+                return Err(e);
+            }
+        };
         *self.bundle.lock().expect("bundle lock") = Some(bundle);
-        Ok(Response::new(pb::CreateResponse { pid: proc.pid() }))
+        Ok(Response::new(pb::CreateResponse {
+            pid: proc.pid(),
+            runtime_nanos: nanos(runtime_took),
+        }))
     }
 
     async fn start(
@@ -480,11 +490,14 @@ impl Task for TaskService {
                 proc.status()
             )));
         }
+        let mut runtime_took = Duration::ZERO;
         if req.exec_id.is_empty() {
+            let started = Instant::now();
             self.runtime
                 .run(&["start", &self.id])
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
+            runtime_took = started.elapsed();
             // The exit may already have been recorded (a process that ends at once).
             proc.state.send_if_modified(|s| {
                 if *s == ProcState::Created {
@@ -501,7 +514,10 @@ impl Task for TaskService {
             &req.exec_id,
             pb::event::Kind::Started(pb::ProcessStarted { pid: proc.pid() }),
         );
-        Ok(Response::new(pb::StartResponse { pid: proc.pid() }))
+        Ok(Response::new(pb::StartResponse {
+            pid: proc.pid(),
+            runtime_nanos: nanos(runtime_took),
+        }))
     }
 
     async fn state(
@@ -976,7 +992,7 @@ impl Shim {
         bundle: &Path,
         proc: &Arc<Proc>,
         stdio: &pb::Stdio,
-    ) -> Result<(), Status> {
+    ) -> Result<Duration, Status> {
         if !stdio.log_path.is_empty() {
             let log = LogFile::open(Path::new(&stdio.log_path)).map_err(|e| {
                 Status::invalid_argument(format!("stdio.log_path {:?}: {e}", stdio.log_path))
@@ -1000,7 +1016,9 @@ impl Shim {
             let proc = proc.clone();
             tokio::spawn(async move { this.attach_console(&proc, c).await })
         });
+        let started = Instant::now();
         let created = self.runtime.run_with_stdio(&args, child_stdio).await;
+        let runtime_took = started.elapsed();
         if let Err(e) = created {
             if let Some(t) = console_task {
                 t.abort();
@@ -1015,7 +1033,7 @@ impl Shim {
             .map_err(|e| Status::internal(format!("runtime pid file: {e}")))?;
         self.watch_oom(bundle);
         self.watch_exit(proc.clone(), pid);
-        Ok(())
+        Ok(runtime_took)
     }
 
     async fn start_exec(self: &Shared, proc: &Arc<Proc>) -> Result<(), Status> {

@@ -745,3 +745,55 @@ async fn bad_requests_get_clear_errors_and_leave_nothing() {
         tonic::Code::AlreadyExists
     );
 }
+
+/// Create and Start answer with how long the runtime binary ran, which
+/// carrackd tells apart from the shim's own time: here a runtime that
+/// takes at least 300 ms for every call, within the call's own time.
+#[tokio::test]
+async fn create_and_start_report_the_runtimes_time() {
+    if !prerequisites() {
+        return;
+    }
+    let wrapper_dir = tempfile::tempdir().unwrap();
+    let slow = wrapper_dir.path().join("slow-runc");
+    std::fs::write(&slow, format!("#!/bin/sh\nsleep 0.3\nexec {RUNC} \"$@\"\n")).unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let slow = slow.display().to_string();
+    let f = Fixture::new("timed", &slow, "exec sleep 60", |_| {}).await;
+    let floor = Duration::from_millis(300).as_nanos() as u64;
+
+    let asked = std::time::Instant::now();
+    let created = f
+        .task()
+        .create(pb::CreateRequest {
+            id: f.id.clone(),
+            bundle: f.bundle(),
+            stdio: Some(f.logged_stdio()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let call = asked.elapsed().as_nanos() as u64;
+    assert!(
+        (floor..=call).contains(&created.runtime_nanos),
+        "create: the runtime ran {} ns, the call took {call} ns",
+        created.runtime_nanos
+    );
+
+    let asked = std::time::Instant::now();
+    let started = f
+        .task()
+        .start(pb::StartRequest {
+            id: f.id.clone(),
+            exec_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let call = asked.elapsed().as_nanos() as u64;
+    assert!(
+        (floor..=call).contains(&started.runtime_nanos),
+        "start: the runtime ran {} ns, the call took {call} ns",
+        started.runtime_nanos
+    );
+}

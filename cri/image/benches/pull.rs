@@ -214,6 +214,7 @@ async fn main() {
             registries: RegistryConfig::default(),
             max_concurrent_downloads: 4,
             overlay_method: None,
+            ..Default::default()
         })
         .await
         .unwrap();

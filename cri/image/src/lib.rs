@@ -27,6 +27,7 @@
 //!     registries,
 //!     max_concurrent_downloads: 4,
 //!     overlay_method: None, // detected
+//!     usage_refresh: std::time::Duration::from_secs(10), // see `usage`
 //! })
 //! .await?;
 //! let image = store.pull("busybox", None::<RegistryAuth>).await?; // PullImage
@@ -66,12 +67,13 @@ pub mod reference;
 pub mod registry;
 pub mod snapshot;
 pub mod unpack;
+pub mod usage;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest};
 use tokio::sync::{RwLock, Semaphore};
@@ -87,6 +89,8 @@ use metadata::{ImageRecord, LayerRecord, Metadata, NameKind, StoredImage};
 use reference::Reference;
 use registry::{Endpoint, RegistryClient};
 use snapshot::Snapshots;
+use usage::WritableLayers;
+use usage::image_fs::{ImageFs, Parts};
 
 /// Where and how the store keeps images.
 #[derive(Debug, Clone)]
@@ -103,6 +107,9 @@ pub struct ImageStoreConfig {
     /// How rootfs overlays are mounted; `None` asks the kernel
     /// ([`OverlayMethod::detect`]).
     pub overlay_method: Option<OverlayMethod>,
+    /// A change in a container's writable layer shows in
+    /// [`ImageStore::rootfs_usage`] within this ([`usage`]).
+    pub usage_refresh: Duration,
 }
 
 impl Default for ImageStoreConfig {
@@ -113,6 +120,7 @@ impl Default for ImageStoreConfig {
             registries: RegistryConfig::default(),
             max_concurrent_downloads: 4,
             overlay_method: None,
+            usage_refresh: Duration::from_secs(10),
         }
     }
 }
@@ -174,6 +182,8 @@ pub struct FsUsage {
     pub used_bytes: u64,
     /// Inodes used.
     pub inodes_used: u64,
+    /// When the figure was taken (for a sum, its oldest part's).
+    pub measured_at: Option<SystemTime>,
 }
 
 /// ImageFsInfo's answer.
@@ -216,6 +226,10 @@ struct Inner {
     snapshot_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Serialises GC's snapshot removal with rootfs preparation.
     fs_lock: Mutex<()>,
+    /// Blobs' and snapshots' usage, updated when they change.
+    image_fs: ImageFs,
+    /// Container writable layers' usage, refreshed in the background.
+    layers: WritableLayers,
 }
 
 fn user_of(config: &ImageConfiguration) -> (Option<i64>, String) {
@@ -275,24 +289,6 @@ fn names_for(r: &Reference, top_digest: &str) -> Vec<(String, NameKind)> {
     names
 }
 
-fn du(path: &Path, seen: &mut HashSet<(u64, u64)>, usage: &mut FsUsage) {
-    let Ok(m) = fs::symlink_metadata(path) else {
-        return;
-    };
-    if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
-        return;
-    }
-    usage.used_bytes += m.blocks() * 512;
-    usage.inodes_used += 1;
-    if m.is_dir()
-        && let Ok(rd) = fs::read_dir(path)
-    {
-        for e in rd.flatten() {
-            du(&e.path(), seen, usage);
-        }
-    }
-}
-
 impl ImageStore {
     /// Opens the store, creating its directories and tables, and removes what
     /// an interrupted pull left behind.
@@ -311,6 +307,27 @@ impl ImageStore {
         fs::create_dir_all(root.join("containers"))
             .ctx(|| format!("create {}/containers", root.display()))?;
         let db = Metadata::open(&cfg.db_path)?;
+        let image_fs = ImageFs::open(
+            &root,
+            Parts {
+                content: &content,
+                snapshots: &snapshots,
+                db: &db,
+            },
+        )?;
+        let layers = WritableLayers::start(cfg.usage_refresh)
+            .map_err(|e| ImageError::io("start the disk usage refresher", e))?;
+        // The layers of the containers already there are measured first.
+        for e in fs::read_dir(root.join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let upper = e.path().join("upper");
+            if upper.is_dir() {
+                layers.register(&e.file_name().to_string_lossy(), upper, None);
+            }
+        }
         Ok(ImageStore {
             inner: Arc::new(Inner {
                 root,
@@ -323,6 +340,8 @@ impl ImageStore {
                 pull_gate: RwLock::new(()),
                 snapshot_locks: Mutex::new(HashMap::new()),
                 fs_lock: Mutex::new(()),
+                image_fs,
+                layers,
             }),
         })
     }
@@ -363,6 +382,35 @@ impl ImageStore {
 
     /// Pulls `reference` (tag or digest) and returns the image.
     pub async fn pull(
+        &self,
+        reference: &str,
+        auth: Option<RegistryAuth>,
+    ) -> Result<Image, ImageError> {
+        let pulled = self.pull_reference(reference, auth).await;
+        // Also after a failure: blobs it verified stay in the store.
+        self.image_fs_changed().await;
+        pulled
+    }
+
+    /// Brings the image file system's usage up to date after blobs or
+    /// snapshots were added or removed.
+    async fn image_fs_changed(&self) {
+        let this = self.clone();
+        let _ = tokio::task::spawn_blocking(move || this.reconcile_image_fs()).await;
+    }
+
+    fn reconcile_image_fs(&self) {
+        let parts = Parts {
+            content: &self.inner.content,
+            snapshots: &self.inner.snapshots,
+            db: &self.inner.db,
+        };
+        if let Err(e) = self.inner.image_fs.reconcile(parts) {
+            tracing::warn!(error = %e, "updating the image file system's usage");
+        }
+    }
+
+    async fn pull_reference(
         &self,
         reference: &str,
         auth: Option<RegistryAuth>,
@@ -888,6 +936,15 @@ impl ImageStore {
             let _ = fs::remove_dir_all(&dir);
             return Err(e);
         }
+        // Empty, so measured at once.
+        let at = SystemTime::now();
+        let known = usage::walk::measure(&upper, &mut |_| {})
+            .ok()
+            .map(|u| FsUsage {
+                measured_at: Some(at),
+                ..u
+            });
+        self.inner.layers.register(container_id, upper, known);
         Ok(())
     }
 
@@ -895,6 +952,7 @@ impl ImageStore {
     /// Idempotent.
     pub fn remove_rootfs(&self, container_id: &str, target: &Path) -> Result<(), ImageError> {
         validate_container_id(container_id)?;
+        self.inner.layers.unregister(container_id);
         overlay::unmount(target)?;
         let dir = self.inner.root.join("containers").join(container_id);
         for sub in ["upper", "work", "empty", "lower"] {
@@ -991,52 +1049,44 @@ impl ImageStore {
     }
 
     /// Space and inodes used by images (content + snapshots) and by container
-    /// upper dirs.
+    /// upper dirs, as last measured ([`usage`]): no file tree is walked.
     pub fn fs_info(&self) -> Result<FsInfo, ImageError> {
-        let root = &self.inner.root;
-        let mut image_fs = FsUsage {
-            path: root.clone(),
-            ..Default::default()
-        };
-        let mut seen = HashSet::new();
-        du(&root.join("content"), &mut seen, &mut image_fs);
-        du(&root.join("snapshots"), &mut seen, &mut image_fs);
-        let mut container_fs = FsUsage {
-            path: root.join("containers"),
-            ..Default::default()
-        };
-        if let Ok(rd) = fs::read_dir(root.join("containers")) {
-            for e in rd.flatten() {
-                du(&e.path().join("upper"), &mut seen, &mut container_fs);
-            }
-        }
         Ok(FsInfo {
-            image_fs,
-            container_fs,
+            image_fs: self.inner.image_fs.usage(),
+            container_fs: self.inner.layers.total(self.inner.root.join("containers")),
         })
     }
 
     /// Bytes and inodes a container's rootfs has written (its upper dir): the
-    /// `writable_layer` of CRI's ContainerStats.
+    /// `writable_layer` of CRI's ContainerStats, as last measured; a change
+    /// shows within [`ImageStoreConfig::usage_refresh`]. NotFound for a
+    /// container without a rootfs here, or whose layer is not measured yet
+    /// (right after carrackd starts).
     pub fn rootfs_usage(&self, container_id: &str) -> Result<FsUsage, ImageError> {
         validate_container_id(container_id)?;
-        let upper = self
-            .inner
-            .root
-            .join("containers")
-            .join(container_id)
-            .join("upper");
-        if !upper.is_dir() {
-            return Err(ImageError::NotFound(format!(
+        match self.inner.layers.get(container_id) {
+            Some(Some(usage)) => Ok(usage),
+            Some(None) => Err(ImageError::NotFound(format!(
+                "usage of the rootfs of container {container_id} (not measured yet)"
+            ))),
+            None => Err(ImageError::NotFound(format!(
                 "rootfs of container {container_id}"
-            )));
+            ))),
         }
-        let mut usage = FsUsage {
-            path: upper.clone(),
-            ..Default::default()
-        };
-        du(&upper, &mut HashSet::new(), &mut usage);
-        Ok(usage)
+    }
+
+    /// The first figure of container `container_id`'s writable layer from a
+    /// walk started after `after`, waiting up to `timeout` for one (None
+    /// when none came, or the container has no rootfs here).
+    pub fn rootfs_usage_measured_after(
+        &self,
+        container_id: &str,
+        after: SystemTime,
+        timeout: Duration,
+    ) -> Option<FsUsage> {
+        self.inner
+            .layers
+            .measured_after(container_id, after, timeout)
     }
 
     /// Removes blobs and snapshots no image and no container rootfs uses.
@@ -1074,12 +1124,19 @@ impl ImageStore {
                 report.snapshots_removed += 1;
             }
         }
+        self.reconcile_image_fs();
         Ok(report)
     }
 
     /// Loads an OCI archive (`oci-layout` + `index.json`) or a docker archive
     /// (`manifest.json`) tar and records its images.
     pub async fn import_archive(&self, path: &Path) -> Result<Vec<Image>, ImageError> {
+        let imported = self.import_images(path).await;
+        self.image_fs_changed().await;
+        imported
+    }
+
+    async fn import_images(&self, path: &Path) -> Result<Vec<Image>, ImageError> {
         let _gate = self.inner.pull_gate.read().await;
         let this = self.clone();
         let p = path.to_owned();

@@ -9,7 +9,10 @@
 //! - `image_views`: the read-only views of images (image volumes) by owner
 //!   and name, with the image and snapshots each uses (the image is not
 //!   removed, its snapshots not collected, while one exists).
+//! - `image_snapshot_usage`: bytes and inodes of each snapshot, measured
+//!   once when it is made ([`crate::usage::image_fs`]).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -17,6 +20,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ImageError;
+use crate::usage::image_fs::Footprint;
 
 /// One layer of an image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +126,11 @@ impl Metadata {
                 image_id TEXT NOT NULL,
                 chain_ids TEXT NOT NULL,
                 PRIMARY KEY (owner, name)
+             );
+             CREATE TABLE IF NOT EXISTS image_snapshot_usage (
+                chain_id TEXT PRIMARY KEY,
+                bytes INTEGER NOT NULL,
+                inodes INTEGER NOT NULL
              );",
         )?;
         Ok(Metadata {
@@ -323,6 +332,42 @@ impl Metadata {
             out.extend(ids);
         }
         Ok(out)
+    }
+
+    /// The recorded usage of every measured snapshot, by chain id.
+    pub fn snapshot_usages(&self) -> Result<HashMap<String, Footprint>, ImageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT chain_id, bytes, inodes FROM image_snapshot_usage")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Footprint {
+                        bytes: r.get::<_, i64>(1)? as u64,
+                        inodes: r.get::<_, i64>(2)? as u64,
+                    },
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Records the usage of snapshot `chain_id`.
+    pub fn put_snapshot_usage(&self, chain_id: &str, f: Footprint) -> Result<(), ImageError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO image_snapshot_usage (chain_id, bytes, inodes) VALUES (?1, ?2, ?3)",
+            params![chain_id, f.bytes as i64, f.inodes as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets the usage of a removed snapshot.
+    pub fn delete_snapshot_usage(&self, chain_id: &str) -> Result<(), ImageError> {
+        self.conn().execute(
+            "DELETE FROM image_snapshot_usage WHERE chain_id = ?1",
+            params![chain_id],
+        )?;
+        Ok(())
     }
 }
 

@@ -6,12 +6,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::FileTypeExt;
+use std::time::SystemTime;
 
 use carrack_e2e::image_builder::{Compression, ImageConfig, ImageSpec, Layer, OciLayout};
 use carrack_e2e::registry::Registry;
 use carrack_image::{ImageError, OverlayMethod, RegistryAuth, RegistryConfig};
 use common::{
-    TestDir, leftovers, mount_options, prerequisites, push, snapshot_count, store,
+    TestDir, USAGE_BOUND, leftovers, mount_options, prerequisites, push, snapshot_count, store,
     store_mounting_with,
 };
 
@@ -215,9 +216,15 @@ async fn whiteouts_opaque_dirs_and_mounted_rootfs(overlay_method: Option<Overlay
         .join(&img.layers[1].chain_id["sha256:".len()..])
         .join("data/b");
     assert_eq!(fs::read_to_string(lower_b).unwrap(), "b\n");
-    let written = s.rootfs_usage("ctr-1").unwrap();
+    // The writable layer's usage follows within the refresh interval.
+    let written = s
+        .rootfs_usage_measured_after("ctr-1", SystemTime::now(), USAGE_BOUND)
+        .expect("a figure after the copy-up");
     fs::write(target.join("big"), vec![7u8; 1 << 20]).unwrap();
-    let grown = s.rootfs_usage("ctr-1").unwrap();
+    let after_big = SystemTime::now();
+    let grown = s
+        .rootfs_usage_measured_after("ctr-1", after_big, USAGE_BOUND)
+        .expect("a figure after the write");
     assert!(
         grown.used_bytes >= written.used_bytes + (1 << 20),
         "{written:?} -> {grown:?}"

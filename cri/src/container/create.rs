@@ -2,7 +2,8 @@
 //! handler (nothing is made for a bad one), record the intent, make the
 //! container (its rootfs, its OCI spec, its shim and the runtime's create),
 //! then mark it Created and tell event subscribers. A failure on the way
-//! destroys what was made and deletes the row.
+//! destroys what was made and deletes the row. Each phase is timed
+//! (`crate::phases`).
 
 use std::path::Path;
 
@@ -17,6 +18,7 @@ use crate::cri_error::CriError;
 use crate::cri_records::process_user;
 use crate::daemon::{Daemon, new_id, now_nanos};
 use crate::events::ContainerEventKind;
+use crate::phases::{Phase, PhaseClock, Rpc};
 use crate::pod_pid::TARGET_ID_FIELD;
 use crate::spec::{self, SandboxView, SpecInput};
 use crate::store::{ContainerRecord, ContainerState, SandboxRecord};
@@ -28,16 +30,17 @@ pub(crate) async fn create(
     pod_sandbox_id: &str,
     config: cri::ContainerConfig,
 ) -> Result<String, CriError> {
-    let checked = check(d, pod_sandbox_id, &config).await?;
-    let rec = record(d, config, &checked)?;
-    let user = match make(d, &rec, &checked).await {
+    let clock = PhaseClock::start(&d.telemetry, Rpc::CreateContainer);
+    let checked = check(d, pod_sandbox_id, &config, &clock).await?;
+    let rec = record(d, config, &checked, &clock)?;
+    let user = match make(d, &rec, &checked, &clock).await {
         Ok(user) => user,
         Err(e) => {
             d.destroy_container(&rec).await;
             return Err(e);
         }
     };
-    mark_created(d, rec, user).await
+    mark_created(d, rec, user, &clock).await
 }
 
 /// What [`check`] found for a good request.
@@ -68,6 +71,7 @@ async fn check(
     d: &Daemon,
     pod_sandbox_id: &str,
     config: &cri::ContainerConfig,
+    clock: &PhaseClock<'_>,
 ) -> Result<Checked, CriError> {
     let meta = config
         .metadata
@@ -87,7 +91,7 @@ async fn check(
     if image_name.is_empty() {
         return Err(CriError::invalid("config.image.image", "must not be empty"));
     }
-    let sb = d.ready_sandbox(pod_sandbox_id)?;
+    let sb = clock.time(Phase::Db, || d.ready_sandbox(pod_sandbox_id))?;
     let image = d.images.resolve(&image_name)?.ok_or_else(|| {
         CriError::NotFound(format!(
             "config.image.image: image {image_name:?} not found (pull it first)"
@@ -187,6 +191,7 @@ fn record(
     d: &Daemon,
     config: cri::ContainerConfig,
     checked: &Checked,
+    clock: &PhaseClock<'_>,
 ) -> Result<ContainerRecord, CriError> {
     let sb = &checked.sandbox;
     let image = &checked.image;
@@ -229,7 +234,8 @@ fn record(
         user: None,
         config,
     };
-    d.store.insert_container(&rec)?;
+    clock.set_id(&rec.id);
+    clock.time(Phase::Db, || d.store.insert_container(&rec))?;
     Ok(rec)
 }
 
@@ -241,11 +247,18 @@ async fn make(
     d: &Daemon,
     rec: &ContainerRecord,
     checked: &Checked,
+    clock: &PhaseClock<'_>,
 ) -> Result<Option<cri::ContainerUser>, CriError> {
     let rootfs = rec.bundle.join("rootfs");
-    prepare_rootfs(d, rec, checked, &rootfs).await?;
-    let volumes = crate::image_volume::mount(&d.images, &rec.id, &checked.volumes)?;
-    let spec = write_spec(d, rec, checked, &rootfs, &volumes)?;
+    clock
+        .time_async(Phase::Rootfs, prepare_rootfs(d, rec, checked, &rootfs))
+        .await?;
+    let volumes = clock.time(Phase::Rootfs, || {
+        crate::image_volume::mount(&d.images, &rec.id, &checked.volumes)
+    })?;
+    let spec = clock.time(Phase::Spec, || {
+        write_spec(d, rec, checked, &rootfs, &volumes)
+    })?;
     if !rec.log_path.is_empty()
         && let Some(parent) = Path::new(&rec.log_path).parent()
     {
@@ -253,7 +266,7 @@ async fn make(
             CriError::Internal(format!("creating log dir {}: {e}", parent.display()))
         })?;
     }
-    start_shim_and_create(d, rec, &checked.handler).await?;
+    start_shim_and_create(d, rec, &checked.handler, clock).await?;
     Ok(process_user(&spec))
 }
 
@@ -321,30 +334,35 @@ async fn start_shim_and_create(
     d: &Daemon,
     rec: &ContainerRecord,
     handler: &RuntimeHandler,
+    clock: &PhaseClock<'_>,
 ) -> Result<(), CriError> {
     let mut opts = ShimOptions::new(&rec.id, &handler.binary);
     opts.runtime_root = Some(handler.root.clone());
     opts.state_dir = d.shim_dir();
     opts.shim_binary = d.config().shim_binary.clone();
-    let mut shim = carrack_shim::start_shim(&opts)
+    let mut shim = clock
+        .time_async(Phase::ShimStart, carrack_shim::start_shim(&opts))
         .await
         .map_err(|e| CriError::Internal(e.to_string()))?;
     d.keep_shim(&rec.id, shim.clone());
-    shim.task
-        .create(sp::CreateRequest {
-            id: rec.id.clone(),
-            bundle: rec.bundle.to_string_lossy().into_owned(),
-            stdio: Some(sp::Stdio {
-                stdin: rec.config.stdin,
-                stdin_once: rec.config.stdin_once,
-                terminal: rec.config.tty,
-                log_path: rec.log_path.clone(),
-                capture_output: false,
-                capture_limit_bytes: 0,
-            }),
-        })
+    let create = shim.task.create(sp::CreateRequest {
+        id: rec.id.clone(),
+        bundle: rec.bundle.to_string_lossy().into_owned(),
+        stdio: Some(sp::Stdio {
+            stdin: rec.config.stdin,
+            stdin_once: rec.config.stdin_once,
+            terminal: rec.config.tty,
+            log_path: rec.log_path.clone(),
+            capture_output: false,
+            capture_limit_bytes: 0,
+        }),
+    });
+    let created = clock
+        .time_async(Phase::ShimCall, create)
         .await
-        .map_err(|e| CriError::Unknown(format!("creating the container: {}", e.message())))?;
+        .map_err(|e| CriError::Unknown(format!("creating the container: {}", e.message())))?
+        .into_inner();
+    clock.split_runtime(Phase::RuntimeCreate, created.runtime_nanos);
     Ok(())
 }
 
@@ -354,11 +372,12 @@ async fn mark_created(
     d: &Daemon,
     mut rec: ContainerRecord,
     user: Option<cri::ContainerUser>,
+    clock: &PhaseClock<'_>,
 ) -> Result<String, CriError> {
     rec.state = ContainerState::Created;
     rec.user = user;
     let _g = d.records.lock().await;
-    if let Err(e) = d.store.update_container(&rec) {
+    if let Err(e) = clock.time(Phase::Db, || d.store.update_container(&rec)) {
         drop(_g);
         d.destroy_container(&rec).await;
         return Err(e.into());

@@ -21,6 +21,7 @@ use crate::cri_error::CriError;
 use crate::cri_records::{container_state, labels_match};
 use crate::daemon::{Daemon, now_nanos};
 use crate::events::ContainerEventKind;
+use crate::phases::{Phase, PhaseClock, Rpc};
 use crate::store::{ContainerRecord, ContainerState};
 
 /// The container `id` names; NotFound when none.
@@ -30,10 +31,13 @@ pub(crate) fn find(d: &Daemon, id: &str) -> Result<ContainerRecord, CriError> {
 }
 
 /// Starts the Created container `id` names; a start the runtime refuses
-/// leaves it Exited with reason StartError.
+/// leaves it Exited with reason StartError. Each phase is timed
+/// (`crate::phases`).
 pub(crate) async fn start(d: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
-    let c = find(d, id)?;
+    let clock = PhaseClock::start(&d.telemetry, Rpc::StartContainer);
+    let c = clock.time(Phase::Db, || find(d, id))?;
     let id = c.id.clone();
+    clock.set_id(&id);
     if c.state != ContainerState::Created {
         return Err(CriError::FailedPrecondition(format!(
             "container {id} is {:?}, not Created",
@@ -41,20 +45,21 @@ pub(crate) async fn start(d: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
         )));
     }
     let mut shim = d.shim(&id).await?;
-    let started = shim
-        .task
-        .start(sp::StartRequest {
-            id: id.clone(),
-            exec_id: String::new(),
-        })
-        .await;
+    let start = shim.task.start(sp::StartRequest {
+        id: id.clone(),
+        exec_id: String::new(),
+    });
+    let started = clock.time_async(Phase::ShimCall, start).await;
+    if let Ok(r) = &started {
+        clock.split_runtime(Phase::RuntimeStart, r.get_ref().runtime_nanos);
+    }
     let _g = d.records.lock().await;
-    let mut c = find(d, &id)?;
+    let mut c = clock.time(Phase::Db, || find(d, &id))?;
     match started {
         Ok(_) => {
             c.state = ContainerState::Running;
             c.started_at = now_nanos();
-            d.store.update_container(&c)?;
+            clock.time(Phase::Db, || d.store.update_container(&c))?;
             d.emit(ContainerEventKind::Started, &c).await;
             drop(_g);
             d.watch(id.clone());

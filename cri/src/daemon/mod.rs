@@ -12,6 +12,7 @@
 //! - `destroy`: removing everything a sandbox or a container may have,
 //!   idempotent and best effort (the undo of every failed request);
 //! - `events`: publishing container events with the pod's statuses;
+//! - `stats_collector`: the thread of the background stats collection;
 //! - `session_targets`: what the streaming sessions may ask of the daemon.
 //!
 //! Every mutating request writes its intent to the store first (a row in
@@ -25,6 +26,7 @@ mod events;
 mod exits;
 mod recovery;
 mod session_targets;
+mod stats_collector;
 mod stop;
 
 use std::collections::{HashMap, HashSet};
@@ -61,7 +63,7 @@ pub struct Daemon {
     shims: Mutex<HashMap<String, ShimClient>>,
     /// Serialises read-modify-write of records.
     pub(crate) records: tokio::sync::Mutex<()>,
-    /// Last CPU samples, for rates.
+    /// Last CPU samples, for rates, and the background collection's.
     pub(crate) sampler: crate::stats::Sampler,
     /// GetContainerEvents fan-out.
     pub(crate) events: ContainerEvents,
@@ -101,6 +103,7 @@ impl Daemon {
         info!(method = %overlay.method, reason = overlay.reason, "rootfs overlays");
         info!(driver = cfg.cgroup_driver().name(), "cgroup driver");
         let handler_features = crate::handler_features::probe_all(&cfg);
+        let sampler = crate::stats::Sampler::new(cfg.stats_collection_seconds > 0);
         Ok(Arc::new(Daemon {
             cfg,
             store,
@@ -108,7 +111,7 @@ impl Daemon {
             network,
             shims: Mutex::new(HashMap::new()),
             records: tokio::sync::Mutex::new(()),
-            sampler: Default::default(),
+            sampler,
             events: Default::default(),
             telemetry: Default::default(),
             streaming: Default::default(),
@@ -180,6 +183,9 @@ impl Daemon {
     /// crictl users type them (containerd accepts prefixes too). An
     /// ambiguous prefix is InvalidArgument listing the candidates.
     pub(crate) fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, CriError> {
+        if let Some(s) = self.store.sandbox(id)? {
+            return Ok(Some(s));
+        }
         let all = self.store.sandboxes()?;
         by_id_or_prefix(all, id, |s| &s.id, "pod sandbox")
     }
@@ -200,6 +206,9 @@ impl Daemon {
     }
     /// The container `id` names: its full id or a unique prefix of it.
     pub(crate) fn container(&self, id: &str) -> Result<Option<ContainerRecord>, CriError> {
+        if let Some(c) = self.store.container(id)? {
+            return Ok(Some(c));
+        }
         let all = self.store.containers()?;
         by_id_or_prefix(all, id, |c| &c.id, "container")
     }

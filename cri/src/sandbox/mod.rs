@@ -22,6 +22,7 @@ use crate::cri_error::CriError;
 use crate::cri_records::{labels_match, sandbox_state};
 use crate::daemon::{Daemon, Stopping};
 use crate::events::ContainerEventKind;
+use crate::phases::{Phase, PhaseClock, Rpc};
 use crate::pod_host::SandboxError;
 use crate::store::{ContainerRecord, SandboxRecord, SandboxState};
 
@@ -46,31 +47,43 @@ fn containers_of(d: &Daemon, id: &str) -> Result<Vec<ContainerRecord>, CriError>
 
 /// Stops the sandbox `id` names (nothing when none): kills its containers,
 /// its infra process, tears its network down and releases its namespaces;
-/// it is NotReady then. Idempotent.
+/// it is NotReady then. Idempotent. Each phase is timed (`crate::phases`).
 pub(crate) async fn stop(d: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
-    let Some(mut sb) = d.sandbox(id)? else {
+    let clock = PhaseClock::start(&d.telemetry, Rpc::StopPodSandbox);
+    let Some(mut sb) = clock.time(Phase::Db, || d.sandbox(id))? else {
         return Ok(());
     };
     let id = sb.id.clone();
-    for c in containers_of(d, &id)? {
-        d.stop_container(&c, 0).await?;
-    }
+    clock.set_id(&id);
+    let containers = clock.time(Phase::Db, || containers_of(d, &id))?;
+    let stop_all = async {
+        for c in containers {
+            d.stop_container(&c, 0).await?;
+        }
+        Ok::<_, CriError>(())
+    };
+    clock.time_async(Phase::StopContainers, stop_all).await?;
     let _stopping = Stopping::mark(d, &id);
     if let Some(infra) = &sb.infra {
-        infra
-            .kill()
+        clock
+            .time(Phase::Infra, || infra.kill())
             .map_err(|e| CriError::Internal(format!("stopping pod sandbox {id}: {e}")))?;
     }
     if !sb.netns.is_empty() {
-        d.network
-            .teardown(&id, Path::new(&sb.netns), &sb.config)
+        let teardown = d.network.teardown(&id, Path::new(&sb.netns), &sb.config);
+        clock
+            .time_async(Phase::NetworkDel, teardown)
             .await
             .map_err(network_refusal)?;
     }
-    crate::pod_host::release_namespaces(&d.ns_dir(&id)).map_err(CriError::internal)?;
+    clock
+        .time(Phase::Namespaces, || {
+            crate::pod_host::release_namespaces(&d.ns_dir(&id))
+        })
+        .map_err(CriError::internal)?;
     let was_ready = sb.state == SandboxState::Ready;
     sb.state = SandboxState::NotReady;
-    d.store.update_sandbox(&sb)?;
+    clock.time(Phase::Db, || d.store.update_sandbox(&sb))?;
     if was_ready {
         d.emit_event(ContainerEventKind::Stopped, &id, &id, None)
             .await;

@@ -1,7 +1,7 @@
 //! RunPodSandbox: check the pod's config (nothing is made for a bad one),
 //! record the intent, make the pod's host-side pieces, then mark it Ready
 //! and tell event subscribers. A failure on the way undoes everything made
-//! and deletes the row.
+//! and deletes the row. Each phase is timed (`crate::phases`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use crate::cri_error::CriError;
 use crate::daemon::{Daemon, new_id, now_nanos};
 use crate::events::ContainerEventKind;
 use crate::id_maps::PodIdMaps;
+use crate::phases::{Phase, PhaseClock, Rpc};
 use crate::pod_config::{HOSTNAME_MAX, host_network, hostname, ns_options};
 use crate::pod_host::{self, NsRequest, PinnedNs, SandboxError};
 use crate::store::{SandboxRecord, SandboxState};
@@ -25,10 +26,11 @@ pub(crate) async fn run(
     config: cri::PodSandboxConfig,
     runtime_handler: &str,
 ) -> Result<String, CriError> {
+    let clock = PhaseClock::start(&d.telemetry, Rpc::RunPodSandbox);
     let checked = check(d, &config, runtime_handler)?;
-    let mut rec = record(d, config, &checked)?;
-    match make(d, &mut rec, &checked.ns).await {
-        Ok(()) => mark_ready(d, rec).await,
+    let mut rec = record(d, config, &checked, &clock)?;
+    match make(d, &mut rec, &checked.ns, &clock).await {
+        Ok(()) => mark_ready(d, rec, &clock).await,
         Err(e) => {
             d.destroy_sandbox(&rec).await;
             let _ = d.store.delete_sandbox(&rec.id);
@@ -104,6 +106,7 @@ fn record(
     d: &Daemon,
     config: cri::PodSandboxConfig,
     checked: &Checked<'_>,
+    clock: &PhaseClock<'_>,
 ) -> Result<SandboxRecord, CriError> {
     let meta = config.metadata.clone().unwrap_or_default();
     let id = new_id();
@@ -137,7 +140,8 @@ fn record(
         infra: None,
         userns: String::new(),
     };
-    d.store.insert_sandbox(&rec)?;
+    clock.set_id(&rec.id);
+    clock.time(Phase::Db, || d.store.insert_sandbox(&rec))?;
     Ok(rec)
 }
 
@@ -148,6 +152,7 @@ async fn make(
     d: &Daemon,
     rec: &mut SandboxRecord,
     ns: &cri::NamespaceOption,
+    clock: &PhaseClock<'_>,
 ) -> Result<(), CriError> {
     let host_net = ns.network == cri::NamespaceMode::Node as i32;
     let host_ipc = ns.ipc == cri::NamespaceMode::Node as i32;
@@ -157,32 +162,42 @@ async fn make(
         ipc: !host_ipc,
         uts: !host_net,
     };
-    let pinned = pin_namespaces(d, rec, crate::id_maps::validate(ns)?, req, &hostname)?;
+    let maps = crate::id_maps::validate(ns)?;
+    let pinned = clock.time(Phase::Namespaces, || {
+        pin_namespaces(d, rec, maps, req, &hostname)
+    })?;
     rec.netns = pinned.net;
     rec.ipcns = pinned.ipc;
     rec.utsns = pinned.uts;
-    d.store.update_sandbox(rec)?;
+    clock.time(Phase::Db, || d.store.update_sandbox(rec))?;
     // A pod slice is made by systemd with the first scope in it.
     if !crate::pod_cgroup::is_slice(&rec.cgroup_path) {
-        let cg = carrack_cgroups::Cgroup::open(&rec.cgroup_path, &rec.id)
-            .map_err(|e| CriError::invalid("config.linux.cgroup_parent", e))?;
-        cg.create()
-            .map_err(|e| CriError::Internal(format!("creating the pod cgroup: {e}")))?;
+        clock.time(Phase::PodCgroup, || {
+            let cg = carrack_cgroups::Cgroup::open(&rec.cgroup_path, &rec.id)
+                .map_err(|e| CriError::invalid("config.linux.cgroup_parent", e))?;
+            cg.create()
+                .map_err(|e| CriError::Internal(format!("creating the pod cgroup: {e}")))
+        })?;
     }
     if crate::pod_pid::shares_pid(&rec.config) {
-        start_infra(d, rec)?;
+        start_infra(d, rec, clock)?;
     }
-    pod_host::write_files(
-        &d.sandbox_dir(&rec.id),
-        &hostname,
-        rec.config.dns_config.as_ref(),
-        host_ipc,
-    )
-    .map_err(|e| CriError::Internal(format!("pod files: {e}")))?;
+    clock
+        .time(Phase::PodFiles, || {
+            pod_host::write_files(
+                &d.sandbox_dir(&rec.id),
+                &hostname,
+                rec.config.dns_config.as_ref(),
+                host_ipc,
+            )
+        })
+        .map_err(|e| CriError::Internal(format!("pod files: {e}")))?;
     if !host_net {
-        let mut ips = d
-            .network
-            .setup(&rec.id, Path::new(&rec.netns), &rec.config)
+        let mut ips = clock
+            .time_async(
+                Phase::NetworkAdd,
+                d.network.setup(&rec.id, Path::new(&rec.netns), &rec.config),
+            )
             .await
             .map_err(network_refusal)?
             .into_iter();
@@ -217,23 +232,34 @@ fn pin_namespaces(
 
 /// Starts the infra process holding the pod's shared PID namespace, in
 /// the pod's user namespace if it has one, and records it.
-fn start_infra(d: &Daemon, rec: &mut SandboxRecord) -> Result<(), CriError> {
+fn start_infra(
+    d: &Daemon,
+    rec: &mut SandboxRecord,
+    clock: &PhaseClock<'_>,
+) -> Result<(), CriError> {
     let userns = (!rec.userns.is_empty()).then(|| PathBuf::from(&rec.userns));
     let state_dir = d.ns_dir(&rec.id);
     let state_dir = state_dir.parent().unwrap_or(&state_dir);
-    let infra = crate::pod_pid::start_infra(rec, state_dir, userns.as_deref())
+    let infra = clock
+        .time(Phase::Infra, || {
+            crate::pod_pid::start_infra(rec, state_dir, userns.as_deref())
+        })
         .map_err(|e| CriError::Internal(e.to_string()))?;
     rec.infra = Some(infra);
-    d.store.update_sandbox(rec)?;
+    clock.time(Phase::Db, || d.store.update_sandbox(rec))?;
     Ok(())
 }
 
 /// Records the sandbox Ready, watches its infra process and publishes its
 /// Created and Started events.
-async fn mark_ready(d: &Arc<Daemon>, mut rec: SandboxRecord) -> Result<String, CriError> {
+async fn mark_ready(
+    d: &Arc<Daemon>,
+    mut rec: SandboxRecord,
+    clock: &PhaseClock<'_>,
+) -> Result<String, CriError> {
     let id = rec.id.clone();
     rec.state = SandboxState::Ready;
-    if let Err(e) = d.store.update_sandbox(&rec) {
+    if let Err(e) = clock.time(Phase::Db, || d.store.update_sandbox(&rec)) {
         d.destroy_sandbox(&rec).await;
         let _ = d.store.delete_sandbox(&id);
         return Err(e.into());

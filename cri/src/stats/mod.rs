@@ -5,8 +5,10 @@
 //!
 //! CPU and memory come from the cgroups (via `carrack-cgroups`, which reads
 //! v1, v2 and hybrid hosts alike: nothing here looks at a controller file),
-//! the writable layer from the image store's `rootfs_usage`, network
-//! counters from inside the pod's network namespace ([`network`]).
+//! the writable layer from the image store's `rootfs_usage` (a figure the
+//! store keeps up to date in the background, `carrack_image::usage`: no
+//! file tree is walked here, and its timestamp is when it was measured),
+//! network counters from inside the pod's network namespace ([`network`]).
 //!
 //! Pressure (PSI: the `psi` of CPU and memory, and `io`, which carries only
 //! the I/O pressure) comes from the cgroup2 directory's `*.pressure` files:
@@ -17,15 +19,21 @@
 //! of every container and pod and divides the CPU time used since then by
 //! the wall time elapsed. The first sample of a container has no rate.
 //!
+//! The cgroups and network counters are read either at each call, or, with
+//! `stats_collection_seconds` set, by a pass over every pod and container
+//! in the background ([`collection`]), the calls answering from its
+//! samples.
+//!
 //! This module does not decide which containers exist: the RuntimeService
 //! passes the records; nor does it know the store.
 
+pub mod collection;
 pub mod metrics;
 pub mod network;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use carrack_image::ImageStore;
@@ -41,8 +49,11 @@ pub const DEFAULT_INTERFACE: &str = "eth0";
 const UNLIMITED: u64 = 1 << 62;
 
 fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    unix_nanos(SystemTime::now())
+}
+
+fn unix_nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
 }
@@ -79,13 +90,49 @@ fn nano_cores(prev: Option<CpuSample>, now: CpuSample) -> Option<u64> {
     Some((used * 1_000_000_000 / wall as u128) as u64)
 }
 
-/// Keeps the last CPU sample per container and per pod, for rates.
+/// Keeps the last CPU sample per container and per pod, for rates, each
+/// container's cgroup path (read once from its bundle), and the host's
+/// cgroup layout (read once: finding it parses `/proc/self/mountinfo`,
+/// which on a full node lists every pod's mounts, and it does not change
+/// while a node runs); and, when collecting, the collection's samples.
 #[derive(Debug, Default)]
 pub struct Sampler {
     last: Mutex<HashMap<String, CpuSample>>,
+    cgroup_paths: Mutex<HashMap<String, String>>,
+    hierarchy: OnceLock<Option<carrack_cgroups::Hierarchy>>,
+    /// The samples of the background collection; None: read at each call.
+    collected: Option<collection::Collected>,
+}
+
+/// What a container's cgroup said at one moment.
+#[derive(Debug, Clone, Default)]
+struct ContainerSample {
+    cpu: Option<cri::CpuUsage>,
+    memory: Option<cri::MemoryUsage>,
+    swap: Option<cri::SwapUsage>,
+    io: Option<cri::IoUsage>,
+}
+
+/// What a pod's cgroup and network namespace said at one moment.
+#[derive(Debug, Clone, Default)]
+struct PodSample {
+    cpu: Option<cri::CpuUsage>,
+    memory: Option<cri::MemoryUsage>,
+    process: Option<cri::ProcessUsage>,
+    network: Option<cri::NetworkUsage>,
+    io: Option<cri::IoUsage>,
 }
 
 impl Sampler {
+    /// A sampler that reads at each call (`collect` false) or answers from
+    /// the samples of [`Sampler::collect`].
+    pub fn new(collect: bool) -> Sampler {
+        Sampler {
+            collected: collect.then(Default::default),
+            ..Default::default()
+        }
+    }
+
     /// Records `now` for `key` and returns the rate since the previous one.
     fn rate(&self, key: &str, now: CpuSample) -> Option<u64> {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
@@ -98,13 +145,54 @@ impl Sampler {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         last.remove(id);
         last.remove(&format!("pod:{id}"));
+        drop(last);
+        let mut paths = self.cgroup_paths.lock().unwrap_or_else(|e| e.into_inner());
+        paths.remove(id);
+        drop(paths);
+        if let Some(c) = &self.collected {
+            c.forget(id);
+        }
     }
 
-    /// CPU and memory of one cgroup as CRI reports them; None when the
-    /// cgroup cannot be read (not created yet, or already removed).
-    fn cgroup_usage(&self, key: &str, cgroup_path: &str, id: &str) -> Option<CgroupUsage> {
-        let cg = carrack_cgroups::Cgroup::open(cgroup_path, id).ok()?;
-        let st = cg.stats().ok()?;
+    /// The container's cgroup: `linux.cgroupsPath` of its bundle's
+    /// config.json (what the runtime was told; read once, it never
+    /// changes), else the pod cgroup's child named by the id.
+    fn container_cgroup_path(
+        &self,
+        c: &ContainerRecord,
+        sb: Option<&SandboxRecord>,
+    ) -> Option<String> {
+        let mut paths = self.cgroup_paths.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = paths.get(&c.id) {
+            return Some(p.clone());
+        }
+        if let Some(p) = spec_cgroup_path(c) {
+            paths.insert(c.id.clone(), p.clone());
+            return Some(p);
+        }
+        sb.map(|s| crate::pod_cgroup::member_cgroups_path(&s.cgroup_path, &c.id))
+    }
+
+    /// CPU and memory of one cgroup as CRI reports them, and its process
+    /// count when `count_processes` (pods report one, containers do not);
+    /// None when the cgroup cannot be read (not created yet, or already
+    /// removed).
+    fn cgroup_usage(
+        &self,
+        key: &str,
+        cgroup_path: &str,
+        id: &str,
+        count_processes: bool,
+    ) -> Option<CgroupUsage> {
+        let hierarchy = self
+            .hierarchy
+            .get_or_init(|| carrack_cgroups::hierarchy().ok());
+        let cg = match hierarchy {
+            Some(h) => carrack_cgroups::Cgroup::open_in(h.clone(), cgroup_path, id),
+            None => carrack_cgroups::Cgroup::open(cgroup_path, id),
+        }
+        .ok()?;
+        let st = cg.stats_of(carrack_cgroups::Detail::CpuMemory).ok()?;
         let ts = now_nanos();
         let sample = CpuSample {
             at_nanos: ts,
@@ -116,7 +204,11 @@ impl Sampler {
             usage_nano_cores: self.rate(key, sample).and_then(value),
             psi: st.cpu.psi.as_ref().map(psi),
         };
-        let processes = cg.pids().map(|p| p.len() as u64).unwrap_or(0);
+        let processes = if count_processes {
+            cg.pids().map(|p| p.len() as u64).unwrap_or(0)
+        } else {
+            0
+        };
         Some(CgroupUsage {
             cpu,
             memory: memory_usage(&st.memory, ts),
@@ -129,6 +221,50 @@ impl Sampler {
         })
     }
 
+    /// Reads the cgroup of container `c` of the pod `sb`.
+    fn read_container(&self, c: &ContainerRecord, sb: Option<&SandboxRecord>) -> ContainerSample {
+        let usage = self
+            .container_cgroup_path(c, sb)
+            .and_then(|path| self.cgroup_usage(&c.id, &path, &c.id, false));
+        match usage {
+            Some(u) => ContainerSample {
+                cpu: Some(u.cpu),
+                memory: Some(u.memory),
+                swap: u.swap,
+                io: u.io,
+            },
+            None => ContainerSample::default(),
+        }
+    }
+
+    /// Reads the cgroup, process count and network counters of pod `sb`.
+    fn read_pod(&self, sb: &SandboxRecord) -> PodSample {
+        let ts = now_nanos();
+        let usage = self.cgroup_usage(
+            &format!("pod:{}", sb.id),
+            &crate::pod_cgroup::cgroupfs_path(&sb.cgroup_path),
+            &sb.id,
+            true,
+        );
+        let network = pod_network(sb, ts);
+        match usage {
+            Some(u) => PodSample {
+                cpu: Some(u.cpu),
+                memory: Some(u.memory),
+                process: Some(cri::ProcessUsage {
+                    timestamp: ts,
+                    process_count: value(u.processes),
+                }),
+                network,
+                io: u.io,
+            },
+            None => PodSample {
+                network,
+                ..Default::default()
+            },
+        }
+    }
+
     /// The stats of one container of the pod `sb`.
     pub fn container_stats(
         &self,
@@ -136,23 +272,21 @@ impl Sampler {
         c: &ContainerRecord,
         sb: Option<&SandboxRecord>,
     ) -> cri::ContainerStats {
-        let usage =
-            container_cgroup_path(c, sb).and_then(|path| self.cgroup_usage(&c.id, &path, &c.id));
+        let sample = match &self.collected {
+            Some(collected) => collected.container(c, || self.read_container(c, sb)),
+            None => self.read_container(c, sb),
+        };
         let writable_layer = images
             .rootfs_usage(&c.id)
             .ok()
             .map(|u| cri::FilesystemUsage {
-                timestamp: now_nanos(),
+                timestamp: u.measured_at.map_or_else(now_nanos, unix_nanos),
                 fs_id: Some(cri::FilesystemIdentifier {
                     mountpoint: u.path.to_string_lossy().into_owned(),
                 }),
                 used_bytes: value(u.used_bytes),
                 inodes_used: value(u.inodes_used),
             });
-        let (cpu, memory, swap, io) = match usage {
-            Some(u) => (Some(u.cpu), Some(u.memory), u.swap, u.io),
-            None => (None, None, None, None),
-        };
         cri::ContainerStats {
             attributes: Some(cri::ContainerAttributes {
                 id: c.id.clone(),
@@ -160,11 +294,11 @@ impl Sampler {
                 labels: c.config.labels.clone(),
                 annotations: c.config.annotations.clone(),
             }),
-            cpu,
-            memory,
+            cpu: sample.cpu,
+            memory: sample.memory,
             writable_layer,
-            swap,
-            io,
+            swap: sample.swap,
+            io: sample.io,
         }
     }
 
@@ -176,23 +310,9 @@ impl Sampler {
         sb: &SandboxRecord,
         containers: &[ContainerRecord],
     ) -> cri::PodSandboxStats {
-        let ts = now_nanos();
-        let usage = self.cgroup_usage(
-            &format!("pod:{}", sb.id),
-            &crate::pod_cgroup::cgroupfs_path(&sb.cgroup_path),
-            &sb.id,
-        );
-        let (cpu, memory, process, io) = match usage {
-            Some(u) => (
-                Some(u.cpu),
-                Some(u.memory),
-                Some(cri::ProcessUsage {
-                    timestamp: ts,
-                    process_count: value(u.processes),
-                }),
-                u.io,
-            ),
-            None => (None, None, None, None),
+        let sample = match &self.collected {
+            Some(collected) => collected.pod(sb, || self.read_pod(sb)),
+            None => self.read_pod(sb),
         };
         cri::PodSandboxStats {
             attributes: Some(cri::PodSandboxAttributes {
@@ -202,15 +322,15 @@ impl Sampler {
                 annotations: sb.config.annotations.clone(),
             }),
             linux: Some(cri::LinuxPodSandboxStats {
-                cpu,
-                memory,
-                network: pod_network(sb, ts),
-                process,
+                cpu: sample.cpu,
+                memory: sample.memory,
+                network: sample.network,
+                process: sample.process,
                 containers: containers
                     .iter()
                     .map(|c| self.container_stats(images, c, Some(sb)))
                     .collect(),
-                io,
+                io: sample.io,
             }),
             windows: None,
         }
@@ -273,14 +393,12 @@ fn swap_usage(m: &carrack_cgroups::MemoryStats, ts: i64) -> Option<cri::SwapUsag
     })
 }
 
-/// The container's cgroup: `linux.cgroupsPath` of its bundle's config.json
-/// (what the runtime was told), else the pod cgroup's child named by the id.
-fn container_cgroup_path(c: &ContainerRecord, sb: Option<&SandboxRecord>) -> Option<String> {
-    let from_spec = std::fs::read(c.bundle.join("config.json"))
+/// `linux.cgroupsPath` of the container's bundle, when it has one.
+fn spec_cgroup_path(c: &ContainerRecord) -> Option<String> {
+    std::fs::read(c.bundle.join("config.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["linux"]["cgroupsPath"].as_str().map(str::to_owned));
-    from_spec.or_else(|| sb.map(|s| crate::pod_cgroup::member_cgroups_path(&s.cgroup_path, &c.id)))
+        .and_then(|v| v["linux"]["cgroupsPath"].as_str().map(str::to_owned))
 }
 
 /// The pod's interfaces other than loopback, `eth0` as the default one;
@@ -367,6 +485,59 @@ mod tests {
         assert_eq!(
             swap_usage(&m, 7).unwrap().swap_usage_bytes.unwrap().value,
             50
+        );
+    }
+
+    fn record(id: &str, bundle: &Path) -> ContainerRecord {
+        ContainerRecord {
+            id: id.into(),
+            name: id.into(),
+            sandbox_id: "pod".into(),
+            config: Default::default(),
+            image_id: String::new(),
+            image_ref: String::new(),
+            state: crate::store::ContainerState::Running,
+            created_at: 0,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            log_path: String::new(),
+            bundle: bundle.to_owned(),
+            runtime_handler: String::new(),
+            stop_signal: 15,
+            resources: None,
+            user: None,
+        }
+    }
+
+    /// The bundle's spec is read once per container: stats of a full node
+    /// read no file per container but the cgroup's.
+    #[test]
+    fn a_containers_cgroup_path_is_read_from_its_bundle_once() {
+        let bundle = tempfile::tempdir().unwrap();
+        let spec = bundle.path().join("config.json");
+        std::fs::write(&spec, r#"{"linux":{"cgroupsPath":"/kubepods/pod1/c1"}}"#).unwrap();
+        let sm = Sampler::default();
+        let c = record("c1", bundle.path());
+        assert_eq!(
+            sm.container_cgroup_path(&c, None).as_deref(),
+            Some("/kubepods/pod1/c1")
+        );
+        std::fs::remove_file(&spec).unwrap();
+        assert_eq!(
+            sm.container_cgroup_path(&c, None).as_deref(),
+            Some("/kubepods/pod1/c1"),
+            "read again"
+        );
+        // Forgotten with the container; without a spec, none is cached.
+        sm.forget("c1");
+        assert_eq!(sm.container_cgroup_path(&c, None), None);
+        std::fs::write(&spec, r#"{"linux":{"cgroupsPath":"/kubepods/pod1/c1"}}"#).unwrap();
+        assert_eq!(
+            sm.container_cgroup_path(&c, None).as_deref(),
+            Some("/kubepods/pod1/c1")
         );
     }
 

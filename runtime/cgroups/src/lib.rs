@@ -52,8 +52,8 @@ pub use hierarchy::{
 };
 pub use oom::OomWatcher;
 pub use stats::{
-    BlkioEntry, BlkioStats, CpuStats, CpuUsage, HugetlbStats, MemoryData, MemoryStats, PidsStats,
-    Psi, PsiData, Stats, Throttling,
+    BlkioEntry, BlkioStats, CpuStats, CpuUsage, Detail, HugetlbStats, MemoryData, MemoryStats,
+    PidsStats, Psi, PsiData, Stats, Throttling,
 };
 pub use undo::Applied;
 
@@ -366,10 +366,15 @@ impl Cgroup {
 
     /// Statistics in the shape of `runc events --stats`.
     pub fn stats(&self) -> Result<Stats> {
+        self.stats_of(Detail::Full)
+    }
+
+    /// The statistics `detail` names (the rest left zero).
+    pub fn stats_of(&self, detail: Detail) -> Result<Stats> {
         let mut stats = Stats::default();
-        v1::read_stats(self, &mut stats)?;
+        v1::read_stats(self, &mut stats, detail)?;
         if let Some(dir) = &self.unified_dir {
-            v2::read_stats(self, dir, &mut stats)?;
+            v2::read_stats(self, dir, &mut stats, detail)?;
         }
         Ok(stats)
     }

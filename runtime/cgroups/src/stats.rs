@@ -11,6 +11,17 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// How much of a cgroup's statistics to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// CPU time used and memory (usage, limit, swap usage, `memory.stat`):
+    /// what CRI's container and pod stats report, read from 5 files where
+    /// [`Detail::Full`] reads some 30. The other fields stay zero.
+    CpuMemory,
+    /// Everything `runc events --stats` reports.
+    Full,
+}
+
 /// Everything read from the cgroup at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {

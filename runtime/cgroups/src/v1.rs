@@ -8,7 +8,7 @@ use std::time::Duration;
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
 
 use crate::error::{CgroupError, Result};
-use crate::stats::{BlkioEntry, HugetlbStats, Stats, parse_flat_keyed, parse_u64};
+use crate::stats::{BlkioEntry, Detail, HugetlbStats, Stats, parse_flat_keyed, parse_u64};
 use crate::{Cgroup, read_file, read_optional, write_file};
 
 /// The v1 directory of `controller`, or an error naming the OCI field when
@@ -279,11 +279,14 @@ pub(crate) fn set_frozen(dir: &Path, frozen: bool) -> Result<()> {
 }
 
 /// Reads the statistics of the controllers on v1.
-pub(crate) fn read_stats(cg: &Cgroup, stats: &mut Stats) -> Result<()> {
+pub(crate) fn read_stats(cg: &Cgroup, stats: &mut Stats, detail: Detail) -> Result<()> {
+    let full = detail == Detail::Full;
     if let Some(dir) = cg.v1_dir("cpuacct") {
         stats.cpu.usage.total = read_optional(&dir.join("cpuacct.usage"))
             .and_then(|s| parse_u64(&s))
             .unwrap_or(0);
+    }
+    if let Some(dir) = cg.v1_dir("cpuacct").filter(|_| full) {
         stats.cpu.usage.percpu = read_optional(&dir.join("cpuacct.usage_percpu"))
             .map(|s| {
                 s.split_whitespace()
@@ -296,7 +299,7 @@ pub(crate) fn read_stats(cg: &Cgroup, stats: &mut Stats) -> Result<()> {
         stats.cpu.usage.user = ticks.get("user").copied().unwrap_or(0) * 10_000_000;
         stats.cpu.usage.kernel = ticks.get("system").copied().unwrap_or(0) * 10_000_000;
     }
-    if let Some(dir) = cg.v1_dir("cpu") {
+    if let Some(dir) = cg.v1_dir("cpu").filter(|_| full) {
         let s = parse_flat_keyed(&read_optional(&dir.join("cpu.stat")).unwrap_or_default());
         stats.cpu.throttling.periods = s.get("nr_periods").copied().unwrap_or(0);
         stats.cpu.throttling.throttled_periods = s.get("nr_throttled").copied().unwrap_or(0);
@@ -311,13 +314,15 @@ pub(crate) fn read_stats(cg: &Cgroup, stats: &mut Stats) -> Result<()> {
         let raw = parse_flat_keyed(&read_file(&dir.join("memory.stat"))?);
         let m = &mut stats.memory;
         m.usage.usage = num("memory.usage_in_bytes");
-        m.usage.max_usage = num("memory.max_usage_in_bytes");
-        m.usage.failcnt = num("memory.failcnt");
         m.usage.limit = num("memory.limit_in_bytes");
         m.swap_usage.usage = num("memory.memsw.usage_in_bytes");
-        m.swap_usage.max_usage = num("memory.memsw.max_usage_in_bytes");
-        m.swap_usage.failcnt = num("memory.memsw.failcnt");
-        m.swap_usage.limit = num("memory.memsw.limit_in_bytes");
+        if full {
+            m.usage.max_usage = num("memory.max_usage_in_bytes");
+            m.usage.failcnt = num("memory.failcnt");
+            m.swap_usage.max_usage = num("memory.memsw.max_usage_in_bytes");
+            m.swap_usage.failcnt = num("memory.memsw.failcnt");
+            m.swap_usage.limit = num("memory.memsw.limit_in_bytes");
+        }
         m.cache = raw
             .get("total_cache")
             .or(raw.get("cache"))
@@ -344,10 +349,16 @@ pub(crate) fn read_stats(cg: &Cgroup, stats: &mut Stats) -> Result<()> {
             .copied()
             .unwrap_or(0);
         m.working_set = m.usage.usage.saturating_sub(inactive);
-        let oom =
-            parse_flat_keyed(&read_optional(&dir.join("memory.oom_control")).unwrap_or_default());
-        m.oom_kill = oom.get("oom_kill").copied().unwrap_or(0);
+        if full {
+            let oom = parse_flat_keyed(
+                &read_optional(&dir.join("memory.oom_control")).unwrap_or_default(),
+            );
+            m.oom_kill = oom.get("oom_kill").copied().unwrap_or(0);
+        }
         m.stats = raw;
+    }
+    if !full {
+        return Ok(());
     }
     if let Some(dir) = cg.v1_dir("pids") {
         stats.pids.current = read_optional(&dir.join("pids.current"))

@@ -11,7 +11,9 @@ use oci_spec::runtime::LinuxResources;
 
 use crate::error::{CgroupError, Result, io_err};
 use crate::hierarchy::Mode;
-use crate::stats::{BlkioEntry, HugetlbStats, Stats, parse_flat_keyed, parse_pressure, parse_u64};
+use crate::stats::{
+    BlkioEntry, Detail, HugetlbStats, Stats, parse_flat_keyed, parse_pressure, parse_u64,
+};
 use crate::{Cgroup, devices_bpf, read_optional, write_file};
 
 /// Enables, in every ancestor from `root` down to `dir`'s parent, each
@@ -281,7 +283,8 @@ pub(crate) fn set_frozen(dir: &Path, frozen: bool) -> Result<()> {
     }
 }
 
-pub(crate) fn read_stats(cg: &Cgroup, dir: &Path, stats: &mut Stats) -> Result<()> {
+pub(crate) fn read_stats(cg: &Cgroup, dir: &Path, stats: &mut Stats, detail: Detail) -> Result<()> {
+    let full = detail == Detail::Full;
     let num = |f: &str| read_optional(&dir.join(f)).and_then(|s| parse_u64(&s));
     // Every cgroup2 directory has the pressure files, whatever it controls.
     let pressure = |f: &str| read_optional(&dir.join(f)).and_then(|t| parse_pressure(&t));
@@ -304,10 +307,12 @@ pub(crate) fn read_stats(cg: &Cgroup, dir: &Path, stats: &mut Stats) -> Result<(
         let raw = parse_flat_keyed(&read_optional(&dir.join("memory.stat")).unwrap_or_default());
         let m = &mut stats.memory;
         m.usage.usage = num("memory.current").unwrap_or(0);
-        m.usage.max_usage = num("memory.peak").unwrap_or(0);
         m.usage.limit = num("memory.max").unwrap_or(u64::MAX);
         m.swap_usage.usage = num("memory.swap.current").unwrap_or(0) + m.usage.usage;
-        m.swap_usage.limit = num("memory.swap.max").unwrap_or(u64::MAX);
+        if full {
+            m.usage.max_usage = num("memory.peak").unwrap_or(0);
+            m.swap_usage.limit = num("memory.swap.max").unwrap_or(u64::MAX);
+        }
         m.cache = raw.get("file").copied().unwrap_or(0);
         m.rss = raw.get("anon").copied().unwrap_or(0);
         m.pgfault = raw.get("pgfault").copied().unwrap_or(0);
@@ -316,11 +321,16 @@ pub(crate) fn read_stats(cg: &Cgroup, dir: &Path, stats: &mut Stats) -> Result<(
             .usage
             .usage
             .saturating_sub(raw.get("inactive_file").copied().unwrap_or(0));
-        let events =
-            parse_flat_keyed(&read_optional(&dir.join("memory.events")).unwrap_or_default());
-        m.usage.failcnt = events.get("max").copied().unwrap_or(0);
-        m.oom_kill = events.get("oom_kill").copied().unwrap_or(0);
+        if full {
+            let events =
+                parse_flat_keyed(&read_optional(&dir.join("memory.events")).unwrap_or_default());
+            m.usage.failcnt = events.get("max").copied().unwrap_or(0);
+            m.oom_kill = events.get("oom_kill").copied().unwrap_or(0);
+        }
         m.stats = raw;
+    }
+    if !full {
+        return Ok(());
     }
     if owns(cg, "pids") {
         stats.pids.current = num("pids.current").unwrap_or(0);

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
-use carrack_cgroups::{Cgroup, Hierarchy, Mode, hierarchy};
+use carrack_cgroups::{Cgroup, Detail, Hierarchy, Mode, hierarchy};
 use carrack_e2e::prerequisite::require_root;
 use oci_spec::runtime::{
     LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder,
@@ -272,6 +272,47 @@ fn process_joins_freezes_and_shows_in_stats() {
     if psi_on {
         assert!(json["cpu"]["psi"]["some"]["avg10"].is_number(), "{json}");
     }
+}
+
+/// The CPU and memory read (CRI's stats, every 10 s for every container)
+/// has what the full read has of those, and reads nothing else.
+#[test]
+fn cpu_memory_stats_are_the_full_stats_cpu_and_memory() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestCgroup::new("cpumem");
+    t.cg.apply(&resources(|b| {
+        b.memory(
+            LinuxMemoryBuilder::default()
+                .limit(96 << 20)
+                .build()
+                .unwrap(),
+        )
+    }))
+    .unwrap();
+    // Some CPU and memory of its own, then asleep: figures that hold still.
+    t.spawn("i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exec sleep 30");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !t.cg.pids().unwrap().iter().any(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    }) {
+        assert!(std::time::Instant::now() < deadline, "the loop never ended");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let full = t.cg.stats().unwrap();
+    let cpu_memory = t.cg.stats_of(Detail::CpuMemory).unwrap();
+    assert!(cpu_memory.cpu.usage.total > 0, "{cpu_memory:?}");
+    assert_eq!(cpu_memory.cpu.usage.total, full.cpu.usage.total);
+    assert_eq!(cpu_memory.memory.usage.limit, 96 << 20);
+    assert_eq!(cpu_memory.memory.usage.limit, full.memory.usage.limit);
+    assert!(cpu_memory.memory.usage.usage > 0);
+    assert!(!cpu_memory.memory.stats.is_empty());
+    assert_eq!(cpu_memory.memory.rss, full.memory.rss);
+    // Not read.
+    assert_eq!(full.pids.current, 1);
+    assert_eq!(cpu_memory.pids, Default::default());
+    assert!(cpu_memory.hugetlb.is_empty());
 }
 
 #[test]

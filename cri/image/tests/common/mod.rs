@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use carrack_e2e::image_builder::{BuiltImage, ImageSpec, OciLayout};
 use carrack_e2e::prerequisite;
@@ -54,6 +55,14 @@ impl Drop for TestDir {
     }
 }
 
+/// The writable layers' refresh interval of the tests' stores.
+pub const USAGE_REFRESH: Duration = Duration::from_secs(1);
+
+/// How long a test waits for a change to show in a writable layer's
+/// usage: the refresh interval, and as long again for the walk and the
+/// scheduler of a loaded machine.
+pub const USAGE_BOUND: Duration = Duration::from_secs(2);
+
 /// Opens a store under `dir` with `registries`.
 pub async fn store(dir: &Path, registries: RegistryConfig) -> ImageStore {
     store_mounting_with(dir, registries, None).await
@@ -72,6 +81,7 @@ pub async fn store_mounting_with(
         registries,
         max_concurrent_downloads: 4,
         overlay_method,
+        usage_refresh: USAGE_REFRESH,
     })
     .await
     .unwrap()
