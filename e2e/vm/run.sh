@@ -80,6 +80,7 @@ SYSTEMD_SUITES=(
     "carrack-e2e cri_network builtin_network_pods_talk_host_port_and_restart"
     "carrack-e2e cri_stats cri_container_and_pod_stats"
     "carrack-e2e cri_isolation"
+    "carrack-e2e cri_apparmor"
     "carrack-runtime systemd_cgroup --include-ignored"
     "CARRACK_E2E_CGROUP_DRIVER=systemd carrack-e2e cri_cgroup_driver"
 )

@@ -785,7 +785,11 @@ fn apparmor_profile_confines_the_init_and_exec() {
         return;
     }
     let name = format!("carrack-test-deny-tmp-{}", std::process::id());
-    if !apparmor::usable() {
+    let usable = apparmor::usable();
+    if apparmor::kernel_has_apparmor() && !usable {
+        return; // usable() said what is missing
+    }
+    if !usable {
         let c = Container::new("aa-none", &["/bin/true"], |cfg| {
             cfg["process"]["apparmorProfile"] = json!(name);
         });

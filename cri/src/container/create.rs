@@ -50,12 +50,15 @@ struct Checked {
     handler: RuntimeHandler,
     /// The PID namespace of the TARGET container, when asked for.
     target_pidns: Option<String>,
+    /// The process's AppArmor profile (None: none).
+    apparmor_profile: Option<String>,
 }
 
 /// Checks the container's metadata and image name, its pod (Ready, with
 /// its infra process when it has one), the image (pulled), the pod's
-/// runtime handler (still configured, able to do what the mounts ask) and
-/// the TARGET container of its PID namespace.
+/// runtime handler (still configured, able to do what the mounts ask),
+/// the TARGET container of its PID namespace and its AppArmor profile
+/// (loaded on the node).
 async fn check(
     d: &Daemon,
     pod_sandbox_id: &str,
@@ -123,12 +126,30 @@ async fn check(
         )));
     }
     let target_pidns = target_pidns(d, config).await?;
+    let apparmor_profile = apparmor_profile(d, config).await?;
     Ok(Checked {
         sandbox: sb,
         image,
         handler,
         target_pidns,
+        apparmor_profile,
     })
+}
+
+/// The container's AppArmor profile (see [`crate::apparmor`]): the one its
+/// security context asks for, or the default, as the node can apply it.
+async fn apparmor_profile(
+    d: &Daemon,
+    config: &cri::ContainerConfig,
+) -> Result<Option<String>, CriError> {
+    let sc = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    let (asked, field) = crate::apparmor::asked(sc)?;
+    let privileged = sc.is_some_and(|s| s.privileged);
+    let profile = crate::apparmor::choose(&asked, field, privileged, d.apparmor.host())?;
+    d.apparmor.resolve(profile, field).await
 }
 
 /// The PID namespace file of the container `namespace_options.target_id`
@@ -284,7 +305,7 @@ fn write_spec(
             sandbox: &view,
             image: &checked.image.config,
             rootfs,
-            apparmor_available: apparmor_available(),
+            apparmor_profile: checked.apparmor_profile.as_deref(),
             cgroup_unified: cgroup_unified(),
             target_pidns: checked.target_pidns.as_deref(),
         },
@@ -370,13 +391,6 @@ fn sandbox_view(d: &Daemon, s: &SandboxRecord) -> SandboxView {
         dir: d.sandbox_dir(&s.id),
         hostname: crate::pod_config::hostname(&s.config),
     }
-}
-
-/// Whether the host has AppArmor.
-fn apparmor_available() -> bool {
-    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-        .map(|s| s.trim() == "Y")
-        .unwrap_or(false)
 }
 
 /// True when the host's cgroups are v2 only (read once).

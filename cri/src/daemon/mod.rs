@@ -74,6 +74,8 @@ pub struct Daemon {
     /// Sandboxes StopPodSandbox is stopping: their infra process's exit is
     /// expected, not a lost PID namespace.
     stopping: Mutex<HashSet<String>>,
+    /// The node's AppArmor and carrackd's default profile.
+    pub(crate) apparmor: crate::apparmor::NodeAppArmor,
 }
 
 /// Now, in nanoseconds since the epoch (the CRI's timestamps).
@@ -101,6 +103,8 @@ impl Daemon {
         info!(method = %overlay.method, reason = overlay.reason, "rootfs overlays");
         info!(driver = cfg.cgroup_driver().name(), "cgroup driver");
         let handler_features = crate::handler_features::probe_all(&cfg);
+        let apparmor = crate::apparmor::NodeAppArmor::probe();
+        apparmor.log_state();
         Ok(Arc::new(Daemon {
             cfg,
             store,
@@ -114,6 +118,7 @@ impl Daemon {
             streaming: Default::default(),
             handler_features,
             stopping: Mutex::new(Default::default()),
+            apparmor,
         }))
     }
 
