@@ -389,7 +389,10 @@ fn check_apparmor() -> Vec<Finding> {
         ),
         Ok(_) => Finding::ok(
             "apparmor default profile",
-            format!("{DEFAULT_PROFILE} not loaded yet: carrackd loads it when it starts"),
+            format!(
+                "{DEFAULT_PROFILE} not loaded yet: carrackd loads it as it starts, \
+                 before its first RuntimeDefault container"
+            ),
         ),
         Err(e) => Finding::bad(
             "apparmor default profile",

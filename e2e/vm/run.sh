@@ -68,7 +68,8 @@ vm_cpus=${CARRACK_VM_CPUS:-2}
 # to cover what differs on such a node (the check, the pod lifecycle and a
 # carrackd SIGKILL with carrack-runtime on cgroup v2, pod networking and
 # port mapping, container and pod stats from cgroup v2 files, a pod's view
-# of cgroups in its cgroup namespace) and no more. Then the systemd cgroup
+# of cgroups in its cgroup namespace, AppArmor profiles enforced: the
+# hosts' kernel has no AppArmor) and no more. Then the systemd cgroup
 # driver's own: carrack-runtime's scope tests (the VM-only set, ignored
 # elsewhere: 30 s here) and a pod's lifecycle, stats, update and restart
 # under a test daemon on the systemd driver (60 s; the host runs it on
