@@ -23,8 +23,8 @@
 //!   namespaces) and [`pod_config`] (what a pod config asks for);
 //! - a container's OCI spec: [`spec`] (pure logic), [`seccomp`] (the
 //!   RuntimeDefault profile), [`apparmor`] (a container's AppArmor
-//!   profile, carrackd's default one, the node's AppArmor), [`id_maps`] (a pod's id mappings),
-//!   [`spec_error`] (the field at fault), [`file_caps`], [`stop_signal`];
+//!   profile, carrackd's default one, the node's AppArmor), [`id_maps`]
+//!   (a pod's id mappings), [`spec_error`] (the field at fault), [`file_caps`], [`stop_signal`];
 //! - records and what is said of them: [`store`] (sandboxes and containers
 //!   in SQLite, intent first), [`cri_records`] (statuses and list items),
 //!   [`cri_error`] (the CRI's error classes), [`verbose_info`], [`stats`]
