@@ -778,7 +778,7 @@ fn process_file(c: &Container, args: &[&str], edit: impl FnOnce(&mut Value)) -> 
 /// on a host with AppArmor (the VMs'). Before the fix the profile was
 /// ignored: the writes below succeeded and attr/current said unconfined.
 /// On a host without AppArmor, asking for a profile fails create, naming
-/// the field, and leaves nothing.
+/// the field, and leaves nothing. `features` says which host this is.
 #[test]
 fn apparmor_profile_confines_the_init_and_exec() {
     if !require_root() {
@@ -789,6 +789,22 @@ fn apparmor_profile_confines_the_init_and_exec() {
     if apparmor::kernel_has_apparmor() && !usable {
         return; // usable() said what is missing
     }
+    let features: Value = serde_json::from_str(
+        &String::from_utf8(
+            Command::new(&*RUNTIME)
+                .arg("features")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        features["linux"]["apparmor"]["enabled"],
+        json!(usable),
+        "features says whether this host can apply a profile"
+    );
     if !usable {
         let c = Container::new("aa-none", &["/bin/true"], |cfg| {
             cfg["process"]["apparmorProfile"] = json!(name);
