@@ -25,8 +25,9 @@
 //!   and [`pod_config`] (what a pod config asks for);
 //! - a container's OCI spec: [`spec`] (pure logic), [`seccomp`] (the
 //!   RuntimeDefault profile), [`cdi`] (devices of the Container Device
-//!   Interface), [`image_volume`] (mounts of images), [`id_maps`] (a
-//!   pod's id mappings),
+//!   Interface), [`image_volume`] (mounts of images), [`apparmor`] (a
+//!   container's AppArmor profile, carrackd's default one, the node's
+//!   AppArmor), [`id_maps`] (a pod's id mappings),
 //!   [`spec_error`] (the field at fault), [`file_caps`], [`stop_signal`];
 //! - records and what is said of them: [`store`] (sandboxes and containers
 //!   in SQLite, intent first), [`cri_records`] (statuses and list items),
@@ -41,6 +42,7 @@
 //!   [`sd_notify`] (systemd's `Type=notify`), and [`serve`] (the gRPC
 //!   server on the unix socket).
 
+pub mod apparmor;
 pub mod authority;
 pub mod cdi;
 pub mod check;
@@ -125,6 +127,16 @@ pub async fn serve(
     let daemon = daemon::Daemon::open(cfg, Arc::new(network)).await?;
     daemon.recover().await?;
     daemon.start_stats_collection();
+    // The default AppArmor profile, loaded meanwhile: the first container
+    // need not wait for the parser (it waits only if it comes first).
+    if daemon.apparmor.host().default_profile {
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            if let Err(e) = d.apparmor.load_default().await {
+                tracing::warn!("{e}");
+            }
+        });
+    }
     let addr = daemon.start_streaming().await?;
     tracing::info!(%addr, "serving exec, attach and port-forward");
     let listener = bind(&socket)?;

@@ -76,8 +76,9 @@ pub struct SpecInput<'a> {
     pub image: &'a ImageConfiguration,
     /// The rootfs directory.
     pub rootfs: &'a Path,
-    /// Whether the host has AppArmor.
-    pub apparmor_available: bool,
+    /// The container's `process.apparmorProfile` (None: none), chosen by
+    /// [`crate::apparmor`] with the node's AppArmor.
+    pub apparmor_profile: Option<&'a str>,
     /// Whether the host's cgroups are v2 only (unified): non-privileged
     /// containers then get a cgroup namespace of their own.
     pub cgroup_unified: bool,
@@ -444,7 +445,7 @@ mod tests {
                 sandbox: sb,
                 image: &img,
                 rootfs: Path::new("/r/rootfs"),
-                apparmor_available: false,
+                apparmor_profile: None,
                 cgroup_unified: false,
                 target_pidns: None,
                 cdi: None,

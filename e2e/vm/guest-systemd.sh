@@ -23,6 +23,8 @@ plan=$1
 . "$plan"
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root CI=1 RUST_BACKTRACE=1
+# Debian's kernel runs AppArmor: the tests that need it must find it here.
+export CARRACK_TEST_APPARMOR=1
 # The console is a serial line read by a log: no colours, no hyperlinks.
 export SYSTEMD_COLORS=0 SYSTEMD_URLIFY=0
 

@@ -68,7 +68,8 @@ vm_cpus=${CARRACK_VM_CPUS:-2}
 # to cover what differs on such a node (the check, the pod lifecycle and a
 # carrackd SIGKILL with carrack-runtime on cgroup v2, pod networking and
 # port mapping, container and pod stats from cgroup v2 files, a pod's view
-# of cgroups in its cgroup namespace) and no more. Then the systemd cgroup
+# of cgroups in its cgroup namespace, AppArmor profiles enforced: the
+# hosts' kernel has no AppArmor) and no more. Then the systemd cgroup
 # driver's own: carrack-runtime's scope tests (the VM-only set, ignored
 # elsewhere: 30 s here) and a pod's lifecycle, stats, update and restart
 # under a test daemon on the systemd driver (60 s; the host runs it on
@@ -80,6 +81,7 @@ SYSTEMD_SUITES=(
     "carrack-e2e cri_network builtin_network_pods_talk_host_port_and_restart"
     "carrack-e2e cri_stats cri_container_and_pod_stats"
     "carrack-e2e cri_isolation"
+    "carrack-e2e cri_apparmor"
     "carrack-runtime systemd_cgroup --include-ignored"
     "CARRACK_E2E_CGROUP_DRIVER=systemd carrack-e2e cri_cgroup_driver"
 )

@@ -59,14 +59,16 @@ struct Checked {
     cdi: crate::cdi::ContainerEdits,
     /// The image mounts (image volumes).
     volumes: Vec<crate::image_volume::ImageVolume>,
+    /// The process's AppArmor profile (None: none).
+    apparmor_profile: Option<String>,
 }
 
 /// Checks the container's metadata and image name, its pod (Ready, with
 /// its infra process when it has one), the image (pulled), the pod's
 /// runtime handler (still configured, able to do what the mounts ask), the
 /// TARGET container of its PID namespace, the CDI devices asked for
-/// (each defined by a spec file and usable here) and the images of image
-/// mounts (pulled).
+/// (each defined by a spec file and usable here), the images of image
+/// mounts (pulled) and its AppArmor profile (loaded on the node).
 async fn check(
     d: &Daemon,
     pod_sandbox_id: &str,
@@ -131,6 +133,7 @@ async fn check(
     let requests = crate::cdi::requests(&cdi_device_names(config), &config.annotations)?;
     let cdi = crate::cdi::resolve(&d.config().cdi_spec_dirs, &requests)?;
     let volumes = crate::image_volume::check(&config.mounts, &d.images)?;
+    let apparmor_profile = apparmor_profile(d, config).await?;
     Ok(Checked {
         sandbox: sb,
         image,
@@ -139,12 +142,29 @@ async fn check(
         target_pidns,
         cdi,
         volumes,
+        apparmor_profile,
     })
 }
 
 /// The names of `config.CDI_devices`.
 fn cdi_device_names(config: &cri::ContainerConfig) -> Vec<String> {
     config.cdi_devices.iter().map(|d| d.name.clone()).collect()
+}
+
+/// The container's AppArmor profile (see [`crate::apparmor`]): the one its
+/// security context asks for, or the default, as the node can apply it.
+async fn apparmor_profile(
+    d: &Daemon,
+    config: &cri::ContainerConfig,
+) -> Result<Option<String>, CriError> {
+    let sc = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    let (asked, field) = crate::apparmor::asked(sc)?;
+    let privileged = sc.is_some_and(|s| s.privileged);
+    let profile = crate::apparmor::choose(&asked, field, privileged, d.apparmor.host())?;
+    d.apparmor.resolve(profile, field).await
 }
 
 /// The PID namespace file of the container `namespace_options.target_id`
@@ -311,7 +331,7 @@ fn write_spec(
             sandbox: &view,
             image: &checked.image.config,
             rootfs,
-            apparmor_available: apparmor_available(),
+            apparmor_profile: checked.apparmor_profile.as_deref(),
             cgroup_unified: cgroup_unified(),
             target_pidns: checked.target_pidns.as_deref(),
             cdi: Some(&checked.cdi),
@@ -405,13 +425,6 @@ fn sandbox_view(d: &Daemon, s: &SandboxRecord) -> SandboxView {
         dir: d.sandbox_dir(&s.id),
         hostname: crate::pod_config::hostname(&s.config),
     }
-}
-
-/// Whether the host has AppArmor.
-fn apparmor_available() -> bool {
-    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-        .map(|s| s.trim() == "Y")
-        .unwrap_or(false)
 }
 
 /// True when the host's cgroups are v2 only (read once).

@@ -76,6 +76,8 @@ pub struct Daemon {
     /// Sandboxes StopPodSandbox is stopping: their infra process's exit is
     /// expected, not a lost PID namespace.
     stopping: Mutex<HashSet<String>>,
+    /// The node's AppArmor and carrackd's default profile.
+    pub(crate) apparmor: crate::apparmor::NodeAppArmor,
 }
 
 /// Now, in nanoseconds since the epoch (the CRI's timestamps).
@@ -104,6 +106,8 @@ impl Daemon {
         info!(driver = cfg.cgroup_driver().name(), "cgroup driver");
         let handler_features = crate::handler_features::probe_all(&cfg);
         let sampler = crate::stats::Sampler::new(cfg.stats_collection_seconds > 0);
+        let apparmor = crate::apparmor::NodeAppArmor::probe();
+        apparmor.log_state();
         Ok(Arc::new(Daemon {
             cfg,
             store,
@@ -117,6 +121,7 @@ impl Daemon {
             streaming: Default::default(),
             handler_features,
             stopping: Mutex::new(Default::default()),
+            apparmor,
         }))
     }
 

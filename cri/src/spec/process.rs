@@ -51,7 +51,7 @@ pub(super) fn process(
     {
         process["oomScoreAdj"] = json!(r.oom_score_adj);
     }
-    if let Some(profile) = apparmor_profile(sc, input.apparmor_available)? {
+    if let Some(profile) = input.apparmor_profile {
         process["apparmorProfile"] = json!(profile);
     }
     Ok((process, caps))
@@ -77,22 +77,6 @@ fn working_dir(c: &cri::ContainerConfig, image: &ImageConfiguration) -> Result<S
         ));
     }
     Ok(cwd)
-}
-
-/// The AppArmor profile a Localhost `apparmor` asks for (a host without
-/// AppArmor cannot apply one); None for the others.
-fn apparmor_profile(
-    sc: Option<&cri::LinuxContainerSecurityContext>,
-    apparmor_available: bool,
-) -> Result<Option<String>, SpecError> {
-    match sc.and_then(|s| s.apparmor.as_ref()) {
-        Some(aa) if aa.profile_type == 2 && !apparmor_available => Err(invalid(
-            "config.linux.security_context.apparmor",
-            "this host has no AppArmor (module not loaded): a Localhost profile cannot be applied",
-        )),
-        Some(aa) if aa.profile_type == 2 => Ok(Some(aa.localhost_ref.clone())),
-        _ => Ok(None),
-    }
 }
 
 /// The process arguments as kubelet and Docker define them: `command`
