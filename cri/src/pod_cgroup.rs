@@ -169,7 +169,10 @@ pub fn pod_cgroup_path(
     };
     driver.check_parent(parent)?;
     Ok(match driver {
-        CgroupDriver::Systemd => match parent.strip_suffix(".slice") {
+        CgroupDriver::Systemd => match slice_of_path(parent)?
+            .unwrap_or(parent)
+            .strip_suffix(".slice")
+        {
             Some("-") | None => format!("{sandbox_id}.slice"),
             Some(stem) => format!("{stem}-{sandbox_id}.slice"),
         },
@@ -293,6 +296,11 @@ mod tests {
             )
             .unwrap(),
             "kubepods-besteffort-pod1.slice"
+        );
+        // The config's default parent, given as a path, too.
+        assert_eq!(
+            pod_cgroup_path(Systemd, "", "/pods.slice", "a").unwrap(),
+            "pods-a.slice"
         );
         let e = pod_cgroup_path(Systemd, "/kube--pods.slice", "", "a").unwrap_err();
         assert!(e.contains("dashes"), "{e}");
