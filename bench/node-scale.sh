@@ -173,7 +173,7 @@ TOML
         socket=$WORK/carrackd/carrack.sock
         ;;
     containerd)
-        sed -e "s|@WORK@|$WORK/containerd|g" -e "s|@REG@|$REG|g" bench/containerd.toml.in \
+        sed -e "s|@WORK@|$WORK/containerd|g" -e "s|@REG@|$REG|g" -e "s|@SYSTEMD_CGROUP@|false|g" bench/containerd.toml.in \
             >"$WORK/containerd/config.toml"
         containerd --config "$WORK/containerd/config.toml" >"$WORK/containerd.log" 2>&1 &
         socket=$WORK/containerd/containerd.sock

@@ -6,6 +6,11 @@
 #   REG      registry holding e2e-test-images/busybox:1.29-2 and pause:3.9
 #            (../shared/tools/critest-images.py pushes them; default 127.0.0.1:5000)
 #   ITER     lifecycles per runtime (default 30); PODS pods for memory (default 50)
+#   CGROUP_DRIVER  cgroupfs (default) or systemd: both daemons on that driver
+#            (containerd's runc with SystemdCgroup = true), pods under
+#            kubelet-style slices; systemd must be PID 1
+#   SKIP_BUILD=1  use the release and static binaries already built (the
+#            systemd VM runs this with them: e2e/vm/systemd-node.sh bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REG=${REG:-127.0.0.1:5000}
@@ -14,13 +19,21 @@ ITER=${ITER:-30}
 PODS=${PODS:-50}
 BRIDGE=crbench0
 IMAGE="$REG/e2e-test-images/busybox:1.29-2"
+CGROUP_DRIVER=${CGROUP_DRIVER:-cgroupfs}
+case $CGROUP_DRIVER in
+    cgroupfs) systemd_cgroup=false ;;
+    systemd) systemd_cgroup=true ;;
+    *) echo "CGROUP_DRIVER must be cgroupfs or systemd, not $CGROUP_DRIVER" >&2; exit 2 ;;
+esac
 
 curl -sf "http://$REG/v2/e2e-test-images/busybox/manifests/1.29-2" \
     -H 'Accept: application/vnd.oci.image.manifest.v1+json' >/dev/null \
     || { echo "no $IMAGE: start a registry on $REG and run ../shared/tools/critest-images.py" >&2; exit 1; }
 
-cargo build --release --bins -q
-bash deploy/build-static.sh --quiet
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    cargo build --release --bins -q
+    bash deploy/build-static.sh --quiet
+fi
 target=${CARGO_TARGET_DIR:-target}/release
 
 rm -rf "$WORK"; mkdir -p "$WORK/containerd/cni" "$WORK/carrack" "$WORK/logs"
@@ -30,7 +43,8 @@ cat > "$WORK/containerd/cni/10-bench.conflist" <<CNI
   "ipam":{"type":"host-local","ranges":[[{"subnet":"10.234.0.0/16"}]]}},
  {"type":"portmap","capabilities":{"portMappings":true}}]}
 CNI
-sed -e "s|@WORK@|$WORK/containerd|g" -e "s|@REG@|$REG|g" bench/containerd.toml.in > "$WORK/containerd/config.toml"
+sed -e "s|@WORK@|$WORK/containerd|g" -e "s|@REG@|$REG|g" -e "s|@SYSTEMD_CGROUP@|$systemd_cgroup|g" \
+    bench/containerd.toml.in > "$WORK/containerd/config.toml"
 
 pids=()
 cleanup() {
@@ -49,6 +63,7 @@ cleanup() {
     # The pods' cgroup parent (cri-bench removes each pod's own).
     find /sys/fs/cgroup/*/cri-bench /sys/fs/cgroup/cri-bench -depth -type d \
         -exec rmdir {} + 2>/dev/null || true
+    [ "$CGROUP_DRIVER" != systemd ] || systemctl stop cribench.slice 2>/dev/null || true
 }
 trap cleanup EXIT
 
@@ -60,6 +75,7 @@ mkdir -p "$WORK/bin"
 cp "$target/carrackd" "$WORK/bin/"
 cp "$target/../static/carrack-shim" "$target/../static/carrack-runtime" "$WORK/bin/"
 cat > "$WORK/carrack/carrack.toml" <<TOML
+cgroup_driver = "$CGROUP_DRIVER"
 [network.builtin]
 bridge = "$BRIDGE"
 subnet = "10.236.0.0/16"
@@ -77,4 +93,5 @@ done
     --endpoint "carrackd=unix://$WORK/carrack/carrack.sock" \
     --endpoint "containerd=unix://$WORK/containerd/containerd.sock" \
     --daemon-pid "carrackd=$carrack_pid" --daemon-pid "containerd=$ctr_pid" \
-    --shim-name "carrackd=carrack-shim" --shim-name "containerd=containerd-shim"
+    --shim-name "carrackd=carrack-shim" --shim-name "containerd=containerd-shim" \
+    --cgroup-driver "$CGROUP_DRIVER"

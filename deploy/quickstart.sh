@@ -8,6 +8,11 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "quickstart: run as root (carrackd manages namespaces, mounts, cgroups)" >&2; exit 1; }
 
 packages=(protobuf-compiler pkg-config iptables iproute2 containernetworking-plugins)
+# Where the kernel runs AppArmor, carrackd loads its default profile
+# (carrack-default, for RuntimeDefault containers) with apparmor_parser.
+if grep -qx Y /sys/module/apparmor/parameters/enabled 2>/dev/null; then
+    packages+=(apparmor)
+fi
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -48,10 +48,47 @@ struct Args {
     /// Directory for the containers' logs.
     #[arg(long, default_value = "/tmp/cri-bench-logs")]
     log_dir: PathBuf,
+    /// The cgroup driver of the daemons, which decides the form of each
+    /// pod's cgroup parent, as kubelet's cgroupDriver does.
+    #[arg(long, value_enum, default_value_t = CgroupDriver::Cgroupfs)]
+    cgroup_driver: CgroupDriver,
+}
+
+/// How the bench names and removes each pod's cgroup parent.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CgroupDriver {
+    /// A path below each hierarchy's root: `/cri-bench/pod-<tag>`.
+    Cgroupfs,
+    /// A systemd slice, `cribench-pod<tag>.slice` (in `cribench.slice`),
+    /// as kubelet's `kubepods-besteffort-pod<uid>.slice`.
+    Systemd,
+}
+
+impl CgroupDriver {
+    /// The cgroup parent of the pod tagged `tag` (letters and digits).
+    fn pod_parent(self, tag: &str) -> String {
+        match self {
+            CgroupDriver::Cgroupfs => format!("/cri-bench/pod-{tag}"),
+            CgroupDriver::Systemd => format!("cribench-pod{tag}.slice"),
+        }
+    }
+
+    /// Removes the pod cgroup `parent` once its pod is gone, as kubelet
+    /// does: rmdir on cgroupfs, stopping the slice on systemd.
+    fn remove_pod_parent(self, parent: &str) -> Result<()> {
+        match self {
+            CgroupDriver::Cgroupfs => {
+                carrack_cgroups::Cgroup::open(parent, "cri-bench").and_then(|cg| cg.delete())
+            }
+            CgroupDriver::Systemd => carrack_cgroups::systemd::connect_and_stop(parent),
+        }
+        .with_context(|| format!("removing the pod cgroup {parent}"))
+    }
 }
 
 struct Target {
     name: String,
+    cgroup_driver: CgroupDriver,
     runtime: RuntimeServiceClient<Channel>,
     phases: BTreeMap<&'static str, Vec<Duration>>,
 }
@@ -76,7 +113,7 @@ impl Target {
         image: &str,
         log_dir: &std::path::Path,
     ) -> Result<Pod> {
-        let config = pod_config(tag, log_dir, &format!("/cri-bench/pod-{tag}"));
+        let config = pod_config(tag, log_dir, &self.cgroup_driver.pod_parent(tag));
         let cgroup_parent = config
             .linux
             .as_ref()
@@ -174,10 +211,9 @@ impl Target {
             .await
             .context("RemovePodSandbox")?;
         self.record("5 stop+remove pod", t);
-        carrack_cgroups::Cgroup::open(&pod.cgroup_parent, "cri-bench")
-            .and_then(|cg| cg.delete())
-            .with_context(|| format!("removing the pod cgroup {}", pod.cgroup_parent))?;
-        Ok(())
+        // systemd's bus client blocks (it runs a runtime of its own).
+        let driver = self.cgroup_driver;
+        tokio::task::spawn_blocking(move || driver.remove_pod_parent(&pod.cgroup_parent)).await?
     }
 }
 
@@ -204,6 +240,7 @@ async fn main() -> Result<()> {
             .with_context(|| format!("{name}: pulling {}", args.image))?;
         targets.push(Target {
             name: name.to_owned(),
+            cgroup_driver: args.cgroup_driver,
             runtime: RuntimeServiceClient::new(channel),
             phases: BTreeMap::new(),
         });

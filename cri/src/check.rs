@@ -66,7 +66,7 @@ pub fn check_node(cfg: &Config) -> Vec<Finding> {
     out.extend(check_cgroups());
     out.extend(check_cgroup_driver(cfg));
     out.push(check_seccomp());
-    out.push(check_apparmor());
+    out.extend(check_apparmor());
     out.push(check_oom_score_adj());
     out.extend(check_binaries(cfg));
     for (key, dir) in [("root", &cfg.root), ("state", &cfg.state)] {
@@ -357,19 +357,51 @@ fn check_seccomp() -> Finding {
     }
 }
 
-fn check_apparmor() -> Finding {
-    let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-        .is_ok_and(|s| s.trim() == "Y");
-    if enabled {
-        Finding::ok("apparmor", "enabled")
-    } else {
-        Finding::bad(
+/// AppArmor: the kernel's, the parser (without it RuntimeDefault
+/// containers run unconfined), and carrackd's default profile.
+fn check_apparmor() -> Vec<Finding> {
+    use crate::apparmor::{
+        DEFAULT_PROFILE, find_parser, kernel_enabled, loaded_profiles, profile_listed,
+    };
+    if !kernel_enabled() {
+        return vec![Finding::bad(
             "apparmor",
             Level::Warn,
-            "not enabled on this host: pods that name an AppArmor profile are refused",
+            "not enabled on this host: containers run unconfined, and pods that name a Localhost profile are refused",
             "boot with apparmor=1 security=apparmor, or leave AppArmor profiles out of pod specs",
-        )
+        )];
     }
+    let mut out = vec![Finding::ok("apparmor", "enabled")];
+    let Some(parser) = find_parser() else {
+        out.push(Finding::bad(
+            "apparmor_parser",
+            Level::Warn,
+            format!("missing: {DEFAULT_PROFILE} cannot be loaded, RuntimeDefault containers run unconfined"),
+            "install the apparmor package (apparmor_parser)",
+        ));
+        return out;
+    };
+    out.push(Finding::ok("apparmor_parser", parser.display().to_string()));
+    out.push(match loaded_profiles() {
+        Ok(list) if profile_listed(&list, DEFAULT_PROFILE) => Finding::ok(
+            "apparmor default profile",
+            format!("{DEFAULT_PROFILE} loaded"),
+        ),
+        Ok(_) => Finding::ok(
+            "apparmor default profile",
+            format!(
+                "{DEFAULT_PROFILE} not loaded yet: carrackd loads it as it starts, \
+                 before its first RuntimeDefault container"
+            ),
+        ),
+        Err(e) => Finding::bad(
+            "apparmor default profile",
+            Level::Warn,
+            format!("cannot read {}: {e}", crate::apparmor::PROFILES),
+            "mount securityfs at /sys/kernel/security (systemd does)",
+        ),
+    });
+    out
 }
 
 /// CAP_SYS_RESOURCE is capability 24 (<linux/capability.h>).

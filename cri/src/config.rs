@@ -9,6 +9,8 @@
 //! cgroup_driver = "auto"            # systemd when systemd is PID 1, else cgroupfs
 //! cgroup_parent = ""                # "/carrack" (cgroupfs) or "carrack.slice" (systemd)
 //! metrics_address = "127.0.0.1:9464"   # Prometheus /metrics; unset: off
+//! stream_page_bytes = 4194304      # one response of the Stream* list RPCs
+//! cdi_spec_dirs = ["/etc/cdi", "/var/run/cdi"]   # CDI device specs
 //! disk_usage_refresh_seconds = 10      # writable layers' usage, at most this old
 //! stats_collection_seconds = 10        # CPU, memory, network read in the background; 0: per call
 //! [runtimes.runc]
@@ -145,6 +147,10 @@ pub struct Config {
     /// Where carrackd serves Prometheus `/metrics`: `host:port`, or a bare
     /// port for loopback; empty (the default): not served.
     pub metrics_address: String,
+    /// The most bytes of one response of the Stream* list RPCs
+    /// (StreamContainers, …): a page holds the items that fit, and at
+    /// least one.
+    pub stream_page_bytes: usize,
     /// A change in a container's writable layer shows in its stats within
     /// this many seconds (`carrack_image::usage`).
     pub disk_usage_refresh_seconds: u64,
@@ -155,6 +161,9 @@ pub struct Config {
     pub stats_collection_seconds: u64,
     /// The exec/attach/port-forward server (`[streaming]`).
     pub streaming: StreamingSettings,
+    /// Directories of CDI spec files, lowest priority first (see
+    /// [`crate::cdi`]); empty: no CDI devices.
+    pub cdi_spec_dirs: Vec<PathBuf>,
 }
 
 /// Finds `name` beside the running carrackd, else returns it bare (PATH).
@@ -186,9 +195,13 @@ impl Default for Config {
             registries: RegistryConfig::default(),
             network: Default::default(),
             metrics_address: String::new(),
+            // 4 MiB: what a gRPC client receives by default (kubelet takes
+            // 16 MiB), so any client reads every page.
+            stream_page_bytes: 4 << 20,
             disk_usage_refresh_seconds: 10,
             stats_collection_seconds: 10,
             streaming: Default::default(),
+            cdi_spec_dirs: vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")],
         }
     }
 }
@@ -265,6 +278,12 @@ impl Config {
                     message: format!("expected an absolute path, got {}", p.display()),
                 });
             }
+        }
+        if let Some(d) = self.cdi_spec_dirs.iter().find(|d| !d.is_absolute()) {
+            return Err(ConfigError::Invalid {
+                key: "cdi_spec_dirs".into(),
+                message: format!("expected absolute paths, got {}", d.display()),
+            });
         }
         if !self.cgroup_parent.is_empty() {
             self.cgroup_driver()
@@ -400,6 +419,10 @@ mod tests {
         assert!(e.to_string().contains("metrics_address"), "{e}");
         let c = Config::parse("metrics_address = \"9464\"", Path::new("x")).unwrap();
         assert_eq!(c.metrics_address, "9464");
+        let c = Config::parse("cdi_spec_dirs = [\"/opt/cdi\"]", Path::new("x")).unwrap();
+        assert_eq!(c.cdi_spec_dirs, [PathBuf::from("/opt/cdi")]);
+        let e = Config::parse("cdi_spec_dirs = [\"cdi\"]", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("cdi_spec_dirs"), "{e}");
         let e = Config::parse("disk_usage_refresh_seconds = 0", Path::new("x")).unwrap_err();
         assert!(e.to_string().contains("disk_usage_refresh_seconds"), "{e}");
         let e = Config::parse("stats_collection_seconds = 601", Path::new("x")).unwrap_err();

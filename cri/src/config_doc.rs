@@ -53,6 +53,14 @@ const DOCS: &[(&str, &str)] = &[
         "carrackd's Prometheus /metrics: \"host:port\", or a bare port for\n127.0.0.1 only; \"\" (the default) serves none.",
     ),
     (
+        "stream_page_bytes",
+        "The most bytes of one response of the Stream* list RPCs (StreamContainers,\nStreamPodSandboxes, StreamImages, the stats and metrics): a response holds\nthe items that fit, and at least one. 4 MiB is what any gRPC client\nreceives by default.",
+    ),
+    (
+        "cdi_spec_dirs",
+        "Directories of CDI (Container Device Interface) spec files, .json or\n.yaml, lowest priority first: a device defined in a later directory\nreplaces one of the same name in an earlier one. Containers ask for\ndevices by name (CDI_devices, or cdi.k8s.io/ annotations); [] turns\nCDI off.",
+    ),
+    (
         "stats_collection_seconds",
         "How often every pod's and container's CPU, memory, processes and\nnetwork counters are read in the background; the stats calls answer\nfrom those samples (at most this old). 0 reads them at each call.",
     ),

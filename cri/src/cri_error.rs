@@ -14,6 +14,7 @@
 use carrack_image::ImageError;
 use tonic::Code;
 
+use crate::cdi::CdiError;
 use crate::spec_error::SpecError;
 use crate::store::StoreError;
 
@@ -127,6 +128,20 @@ impl From<SpecError> for CriError {
     }
 }
 
+/// A name that is no CDI device name is InvalidArgument; a device no spec
+/// defines, or one this host cannot give, FailedPrecondition (the node is
+/// not ready for the container, as containerd and CRI-O answer).
+impl From<CdiError> for CriError {
+    fn from(e: CdiError) -> CriError {
+        match e {
+            CdiError::InvalidName { .. } => CriError::InvalidArgument(e.to_string()),
+            CdiError::Unknown { .. } | CdiError::Unusable { .. } => {
+                CriError::FailedPrecondition(e.to_string())
+            }
+        }
+    }
+}
+
 /// A name held by another record is AlreadyExists; the rest is Internal.
 impl From<StoreError> for CriError {
     fn from(e: StoreError) -> CriError {
@@ -138,7 +153,8 @@ impl From<StoreError> for CriError {
 }
 
 /// A missing image, manifest or platform is NotFound (as containerd
-/// answers), a registry's refusal PermissionDenied; the rest (bad
+/// answers), a registry's refusal PermissionDenied, an image mounted as a
+/// volume FailedPrecondition (it cannot be removed now); the rest (bad
 /// references, transport, bad content, disk) Unknown.
 impl From<ImageError> for CriError {
     fn from(e: ImageError) -> CriError {
@@ -148,6 +164,7 @@ impl From<ImageError> for CriError {
             | ImageError::RegistryNotFound { .. }
             | ImageError::PlatformNotFound { .. } => CriError::NotFound(text),
             ImageError::Unauthorized { .. } => CriError::PermissionDenied(text),
+            ImageError::InUse { .. } => CriError::FailedPrecondition(text),
             _ => CriError::Unknown(text),
         }
     }
@@ -181,6 +198,26 @@ mod tests {
         assert_eq!(
             CriError::invalid("cmd", "must not be empty").message(),
             "cmd: must not be empty"
+        );
+        let e = CriError::from(ImageError::InUse {
+            image: "sha256:ab".into(),
+            owners: vec!["c1".into()],
+        });
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert_eq!(
+            e.message(),
+            "image sha256:ab is in use by the image volumes of container c1"
+        );
+        let e = CriError::from(crate::cdi::CdiError::Unknown {
+            field: "config.CDI_devices[0].name".into(),
+            name: "v.example/c=x".into(),
+            dirs: "/etc/cdi".into(),
+            problems: String::new(),
+        });
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert_eq!(
+            e.message(),
+            "config.CDI_devices[0].name: CDI device \"v.example/c=x\" is not defined by any CDI spec in /etc/cdi"
         );
     }
 }

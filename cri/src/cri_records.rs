@@ -70,6 +70,9 @@ pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
                 .as_ref()
                 .map(|x| x.image.clone())
                 .unwrap_or_default();
+            // The digest reference, as `image_ref` below (what crictl
+            // inspect shows as status.image.imageRef).
+            i.image_ref = c.image_ref.clone();
             i
         }),
         image_ref: c.image_ref.clone(),
@@ -88,6 +91,9 @@ pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
             let spec = std::fs::read(c.bundle.join("config.json")).ok()?;
             process_user(&serde_json::from_slice(&spec).ok()?)
         }),
+        // What StopContainer sends first: the config's stop_signal, else
+        // the image's StopSignal, else SIGTERM (resolved at creation).
+        stop_signal: crate::spec::cri_signal(c.stop_signal) as i32,
     }
 }
 

@@ -8,8 +8,9 @@
 //!   port-forward, stats and metrics, the runtime's status and config; the
 //!   ImageService apart); each handler answers a [`cri_error::CriError`];
 //! - [`sandbox`] and [`container`]: the managers: RunPodSandbox, Stop,
-//!   Remove, List; CreateContainer (checks, record, make, mark created),
-//!   Start, Stop, Remove, Update, ReopenLog, ExecSync, List;
+//!   Remove, UpdatePodSandboxResources, List; CreateContainer (checks,
+//!   record, make, mark created), Start, Stop, Remove, Update, ReopenLog,
+//!   ExecSync, List;
 //! - [`daemon`]: the core: the daemon's state (config, store, images,
 //!   shims, pod network), lookups by id or prefix, recovery at start-up,
 //!   the exit watchers, stopping a container, the destroy paths, events;
@@ -18,11 +19,15 @@
 //!   [`streaming::SessionTargets`];
 //! - the pieces of a pod on the host: [`pod_host`] (pinned namespaces, pod
 //!   files, the network seam), [`pod_network`] (CNI, `carrack-network`),
-//!   [`pod_cgroup`], [`pod_infra`] (the process holding a shared PID
-//!   namespace), [`pod_pid`] (PID namespace sharing), [`userns`] (pod user
-//!   namespaces) and [`pod_config`] (what a pod config asks for);
+//!   [`pod_cgroup`], [`pod_resize`] (its limits after a resize),
+//!   [`pod_infra`] (the process holding a shared PID namespace),
+//!   [`pod_pid`] (PID namespace sharing), [`userns`] (pod user namespaces)
+//!   and [`pod_config`] (what a pod config asks for);
 //! - a container's OCI spec: [`spec`] (pure logic), [`seccomp`] (the
-//!   RuntimeDefault profile), [`id_maps`] (a pod's id mappings),
+//!   RuntimeDefault profile), [`cdi`] (devices of the Container Device
+//!   Interface), [`image_volume`] (mounts of images), [`apparmor`] (a
+//!   container's AppArmor profile, carrackd's default one, the node's
+//!   AppArmor), [`id_maps`] (a pod's id mappings),
 //!   [`spec_error`] (the field at fault), [`file_caps`], [`stop_signal`];
 //! - records and what is said of them: [`store`] (sandboxes and containers
 //!   in SQLite, intent first), [`cri_records`] (statuses and list items),
@@ -37,7 +42,9 @@
 //!   [`sd_notify`] (systemd's `Type=notify`), and [`serve`] (the gRPC
 //!   server on the unix socket).
 
+pub mod apparmor;
 pub mod authority;
+pub mod cdi;
 pub mod check;
 pub mod config;
 pub mod config_doc;
@@ -49,6 +56,7 @@ pub mod events;
 pub mod file_caps;
 pub mod handler_features;
 pub mod id_maps;
+pub mod image_volume;
 pub mod phases;
 pub mod pod_cgroup;
 pub mod pod_config;
@@ -56,6 +64,7 @@ pub mod pod_host;
 pub mod pod_infra;
 pub mod pod_network;
 pub mod pod_pid;
+pub mod pod_resize;
 pub mod sandbox;
 pub mod sd_notify;
 pub mod seccomp;
@@ -118,6 +127,16 @@ pub async fn serve(
     let daemon = daemon::Daemon::open(cfg, Arc::new(network)).await?;
     daemon.recover().await?;
     daemon.start_stats_collection();
+    // The default AppArmor profile, loaded meanwhile: the first container
+    // need not wait for the parser (it waits only if it comes first).
+    if daemon.apparmor.host().default_profile {
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            if let Err(e) = d.apparmor.load_default().await {
+                tracing::warn!("{e}");
+            }
+        });
+    }
     let addr = daemon.start_streaming().await?;
     tracing::info!(%addr, "serving exec, attach and port-forward");
     let listener = bind(&socket)?;

@@ -113,7 +113,14 @@ impl CgroupDriver {
     }
 
     /// Checks that `parent` is of this driver's form; the error says why.
+    /// Under systemd, the cgroup path of a slice (`/test.slice`, as critest
+    /// gives, or `/kubepods.slice/kubepods-pod1.slice`) stands for the
+    /// slice, as containerd and CRI-O take it.
     pub fn check_parent(self, parent: &str) -> Result<(), String> {
+        let parent = match self {
+            CgroupDriver::Systemd => slice_of_path(parent)?.unwrap_or(parent),
+            CgroupDriver::Cgroupfs => parent,
+        };
         match (self, is_slice_name(parent)) {
             (CgroupDriver::Cgroupfs, true) => Err(format!(
                 "{parent:?} is a systemd slice, but carrackd uses the cgroupfs driver \
@@ -138,6 +145,29 @@ fn is_slice_name(path: &str) -> bool {
     !path.contains('/') && path.ends_with(".slice")
 }
 
+/// The slice whose cgroup path `path` is (`/a.slice/a-b.slice` is
+/// `a-b.slice`); None for what does not end in a slice's directory, an
+/// error (with the reason) for a slice directory where systemd would not
+/// put it (`/kubepods/pod1.slice`).
+fn slice_of_path(path: &str) -> Result<Option<&str>, String> {
+    let Some((_, base)) = path.rsplit_once('/') else {
+        return Ok(None);
+    };
+    if !is_slice_name(base) || base == "-.slice" {
+        return Ok(None);
+    }
+    let expected = carrack_cgroups::systemd::expand_slice(base)
+        .map_err(|reason| format!("{path:?}: {base}: {reason}"))?;
+    let given = format!("/{}", path.trim_start_matches('/'));
+    if given != expected {
+        return Err(format!(
+            "{path:?} is not where systemd puts the slice {base} ({expected}): give the slice \
+             name, such as kubepods-besteffort-pod<uid>.slice, or its path"
+        ));
+    }
+    Ok(Some(base))
+}
+
 /// The pod cgroup: kubelet's `cgroup_parent` when it gives one, else one of
 /// the pod's own under `default_parent` (the config's `cgroup_parent`, or
 /// the driver's default when that is empty). A parent of the other driver's
@@ -151,7 +181,9 @@ pub fn pod_cgroup_path(
     if !cgroup_parent.is_empty() {
         driver.check_parent(cgroup_parent)?;
         return Ok(match driver {
-            CgroupDriver::Systemd => cgroup_parent.to_owned(),
+            CgroupDriver::Systemd => slice_of_path(cgroup_parent)?
+                .unwrap_or(cgroup_parent)
+                .to_owned(),
             CgroupDriver::Cgroupfs => from_root(cgroup_parent),
         });
     }
@@ -162,7 +194,10 @@ pub fn pod_cgroup_path(
     };
     driver.check_parent(parent)?;
     Ok(match driver {
-        CgroupDriver::Systemd => match parent.strip_suffix(".slice") {
+        CgroupDriver::Systemd => match slice_of_path(parent)?
+            .unwrap_or(parent)
+            .strip_suffix(".slice")
+        {
             Some("-") | None => format!("{sandbox_id}.slice"),
             Some(stem) => format!("{stem}-{sandbox_id}.slice"),
         },
@@ -271,12 +306,43 @@ mod tests {
     }
 
     #[test]
+    fn a_slices_cgroup_path_is_the_slice_under_systemd() {
+        // critest's parent on a systemd-driver runtime.
+        assert_eq!(
+            pod_cgroup_path(Systemd, "/test.slice", "", "a").unwrap(),
+            "test.slice"
+        );
+        assert_eq!(
+            pod_cgroup_path(
+                Systemd,
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice",
+                "",
+                "a"
+            )
+            .unwrap(),
+            "kubepods-besteffort-pod1.slice"
+        );
+        // The config's default parent, given as a path, too.
+        assert_eq!(
+            pod_cgroup_path(Systemd, "", "/pods.slice", "a").unwrap(),
+            "pods-a.slice"
+        );
+        let e = pod_cgroup_path(Systemd, "/kube--pods.slice", "", "a").unwrap_err();
+        assert!(e.contains("dashes"), "{e}");
+    }
+
+    #[test]
     fn a_parent_of_the_other_drivers_form_is_refused() {
         let e = pod_cgroup_path(Cgroupfs, "kubepods-besteffort-pod1.slice", "", "abc").unwrap_err();
         assert!(e.contains("cgroupfs driver"), "{e}");
-        for bad in ["/kubepods/pod1", "kubepods/pod1.slice", "kubepods"] {
+        for bad in ["/kubepods/pod1", "kubepods"] {
             let e = pod_cgroup_path(Systemd, bad, "", "abc").unwrap_err();
             assert!(e.contains("systemd driver"), "{bad}: {e}");
+        }
+        // A slice's directory where systemd would not put it.
+        for bad in ["kubepods/pod1.slice", "/kubepods.slice/pod1.slice"] {
+            let e = pod_cgroup_path(Systemd, bad, "", "abc").unwrap_err();
+            assert!(e.contains("not where systemd puts the slice"), "{bad}: {e}");
         }
         let e = pod_cgroup_path(Systemd, "kube--pods.slice", "", "abc").unwrap_err();
         assert!(e.contains("dashes"), "{e}");

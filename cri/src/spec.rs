@@ -10,7 +10,8 @@
 //! `process` (arguments, environment, working directory, AppArmor), `user`
 //! (the process's uid and groups), `capabilities`, `mounts`, `namespaces`,
 //! `resources` (devices and cgroup limits) and `security` (seccomp,
-//! masked and read-only paths).
+//! masked and read-only paths). The edits of the container's CDI devices
+//! come last ([`crate::cdi::apply`]).
 
 mod capabilities;
 mod mounts;
@@ -18,8 +19,10 @@ mod namespaces;
 mod process;
 mod resources;
 mod security;
+mod signal;
 mod user;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use carrack_proto::cri;
@@ -27,9 +30,10 @@ use oci_spec::image::ImageConfiguration;
 use serde_json::{Value, json};
 
 pub use capabilities::{ALL_CAPS, DEFAULT_CAPS, grantable_caps};
-pub use process::{exec_process, parse_signal, process_args, process_env, stop_signal};
-pub use resources::resources;
+pub use process::{exec_process, process_args, process_env};
+pub use resources::{check_resources, resources};
 pub use security::{DEFAULT_MASKED, DEFAULT_READONLY};
+pub use signal::{cri_signal, parse_signal, signal_number, stop_signal};
 pub use user::{RootfsFiles, User, resolve_user};
 
 pub use crate::spec_error::SpecError;
@@ -72,14 +76,21 @@ pub struct SpecInput<'a> {
     pub image: &'a ImageConfiguration,
     /// The rootfs directory.
     pub rootfs: &'a Path,
-    /// Whether the host has AppArmor.
-    pub apparmor_available: bool,
+    /// The container's `process.apparmorProfile` (None: none), chosen by
+    /// [`crate::apparmor`] with the node's AppArmor.
+    pub apparmor_profile: Option<&'a str>,
     /// Whether the host's cgroups are v2 only (unified): non-privileged
     /// containers then get a cgroup namespace of their own.
     pub cgroup_unified: bool,
     /// The PID namespace of the running container `namespace_options.target_id`
     /// names, resolved by the caller (None: not resolved, not asked).
     pub target_pidns: Option<&'a str>,
+    /// The edits of the CDI devices the container asks for, resolved by
+    /// the caller ([`crate::cdi::resolve`]); None: none asked for.
+    pub cdi: Option<&'a crate::cdi::ContainerEdits>,
+    /// The host paths of the request's image mounts by their index in
+    /// `config.mounts` (the views [`crate::image_volume::mount`] made).
+    pub image_volumes: &'a BTreeMap<usize, PathBuf>,
 }
 
 /// Builds `config.json`.
@@ -92,7 +103,7 @@ pub fn generate(input: &SpecInput<'_>, files: &dyn RootfsFiles) -> Result<Value,
         check_privileged_pod(sb)?;
     }
     let (process, caps) = process::process(input, sc, privileged, files)?;
-    let mounts = mounts::mounts(c, sb, privileged)?;
+    let mounts = mounts::mounts(c, sb, privileged, input.image_volumes)?;
     let linux_v = linux(input, sc, privileged, &caps)?;
     let mut annotations = serde_json::Map::new();
     for (k, v) in &c.annotations {
@@ -110,6 +121,9 @@ pub fn generate(input: &SpecInput<'_>, files: &dyn RootfsFiles) -> Result<Value,
     // (host-network pods) runtimes refuse to set one.
     if !sb.utsns.is_empty() {
         spec["hostname"] = json!(sb.hostname);
+    }
+    if let Some(edits) = input.cdi {
+        crate::cdi::apply(edits, &mut spec);
     }
     // The spec must be one oci-spec reads back (catches shape mistakes).
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
@@ -272,6 +286,20 @@ mod tests {
         assert_eq!(env, ["PATH=/img", "HOSTNAME=h", "A=1", "B=x=y", "C=3"]);
     }
 
+    /// A value is bytes since cri-api v0.34.9; config.json holds strings,
+    /// so bytes that are not UTF-8 become U+FFFD (as through containerd).
+    #[test]
+    fn env_values_that_are_not_utf8() {
+        let img = image(&[], &["sh"], "", &[]);
+        let mut c = config(&[], &[]);
+        c.envs = vec![cri::KeyValue {
+            key: "RAW".into(),
+            value: b"a\xffb".to_vec(),
+        }];
+        let env = process_env(&c, &img, "h");
+        assert_eq!(env.last().unwrap(), "RAW=a\u{fffd}b");
+    }
+
     #[test]
     fn root_propagation_follows_the_volumes() {
         let m = |p: cri::MountPropagation| cri::Mount {
@@ -392,7 +420,8 @@ mod tests {
         assert_eq!(parse_signal("kill"), Some(9));
         assert_eq!(parse_signal("15"), Some(15));
         assert_eq!(parse_signal("SIGNOPE"), None);
-        assert_eq!(stop_signal(&image(&[], &["sh"], "", &[])), 3);
+        let config = cri::ContainerConfig::default();
+        assert_eq!(stop_signal(&config, &image(&[], &["sh"], "", &[])), Ok(3));
     }
 
     fn sandbox() -> SandboxView {
@@ -416,9 +445,11 @@ mod tests {
                 sandbox: sb,
                 image: &img,
                 rootfs: Path::new("/r/rootfs"),
-                apparmor_available: false,
+                apparmor_profile: None,
                 cgroup_unified: false,
                 target_pidns: None,
+                cdi: None,
+                image_volumes: &BTreeMap::new(),
             },
             &files(),
         )

@@ -146,7 +146,8 @@ pub struct ContainerRecord {
     pub bundle: PathBuf,
     /// The runtime handler name.
     pub runtime_handler: String,
-    /// The signal that stops it (from the image's STOPSIGNAL).
+    /// The signal that stops it, the kernel's number: the config's
+    /// `stop_signal`, else the image's STOPSIGNAL, else SIGTERM.
     pub stop_signal: i32,
     /// Resources as last applied.
     pub resources: Option<cri::LinuxContainerResources>,

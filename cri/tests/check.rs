@@ -3,6 +3,7 @@
 //! cgroups and seccomp, so the check passes; a config whose default runtime
 //! is missing fails it, naming the key to fix. The overlay mount method it
 //! reports is the one the kernel's release implies (lowerdir+ from 6.8).
+//! AppArmor is reported with its parser and carrackd's default profile.
 //! `--version` and `--help` answer too.
 
 use std::process::Command;
@@ -68,6 +69,31 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
         .split(|c: char| !c.is_ascii_digit())
         .map(|p| p.parse::<u32>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
+/// AppArmor: where the kernel has it (the VMs), the parser and carrackd's
+/// default profile are reported; elsewhere a warning says containers run
+/// unconfined.
+#[test]
+fn check_reports_apparmor_its_parser_and_the_default_profile() {
+    if !carrack_e2e::prerequisite::require_root() {
+        return;
+    }
+    let (_, text) = run(&["check"]);
+    if !carrack_e2e::apparmor::usable() {
+        assert!(
+            text.contains("WARN apparmor: not enabled on this host: containers run unconfined"),
+            "{text}"
+        );
+        return;
+    }
+    for line in [
+        "ok   apparmor: enabled",
+        "ok   apparmor_parser: /",
+        "ok   apparmor default profile: carrack-default ",
+    ] {
+        assert!(text.contains(line), "{line}:\n{text}");
+    }
 }
 
 #[test]

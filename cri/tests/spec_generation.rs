@@ -76,7 +76,7 @@ fn gen_with(
     c: &cri::ContainerConfig,
     sb: &SandboxView,
     img: &ImageConfiguration,
-    apparmor: bool,
+    apparmor: Option<&str>,
 ) -> Result<Value, SpecError> {
     let f: &dyn RootfsFiles = &files();
     generate(
@@ -86,16 +86,18 @@ fn gen_with(
             sandbox: sb,
             image: img,
             rootfs: Path::new("/r/ctr1/rootfs"),
-            apparmor_available: apparmor,
+            apparmor_profile: apparmor,
             cgroup_unified: false,
             target_pidns: None,
+            cdi: None,
+            image_volumes: &Default::default(),
         },
         f,
     )
 }
 
 fn gen_spec(c: &cri::ContainerConfig) -> Result<Value, SpecError> {
-    gen_with(c, &sandbox(), &image("", ""), false)
+    gen_with(c, &sandbox(), &image("", ""), None)
 }
 
 fn field_of(e: &SpecError) -> &str {
@@ -160,7 +162,7 @@ fn seccomp_unconfined_unset_and_privileged_have_no_profile() {
     );
     let mut sc = seccomp(0, "");
     sc.privileged = true;
-    let s = gen_with(&with_sc(sc), &privileged_sandbox(), &image("", ""), false).unwrap();
+    let s = gen_with(&with_sc(sc), &privileged_sandbox(), &image("", ""), None).unwrap();
     assert!(s["linux"].get("seccomp").is_none(), "privileged: {s}");
 }
 
@@ -195,36 +197,17 @@ fn seccomp_localhost_reads_the_profile_and_names_bad_refs() {
     assert!(field_of(&e).ends_with("seccomp.profile_type"), "{e}");
 }
 
+/// The profile carrackd chose (crate::apparmor) is the process's, which
+/// an exec'd process inherits; none chosen, none written.
 #[test]
-fn apparmor_localhost_needs_apparmor_on_the_host() {
-    let sc = cri::LinuxContainerSecurityContext {
-        apparmor: Some(cri::SecurityProfile {
-            profile_type: 2,
-            localhost_ref: "carrack-test-profile".into(),
-        }),
-        ..Default::default()
-    };
-    let c = with_sc(sc);
-    let e = gen_with(&c, &sandbox(), &image("", ""), false).unwrap_err();
-    assert!(field_of(&e).ends_with("apparmor"), "{e}");
-    assert!(e.to_string().contains("no AppArmor"), "{e}");
-    let s = gen_with(&c, &sandbox(), &image("", ""), true).unwrap();
-    assert_eq!(
-        s["process"]["apparmorProfile"],
-        json!("carrack-test-profile")
-    );
-    // RuntimeDefault / Unconfined on a host without AppArmor: nothing to apply.
-    for t in [0, 1] {
-        let c = with_sc(cri::LinuxContainerSecurityContext {
-            apparmor: Some(cri::SecurityProfile {
-                profile_type: t,
-                localhost_ref: String::new(),
-            }),
-            ..Default::default()
-        });
-        let s = gen_with(&c, &sandbox(), &image("", ""), false).unwrap();
-        assert!(s["process"].get("apparmorProfile").is_none(), "{s}");
-    }
+fn the_chosen_apparmor_profile_is_the_process_profile() {
+    let c = with_sc(Default::default());
+    let s = gen_with(&c, &sandbox(), &image("", ""), Some("carrack-default")).unwrap();
+    assert_eq!(s["process"]["apparmorProfile"], json!("carrack-default"));
+    let exec = carrackd::spec::exec_process(&s, &["true".to_owned()]);
+    assert_eq!(exec["apparmorProfile"], json!("carrack-default"));
+    let s = gen_with(&c, &sandbox(), &image("", ""), None).unwrap();
+    assert!(s["process"].get("apparmorProfile").is_none(), "{s}");
 }
 
 fn caps_of(s: &Value) -> Vec<String> {
@@ -319,7 +302,7 @@ fn masked_and_readonly_paths_default_override_and_privileged() {
         masked_paths: vec!["/proc/secret".into()],
         ..Default::default()
     });
-    let s = gen_with(&c, &privileged_sandbox(), &image("", ""), false).unwrap();
+    let s = gen_with(&c, &privileged_sandbox(), &image("", ""), None).unwrap();
     assert!(strings(&s["linux"]["maskedPaths"]).is_empty());
     assert!(strings(&s["linux"]["readonlyPaths"]).is_empty());
     // Privileged: /sys writable, every device allowed.
@@ -378,7 +361,7 @@ fn namespaces_join_the_pods_and_follow_pid_mode() {
     let mut sb = sandbox();
     sb.netns.clear();
     sb.ipcns.clear();
-    let s = gen_with(&with_ns(1), &sb, &image("", ""), false).unwrap();
+    let s = gen_with(&with_ns(1), &sb, &image("", ""), None).unwrap();
     let ns = ns_types(&s);
     assert!(
         !ns.iter().any(|(t, _)| t == "network" || t == "ipc"),
@@ -398,7 +381,7 @@ fn pod_and_target_pid_modes_join_the_namespace_they_name() {
     }
     let mut sb = sandbox();
     sb.pidns = "/proc/77/ns/pid".into();
-    let s = gen_with(&with_ns(0), &sb, &image("", ""), false).unwrap();
+    let s = gen_with(&with_ns(0), &sb, &image("", ""), None).unwrap();
     assert!(ns_types(&s).contains(&("pid".into(), Some("/proc/77/ns/pid".into()))));
 
     // TARGET: the path the caller resolved from target_id.
@@ -426,9 +409,11 @@ fn pod_and_target_pid_modes_join_the_namespace_they_name() {
             sandbox: &sandbox(),
             image: &image("", ""),
             rootfs: Path::new("/r/ctr1/rootfs"),
-            apparmor_available: false,
+            apparmor_profile: None,
             cgroup_unified: false,
             target_pidns: Some("/proc/88/ns/pid"),
+            cdi: None,
+            image_volumes: &Default::default(),
         },
         f,
     )
@@ -443,9 +428,9 @@ fn no_namespace_options_join_the_pods_pid_namespace() {
     let bare = cri::ContainerConfig::default();
     let mut sb = sandbox();
     sb.pidns = "/proc/77/ns/pid".into();
-    let s = gen_with(&bare, &sb, &image("", ""), false).unwrap();
+    let s = gen_with(&bare, &sb, &image("", ""), None).unwrap();
     assert!(ns_types(&s).contains(&("pid".into(), Some("/proc/77/ns/pid".into()))));
-    let s = gen_with(&with_sc(Default::default()), &sb, &image("", ""), false).unwrap();
+    let s = gen_with(&with_sc(Default::default()), &sb, &image("", ""), None).unwrap();
     assert!(ns_types(&s).contains(&("pid".into(), Some("/proc/77/ns/pid".into()))));
     let s = gen_spec(&bare).unwrap();
     assert!(ns_types(&s).contains(&("pid".into(), None)));
@@ -465,7 +450,7 @@ fn pod_sysctls_annotations_and_cgroup_path() {
         annotations: HashMap::from([("carrack.test/a".into(), "b".into())]),
         ..Default::default()
     };
-    let s = gen_with(&c, &sb, &image("", ""), false).unwrap();
+    let s = gen_with(&c, &sb, &image("", ""), None).unwrap();
     assert_eq!(
         s["linux"]["sysctl"],
         json!({"net.ipv4.ip_unprivileged_port_start": "0", "kernel.shm_rmid_forced": "1"})
@@ -505,7 +490,7 @@ fn working_dir_from_request_then_image_then_root() {
         &cri::ContainerConfig::default(),
         &sandbox(),
         &image("/srv", ""),
-        false,
+        None,
     )
     .unwrap();
     assert_eq!(s["process"]["cwd"], json!("/srv"));
@@ -513,7 +498,7 @@ fn working_dir_from_request_then_image_then_root() {
         working_dir: "/work".into(),
         ..Default::default()
     };
-    let s = gen_with(&c, &sandbox(), &image("/srv", ""), false).unwrap();
+    let s = gen_with(&c, &sandbox(), &image("/srv", ""), None).unwrap();
     assert_eq!(s["process"]["cwd"], json!("/work"));
     let s = gen_spec(&cri::ContainerConfig::default()).unwrap();
     assert_eq!(s["process"]["cwd"], json!("/"));
@@ -657,10 +642,21 @@ fn resources_map_every_cri_field() {
 
 #[test]
 fn stop_signal_defaults_to_sigterm() {
-    assert_eq!(stop_signal(&image("", "")), libc::SIGTERM);
-    assert_eq!(stop_signal(&image("", "SIGUSR1")), libc::SIGUSR1);
-    assert_eq!(stop_signal(&image("", "2")), libc::SIGINT);
-    assert_eq!(stop_signal(&image("", "SIGBOGUS")), libc::SIGTERM);
+    let none = cri::ContainerConfig::default();
+    assert_eq!(stop_signal(&none, &image("", "")), Ok(libc::SIGTERM));
+    assert_eq!(stop_signal(&none, &image("", "SIGUSR1")), Ok(libc::SIGUSR1));
+    assert_eq!(stop_signal(&none, &image("", "2")), Ok(libc::SIGINT));
+    assert_eq!(
+        stop_signal(&none, &image("", "SIGBOGUS")),
+        Ok(libc::SIGTERM)
+    );
+    assert_eq!(stop_signal(&none, &image("", "RTMIN+2")), Ok(36));
+    // The config's stop_signal (cri-api v0.33) wins over the image's.
+    let quit = cri::ContainerConfig {
+        stop_signal: cri::Signal::Sigquit as i32,
+        ..Default::default()
+    };
+    assert_eq!(stop_signal(&quit, &image("", "SIGUSR1")), Ok(libc::SIGQUIT));
 }
 
 #[test]
@@ -753,9 +749,11 @@ fn cgroup_namespace_for_unprivileged_containers_on_cgroup_v2() {
                 sandbox: sb,
                 image: &image("", ""),
                 rootfs: Path::new("/r/ctr1/rootfs"),
-                apparmor_available: false,
+                apparmor_profile: None,
                 cgroup_unified: unified,
                 target_pidns: None,
+                cdi: None,
+                image_volumes: &Default::default(),
             },
             f,
         )

@@ -35,8 +35,18 @@ impl Carrackd {
 pub async fn connect(
     socket: &Path,
 ) -> Result<(Rt, ImageServiceClient<Channel>), tonic::transport::Error> {
+    let ch = channel(socket).await?;
+    Ok((
+        RuntimeServiceClient::new(ch.clone()),
+        ImageServiceClient::new(ch),
+    ))
+}
+
+/// A gRPC channel to a CRI socket, for clients of another CRI crate (an
+/// older kubelet's view of the API).
+pub async fn channel(socket: &Path) -> Result<Channel, tonic::transport::Error> {
     let path = socket.to_path_buf();
-    let ch = Endpoint::try_from("http://[::]:0")
+    Endpoint::try_from("http://[::]:0")
         .expect("endpoint")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
@@ -44,11 +54,7 @@ pub async fn connect(
                 Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
             }
         }))
-        .await?;
-    Ok((
-        RuntimeServiceClient::new(ch.clone()),
-        ImageServiceClient::new(ch),
-    ))
+        .await
 }
 
 /// A pod in namespace `default` with hostname `<name>-host`, cluster DNS

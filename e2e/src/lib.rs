@@ -7,6 +7,7 @@
 //! the opening the tests share) is behind the `cri` feature, which only
 //! this crate's own tests turn on.
 
+pub mod apparmor;
 pub mod carrackd;
 #[cfg(feature = "cri")]
 pub mod cri_client;

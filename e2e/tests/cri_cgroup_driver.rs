@@ -6,8 +6,10 @@
 //! lifecycle with its containers and infra process where the driver puts
 //! them (cgroupfs directories, or systemd scopes in the pod's slice), their
 //! limits in the files, stats and metrics read from there, a resource
-//! update, a carrackd restart that leaves the container running, and
-//! nothing left after the pod is removed.
+//! update of a container and one of the pod (UpdatePodSandboxResources:
+//! its cgroup, and its slice's properties under systemd), a carrackd
+//! restart that leaves the container running, and nothing left after the
+//! pod is removed.
 //!
 //! Needs root, runc, docker-registry, skopeo and busybox-static, the
 //! binaries built first (`cargo build --workspace --bins`), and systemd as
@@ -86,6 +88,28 @@ fn memory_limit(cg: &Cgroup) -> String {
         .to_owned()
 }
 
+/// The CFS quota and the CPU weight files of `cg`, as the kernel shows
+/// them: v1 `cpu.cfs_quota_us` and `cpu.shares`, v2 `cpu.max` and
+/// `cpu.weight`.
+fn cpu_limits(cg: &Cgroup) -> (String, String) {
+    let read = |path: std::path::PathBuf| {
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .to_owned()
+    };
+    match cg.v1_dir("cpu") {
+        Some(dir) => (
+            read(dir.join("cpu.cfs_quota_us")),
+            read(dir.join("cpu.shares")),
+        ),
+        None => {
+            let dir = cg.unified_dir().unwrap();
+            (read(dir.join("cpu.max")), read(dir.join("cpu.weight")))
+        }
+    }
+}
+
 async fn working_set(rt: &mut Rt, id: &str) -> u64 {
     rt.container_stats(cri::ContainerStatsRequest {
         container_id: id.into(),
@@ -125,6 +149,14 @@ async fn runtime_config_names_the_driver_and_the_other_form_is_refused() {
         cri::CgroupDriver::Cgroupfs
     };
     assert_eq!(driver, want as i32);
+    let info = rt
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let named = if systemd() { "systemd" } else { "cgroupfs" };
+    assert_eq!(info.get("cgroupDriver").map(String::as_str), Some(named));
     let mut config = pod_config("other-form", &daemon.dir.join("logs"));
     config.linux.as_mut().unwrap().cgroup_parent = kubelet_parent(false, "pod0");
     let e = rt
@@ -252,6 +284,94 @@ async fn a_pod_lives_where_the_driver_puts_it() {
             (128 * MIB).to_string()
         );
     }
+    // A value the kernel would not take is refused before anything is
+    // written, naming the field.
+    let e = rt
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: c.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 96 * MIB,
+                cpu_period: 10,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().starts_with("linux.cpu_period"), "{e}");
+    assert_eq!(memory_limit(&cg), (128 * MIB).to_string());
+
+    // UpdatePodSandboxResources: the pod cgroup holds the pod's resources
+    // plus its overhead (kubelet sends them apart).
+    let pod_cgroup = if systemd() {
+        carrack_cgroups::systemd::expand_slice(&parent).unwrap()
+    } else {
+        parent.clone()
+    };
+    let pod_cg = Cgroup::open(&pod_cgroup, &pod).unwrap();
+    let resize = |resources: cri::LinuxContainerResources| cri::UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: pod.clone(),
+        overhead: Some(cri::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 10_000,
+            cpu_shares: 102,
+            memory_limit_in_bytes: 32 * MIB,
+            ..Default::default()
+        }),
+        resources: Some(resources),
+    };
+    let pod_resources = cri::LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota: 90_000,
+        cpu_shares: 922,
+        memory_limit_in_bytes: 224 * MIB,
+        ..Default::default()
+    };
+    rt.update_pod_sandbox_resources(resize(pod_resources.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("UpdatePodSandboxResources: {e}\n{}", daemon.log()));
+    assert_eq!(memory_limit(&pod_cg), (256 * MIB).to_string());
+    let resized = cpu_limits(&pod_cg);
+    if pod_cg.v1_dir("cpu").is_some() {
+        assert_eq!(resized, ("100000".to_owned(), "1024".to_owned()));
+    } else {
+        // cpu.weight of 1024 shares, as runc and kubelet convert them.
+        assert_eq!(resized, ("100000 100000".to_owned(), "39".to_owned()));
+    }
+    if systemd() && pod_cg.layout().mode() == Mode::Unified {
+        assert_eq!(show(&parent, "MemoryMax"), (256 * MIB).to_string());
+    }
+    // Bad requests change nothing: a value out of range (checked first),
+    // one the kernel refuses part-way (a CPU this machine does not have,
+    // written after the memory limit), an unknown pod.
+    let mut out_of_range = pod_resources.clone();
+    out_of_range.cpu_period = 10;
+    let mut refused = pod_resources.clone();
+    refused.memory_limit_in_bytes = 480 * MIB;
+    refused.cpuset_cpus = "4000".into();
+    for (request, field) in [
+        (resize(out_of_range), "resources.cpu_period"),
+        (resize(refused), "resources.cpuset_cpus"),
+    ] {
+        let e = rt.update_pod_sandbox_resources(request).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        assert!(e.message().starts_with(field), "{e}");
+        assert_eq!(memory_limit(&pod_cg), (256 * MIB).to_string(), "{field}");
+        assert_eq!(cpu_limits(&pod_cg), resized, "{field}");
+    }
+    let mut unknown = resize(pod_resources.clone());
+    unknown.pod_sandbox_id = "no-such-pod".into();
+    let e = rt.update_pod_sandbox_resources(unknown).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
+    let mut no_resources = resize(pod_resources);
+    no_resources.resources = None;
+    let e = rt
+        .update_pod_sandbox_resources(no_resources)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().starts_with("resources"), "{e}");
 
     // A carrackd restart leaves the container running, and finds it again.
     daemon.kill();

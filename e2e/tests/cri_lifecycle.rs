@@ -961,6 +961,146 @@ async fn cri_stop_right_after_start_reaches_a_late_handler() {
     remove_pod(&mut rt, &pod).await;
 }
 
+/// ContainerStatus names the image by its digest reference twice: as
+/// `image_ref` and as `image.image_ref` (cri-api v0.36), which `crictl
+/// inspect` shows as `status.imageRef` and `status.image.imageRef`. With
+/// `CARRACK_TEST_CRICTL` naming a crictl binary (1.36), crictl's own output
+/// is checked too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_status_names_the_image_by_digest() {
+    if !prerequisites() {
+        return;
+    }
+    let CriStack {
+        image,
+        daemon,
+        mut rt,
+        mut img,
+        pod,
+        ..
+    } = CriStack::with_pod(daemon_options("runc"), |logs| pod_config("image-ref", logs)).await;
+    let id = run_container(
+        &mut rt,
+        &pod,
+        container_config("ref", &image.name, &["sleep", "3600"]),
+        None,
+    )
+    .await;
+    let listed = img
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: image.name.clone(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .expect("ImageStatus")
+        .into_inner()
+        .image
+        .expect("the image");
+    let digest_ref = listed.repo_digests.first().expect("a repo digest").clone();
+    let repo = image.name.rsplit_once(':').unwrap().0;
+    assert!(
+        digest_ref.starts_with(&format!("{repo}@sha256:")),
+        "{digest_ref}"
+    );
+    let st = status(&mut rt, &id).await;
+    assert_eq!(st.image_ref, digest_ref);
+    let spec = st.image.as_ref().expect("image");
+    assert_eq!(spec.image_ref, digest_ref);
+    assert_eq!(spec.image, listed.id);
+    assert_eq!(spec.user_specified_image, image.name);
+
+    match std::env::var_os("CARRACK_TEST_CRICTL") {
+        None => eprintln!("CARRACK_TEST_CRICTL unset: crictl inspect not run"),
+        Some(crictl) => {
+            let out = std::process::Command::new(crictl)
+                .arg("--runtime-endpoint")
+                .arg(format!("unix://{}", daemon.socket().display()))
+                .args(["inspect", "-o", "json", &id])
+                .output()
+                .expect("run crictl");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            assert_eq!(v["status"]["imageRef"], digest_ref.as_str(), "{v}");
+            assert_eq!(v["status"]["image"]["imageRef"], digest_ref.as_str(), "{v}");
+        }
+    }
+    remove_pod(&mut rt, &pod).await;
+}
+
+/// A config's `stop_signal` (kubelet's `lifecycle.stopSignal`) is what
+/// StopContainer sends first and what ContainerStatus reports; without one
+/// the image's StopSignal, else SIGTERM; a value outside the CRI's Signal
+/// enum is refused naming the field, and nothing is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_stop_signal_of_the_config() {
+    if !prerequisites() {
+        return;
+    }
+    let CriStack {
+        image,
+        daemon: _daemon,
+        mut rt,
+        pod,
+        ..
+    } = CriStack::with_pod(daemon_options("runc"), |logs| {
+        pod_config("stop-signal", logs)
+    })
+    .await;
+    let script = "trap 'exit 42' USR1; trap 'exit 15' TERM; while :; do sleep 0.1; done";
+    let mut usr1 = container_config("usr1", &image.name, &["sh", "-c", script]);
+    usr1.stop_signal = cri::Signal::Sigusr1 as i32;
+    let usr1 = run_container(&mut rt, &pod, usr1, None).await;
+    let plain = run_container(
+        &mut rt,
+        &pod,
+        container_config("plain", &image.name, &["sh", "-c", script]),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status(&mut rt, &usr1).await.stop_signal,
+        cri::Signal::Sigusr1 as i32
+    );
+    // The test image has no StopSignal.
+    assert_eq!(
+        status(&mut rt, &plain).await.stop_signal,
+        cri::Signal::Sigterm as i32
+    );
+    for (id, code) in [(&usr1, 42), (&plain, 15)] {
+        rt.stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 60,
+        })
+        .await
+        .expect("stop");
+        let st = status(&mut rt, id).await;
+        assert_eq!(st.state, cri::ContainerState::ContainerExited as i32);
+        assert_eq!(st.exit_code, code, "the trap of the stop signal ran");
+    }
+
+    let mut bad = container_config("bad", &image.name, &["true"]);
+    bad.stop_signal = 99;
+    let e = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(bad),
+            sandbox_config: None,
+        })
+        .await
+        .expect_err("stop_signal 99");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("config.stop_signal"), "{e}");
+    assert_eq!(list_containers(&mut rt).await.len(), 2, "nothing made");
+    remove_pod(&mut rt, &pod).await;
+}
+
 /// carrackd's log in a file (as after quickstart, or in the journal) has no
 /// ANSI colour codes; `--log-format json` makes every line a JSON object.
 #[test]

@@ -520,8 +520,30 @@ async fn user_namespace_pod(runtime: &str) {
             "{handler:?}"
         );
     }
+    // A user namespace with the host's network is not supported: Status
+    // says so (cri-api v0.36), and such a pod is refused, naming the field.
+    let features = st.features.expect("features");
+    assert!(!features.user_namespaces_host_network, "{features:?}");
     pull(&mut img, &image.name).await;
     let logs = daemon.dir.join("logs");
+    let mut host_net = userns_pod("userns-hostnet", &logs);
+    if let Some(ns) = host_net
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+    {
+        ns.network = cri::NamespaceMode::Node as i32;
+    }
+    let e = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(host_net),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect_err("a user namespace with the host's network");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("namespace_options.network"), "{e}");
     let pod = run_pod(&mut rt, userns_pod("userns", &logs)).await;
     // PodSandboxStatus reports the mode and mappings asked for.
     let status = rt

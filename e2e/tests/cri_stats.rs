@@ -58,6 +58,43 @@ fn working_set(s: &cri::ContainerStats) -> u64 {
         .expect("working_set_bytes")
 }
 
+/// Whether this host reports pressure (PSI): a cgroup2 hierarchy (v2 or
+/// hybrid) whose root has the pressure files (the kernel's PSI on).
+fn host_has_psi() -> bool {
+    [
+        "/sys/fs/cgroup/cpu.pressure",
+        "/sys/fs/cgroup/unified/cpu.pressure",
+    ]
+    .iter()
+    .any(|f| std::fs::read_to_string(f).is_ok())
+}
+
+/// Checks the pressure of stats sampled at `ts`: CPU, memory and I/O, all
+/// or none as the host has PSI; the stall shares are percentages.
+fn assert_pressure(
+    what: &str,
+    cpu: Option<&cri::PsiStats>,
+    memory: Option<&cri::PsiStats>,
+    io: Option<&cri::IoUsage>,
+) {
+    let expected = host_has_psi();
+    let io_psi = io.and_then(|io| io.psi.as_ref());
+    for (name, psi) in [("cpu", cpu), ("memory", memory), ("io", io_psi)] {
+        assert_eq!(psi.is_some(), expected, "{what}: {name} pressure {psi:?}");
+        if let Some(p) = psi {
+            let some = p.some.expect("some");
+            assert!(
+                (0.0..=100.0).contains(&some.avg10),
+                "{what}: {name} {some:?}"
+            );
+            assert!(p.full.is_some(), "{what}: {name} full");
+        }
+    }
+    if let Some(io) = io {
+        assert!(io.timestamp > 0, "{what}: io timestamp");
+    }
+}
+
 async fn run_pod(
     rt: &mut RuntimeServiceClient<Channel>,
     daemon: &Carrackd,
@@ -123,6 +160,12 @@ async fn cri_container_and_pod_stats() {
     assert!(m.available_bytes.is_none(), "no limit, no available_bytes");
     let layer = later.writable_layer.as_ref().expect("writable_layer");
     assert!(layer.inodes_used.is_some() && layer.used_bytes.is_some());
+    assert_pressure(
+        "container",
+        cpu.psi.as_ref(),
+        m.psi.as_ref(),
+        later.io.as_ref(),
+    );
 
     // Memory: 32 MiB written to tmpfs are charged to the container.
     let before = working_set(&container_stats(&mut rt, &mem).await);
@@ -238,6 +281,12 @@ async fn cri_container_and_pod_stats() {
         .unwrap()
         .value;
     assert!(pod_ws >= 30 * 1024 * 1024, "pod working set {pod_ws}");
+    assert_pressure(
+        "pod",
+        linux.cpu.as_ref().and_then(|c| c.psi.as_ref()),
+        linux.memory.as_ref().and_then(|m| m.psi.as_ref()),
+        linux.io.as_ref(),
+    );
     // A pod network namespace with loopback only: no interface reported.
     let net = linux
         .network

@@ -8,6 +8,8 @@ bb=/bin/busybox
 plan=$1
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/tmp CI=1 RUST_BACKTRACE=1 TMPDIR=/tmp
+# Debian's kernel runs AppArmor: the tests that need it must find it here.
+export CARRACK_TEST_APPARMOR=1
 
 finish() {
     echo "CARRACK-VM-RESULT $1"
@@ -30,10 +32,13 @@ done
 $bb mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
 $bb mount -t cgroup2 cgroup2 /sys/fs/cgroup || finish 3
 $bb mount -t bpf bpf /sys/fs/bpf 2>/dev/null
+# securityfs: AppArmor's profile list and the parser's interface.
+$bb mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
 for c in $($bb cat /sys/fs/cgroup/cgroup.controllers); do
     echo "+$c" >/sys/fs/cgroup/cgroup.subtree_control || finish 3
 done
-echo "== guest: kernel $($bb uname -r), cgroup2 controllers: $($bb cat /sys/fs/cgroup/cgroup.subtree_control)"
+echo "== guest: kernel $($bb uname -r), cgroup2 controllers: $($bb cat /sys/fs/cgroup/cgroup.subtree_control)," \
+    "AppArmor: $($bb cat /sys/module/apparmor/parameters/enabled 2>/dev/null || echo absent)"
 
 args=$($bb sed -n 's/^ARGS\t//p' "$plan")
 status=0

@@ -14,6 +14,8 @@
 # its state wiped. Then the end-to-end suites of the plan, whose tests start
 # daemons of their own. Each test is printed by name; the last line is
 # "CARRACK-VM-RESULT <status>", and the VM powers off.
+# With run_script set (run.sh --run), the installation is all: the script
+# runs instead of the variants and suites, and its status is the result.
 # shellcheck disable=SC2154 # repo, bin_dir…: the plan's variables
 set -uo pipefail
 plan=$1
@@ -21,6 +23,8 @@ plan=$1
 . "$plan"
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root CI=1 RUST_BACKTRACE=1
+# Debian's kernel runs AppArmor: the tests that need it must find it here.
+export CARRACK_TEST_APPARMOR=1
 # The console is a serial line read by a log: no colours, no hyperlinks.
 export SYSTEMD_COLORS=0 SYSTEMD_URLIFY=0
 
@@ -75,6 +79,15 @@ install -m 0755 "$bin_dir/carrackd" "$bin_dir/carrack-shim" "$bin_dir/carrack-ru
     || { failed "install the binaries"; finish; }
 install -m 0644 "$repo/deploy/systemd/carrackd.service" /etc/systemd/system/carrackd.service
 systemctl daemon-reload
+
+if [[ -n ${run_script:-} ]]; then
+    log "running $run_script ${run_args[*]}"
+    (cd "$repo" && bash "$run_script" "${run_args[@]}" </dev/null 2>&1)
+    rc=$?
+    log "$(basename "$run_script") exited $rc"
+    ((rc == 0)) || failed "$run_script"
+    finish
+fi
 systemctl start docker-registry.service || failed "start docker-registry.service"
 
 for variant in $variants; do

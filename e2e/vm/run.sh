@@ -41,6 +41,14 @@
 #          in e2e/vm/variants/); `--service-only` runs only the tests of the
 #          installed service, not SYSTEMD_SUITES; `--no-build` uses the
 #          binaries and test executables already built.
+#        run.sh systemd --run SCRIPT [--release] [--no-build] [-- ARGS...]
+#          Not a test run: the guest installs the binaries and the unit as
+#          above, starts nothing, and runs `bash SCRIPT ARGS...` from the
+#          repository (a path on the host, which the guest sees at the same
+#          place); its exit status is the result. For what does not fit
+#          CI: critest and the benchmarks on a systemd node
+#          (e2e/vm/systemd-node.sh). `--release`
+#          installs release binaries.
 # Environment: CARRACK_VM_CACHE, CARRACK_VM_TIMEOUT (seconds, default 1800),
 #   CARRACK_VM_MEM (MiB, default 2048 for cgroup2, 3072 for systemd),
 #   CARRACK_VM_CPUS (default 2), CARRACK_VM_ACCEL (tcg, the default, or kvm);
@@ -60,7 +68,8 @@ vm_cpus=${CARRACK_VM_CPUS:-2}
 # to cover what differs on such a node (the check, the pod lifecycle and a
 # carrackd SIGKILL with carrack-runtime on cgroup v2, pod networking and
 # port mapping, container and pod stats from cgroup v2 files, a pod's view
-# of cgroups in its cgroup namespace) and no more. Then the systemd cgroup
+# of cgroups in its cgroup namespace, AppArmor profiles enforced: the
+# hosts' kernel has no AppArmor) and no more. Then the systemd cgroup
 # driver's own: carrack-runtime's scope tests (the VM-only set, ignored
 # elsewhere: 30 s here) and a pod's lifecycle, stats, update and restart
 # under a test daemon on the systemd driver (60 s; the host runs it on
@@ -72,6 +81,7 @@ SYSTEMD_SUITES=(
     "carrack-e2e cri_network builtin_network_pods_talk_host_port_and_restart"
     "carrack-e2e cri_stats cri_container_and_pod_stats"
     "carrack-e2e cri_isolation"
+    "carrack-e2e cri_apparmor"
     "carrack-runtime systemd_cgroup --include-ignored"
     "CARRACK_E2E_CGROUP_DRIVER=systemd carrack-e2e cri_cgroup_driver"
 )
@@ -91,6 +101,8 @@ esac
 
 build=1
 service_only=0
+run_script=
+profile=debug
 executables=()
 test_args=()
 cargo_args=()
@@ -105,13 +117,22 @@ while (($#)); do
         --service-only)
             [[ $mode == systemd ]] || die "--service-only is an option of the systemd mode"
             service_only=1 ;;
+        --run)
+            [[ $mode == systemd ]] || die "--run is an option of the systemd mode"
+            (($# >= 2)) || die "--run needs a script"
+            [[ -f $2 ]] || die "--run $2: no such file"
+            run_script=$(realpath "$2"); shift ;;
+        --release)
+            [[ $mode == systemd ]] || die "--release is an option of the systemd mode"
+            profile=release ;;
         --variant)
             [[ $mode == systemd ]] || die "--variant is an option of the systemd mode"
             (($# >= 2)) || die "--variant needs a name"
             [[ -f $here/variants/$2.toml ]] || die "--variant $2: no $here/variants/$2.toml"
             variants+=("$2"); shift ;;
         --)
-            [[ $mode == cgroup2 ]] || die "test arguments are for the cgroup2 mode"
+            [[ $mode == cgroup2 || -n $run_script ]] \
+                || die "arguments after -- are for the cgroup2 mode or a --run script"
             shift; test_args=("$@"); break ;;
         -*) die "unknown option $1" ;;
         *)
@@ -263,7 +284,9 @@ else
             variants+=("${n%.toml}")
         done
     fi
-    bin_dir=$target_dir/debug
+    [[ -n $run_script || $profile == debug ]] || die "--release goes with --run"
+    ((${#test_args[@]} == 0)) || [[ -n $run_script ]] || die "arguments after -- need --run"
+    bin_dir=$target_dir/$profile
     # One executable per suite: built now, or found among those built.
     suite_executable() { # package test
         if ((build)); then
@@ -278,14 +301,22 @@ else
     }
     if ((build)); then
         log "building the binaries and the test executables"
-        (cd "$repo" && cargo build --bins --quiet -p carrackd -p carrack-shim -p carrack-runtime)
+        release=()
+        [[ $profile == release ]] && release=(--release)
+        (cd "$repo" && cargo build "${release[@]}" --bins --quiet -p carrackd -p carrack-shim -p carrack-runtime)
     fi
     for b in carrackd carrack-shim carrack-runtime; do
         [[ -x $bin_dir/$b ]] || die "no $bin_dir/$b (cargo build --workspace --bins)"
     done
-    operator=$(suite_executable carrack-e2e systemd_service)
     suites=$work/suites
     : >"$suites"
+    operator=-$'\t'-
+    if [[ -n $run_script ]]; then
+        variants=()
+        SYSTEMD_SUITES=()
+    else
+        operator=$(suite_executable carrack-e2e systemd_service)
+    fi
     ((service_only)) && SYSTEMD_SUITES=()
     for s in "${SYSTEMD_SUITES[@]}"; do
         read -r -a words <<<"$s"
@@ -310,8 +341,18 @@ else
         printf 'variants=%q\n' "${variants[*]}"
         printf 'variants_dir=%q\n' "$here/variants"
         printf 'suites=%q\n' "$suites"
+        printf 'run_script=%q\n' "$run_script"
+        if ((${#test_args[@]})); then
+            printf 'run_args=(%s)\n' "$(printf '%q ' "${test_args[@]}")"
+        else
+            printf 'run_args=()\n'
+        fi
     } >"$plan"
-    log "variants: ${variants[*]}; suites: ${#SYSTEMD_SUITES[@]}"
+    if [[ -n $run_script ]]; then
+        log "running $run_script ${test_args[*]}"
+    else
+        log "variants: ${variants[*]}; suites: ${#SYSTEMD_SUITES[@]}"
+    fi
     stage2=$here/guest-systemd.sh
 fi
 

@@ -209,8 +209,10 @@ impl Runtime {
                 .unwrap_or_default(),
             id,
         )?;
-        // Checked before anything exists: a bad path leaves nothing.
+        // Checked before anything exists: a bad path or profile leaves nothing.
         let cg = Cgroup::open(&cgroups_path, id)?;
+        let apparmor = process.apparmor_profile().clone().unwrap_or_default();
+        crate::apparmor::check(&apparmor)?;
         std::fs::create_dir_all(&self.root)
             .map_err(io(format!("--root {}", self.root.display())))?;
         let dir = container_dir(&self.root, id);
@@ -273,6 +275,7 @@ impl Runtime {
             extra_fds: extra_fds.max(opts.preserve_fds),
             extra_env,
             seccomp: linux.seccomp().clone(),
+            apparmor,
             cgroup_layout: Some(cg.layout().clone()),
         };
         let unified = if scope { None } else { open_unified(&cg)? };
@@ -470,6 +473,17 @@ impl Runtime {
                 reason: "must name the program to run".into(),
             });
         }
+        // An exec'd process is confined as the init is: never run it
+        // without the container's seccomp or AppArmor profile because its
+        // bundle is unreadable. Its own AppArmor profile wins, as in runc.
+        let container = Bundle::load(&st.bundle)?.spec;
+        let seccomp = container.linux().as_ref().and_then(|l| l.seccomp().clone());
+        let apparmor = process
+            .apparmor_profile()
+            .clone()
+            .or_else(|| container.process().as_ref()?.apparmor_profile().clone())
+            .unwrap_or_default();
+        crate::apparmor::check(&apparmor)?;
         let console = connect_console(&opts.console_socket, process.terminal() == Some(true))?;
         let cg = Cgroup::open(&st.cgroups_path, id)?;
         if !opts.detach {
@@ -477,19 +491,13 @@ impl Runtime {
         }
         let (parent, child) = crate::sync::pair()?;
         let (extra_fds, extra_env) = listen_fds();
-        // An exec'd process is confined as the init is: never run it
-        // without the container's seccomp because its bundle is unreadable.
-        let seccomp = Bundle::load(&st.bundle)?
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.seccomp().clone());
         let args = InitArgs {
             fifo: None,
             console,
             extra_fds: extra_fds.max(opts.preserve_fds),
             extra_env,
             seccomp,
+            apparmor,
             cgroup_layout: None,
         };
         let unified = open_unified(&cg)?;

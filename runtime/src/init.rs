@@ -83,6 +83,10 @@ pub struct InitArgs {
     pub extra_env: Vec<String>,
     /// The container's `linux.seccomp`, for the init and every exec.
     pub seccomp: Option<LinuxSeccomp>,
+    /// The AppArmor profile the process runs under (empty: none asked):
+    /// the init's `process.apparmorProfile`; an exec'd process's own, else
+    /// the container's.
+    pub apparmor: String,
     /// The host's cgroup layout as the runtime found it before forking
     /// (create only): the init's mount tree is a copy of the same one, so
     /// its cgroup mount need not read `/proc/self/mountinfo` again, which
@@ -294,7 +298,7 @@ fn create_init(b: &Bundle, ch: &Channel, args: InitArgs) -> Result<Infallible> {
         setup_console(c.as_raw_fd())?;
     }
     drop(args.console);
-    setup_process(process, args.seccomp.as_ref())?;
+    setup_process(process, args.seccomp.as_ref(), &args.apparmor)?;
     ch.send("ready")?;
     let start_hooks = spec
         .hooks()
@@ -335,11 +339,14 @@ fn create_init(b: &Bundle, ch: &Channel, args: InitArgs) -> Result<Infallible> {
     unsafe { libc::_exit(127) }
 }
 
-/// rlimits, oom_score_adj, umask, ids, capabilities, no_new_privileges,
-/// seccomp. The filter is loaded as late as it can be: after the identity
-/// change when no_new_privs is set, else before the capabilities are
-/// dropped (loading it then needs CAP_SYS_ADMIN), as runc does.
-fn setup_process(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<()> {
+/// rlimits, oom_score_adj, umask, the AppArmor profile, ids,
+/// capabilities, no_new_privileges, seccomp. The filter is loaded as late
+/// as it can be: after the identity change when no_new_privs is set, else
+/// before the capabilities are dropped (loading it then needs
+/// CAP_SYS_ADMIN), as runc does. The AppArmor profile, an on-exec change,
+/// is asked for before either: the filter must not refuse the write, and
+/// it is a root's write to its own attribute.
+fn setup_process(process: &Process, seccomp: Option<&LinuxSeccomp>, apparmor: &str) -> Result<()> {
     let filter = seccomp.map(crate::seccomp::compile).transpose()?;
     let nnp = process.no_new_privileges() == Some(true);
     crate::process::set_rlimits(process)?;
@@ -348,6 +355,7 @@ fn setup_process(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<()
     }
     let umask = process.user().umask().unwrap_or(0o022);
     nix::sys::stat::umask(Mode::from_bits_truncate(umask));
+    crate::apparmor::change_on_exec(apparmor)?;
     if let Some(f) = filter.as_ref().filter(|_| !nnp) {
         crate::seccomp::load(f)?;
     }
@@ -434,7 +442,7 @@ pub fn exec_stage1(
             setup_console(c.as_raw_fd())?;
         }
         drop(args.console);
-        setup_process(process, args.seccomp.as_ref())?;
+        setup_process(process, args.seccomp.as_ref(), &args.apparmor)?;
         // On success the channel closes with the exec (CLOEXEC).
         Err(crate::process::exec(
             process,

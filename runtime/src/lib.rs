@@ -17,12 +17,14 @@
 //! - [`hooks`]: OCI hooks;
 //! - [`seccomp`]: `linux.seccomp` compiled to BPF and loaded
 //!   before exec;
+//! - [`apparmor`]: `process.apparmorProfile`, an on-exec profile change;
 //! - [`spawn`]: the intermediate child, forked straight into its cgroup.
 //!
 //! cgroups come from the `carrack-cgroups` crate (v1, v2 and hybrid).
 //! Not yet here: the systemd cgroup driver (`--systemd-cgroup` is refused
 //! with a clear error) and seccomp agents (SCMP_ACT_NOTIFY).
 
+pub mod apparmor;
 pub mod cgroup_mount;
 pub mod container;
 pub mod error;

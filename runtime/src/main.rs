@@ -452,7 +452,7 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
                         "archs": ["SCMP_ARCH_X86","SCMP_ARCH_X86_64","SCMP_ARCH_X32"],
                         "supportedFlags": ["SECCOMP_FILTER_FLAG_LOG","SECCOMP_FILTER_FLAG_SPEC_ALLOW","SECCOMP_FILTER_FLAG_TSYNC"]
                     },
-                    "apparmor": {"enabled": false},
+                    "apparmor": {"enabled": carrack_runtime::apparmor::enabled()},
                     "selinux": {"enabled": false}
                 }
             });

@@ -3,11 +3,13 @@
 //! from inside the container (identity, capabilities and NoNewPrivs in
 //! /proc/self/status, hostname, readonly root, masked paths, uid_map with a
 //! user namespace), plus the create/start/state/exec/pause/resume/kill/delete
-//! lifecycle, hook order, and bad input that must leave nothing behind.
+//! lifecycle, hook order, seccomp and AppArmor profiles, and bad input that
+//! must leave nothing behind.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use carrack_e2e::apparmor;
 use carrack_e2e::oci::{add_mount, add_namespace, busybox_config};
 use carrack_e2e::prerequisite::require_root;
 use serde_json::{Value, json};
@@ -96,6 +98,16 @@ impl Container {
     /// Like `ok`, for commands whose container inherits our stdio: output
     /// goes to files in the test dir instead of pipes.
     fn ok_detached(&self, args: &[&str]) {
+        let (status, output) = self.detached(args);
+        assert!(
+            status.success(),
+            "carrack-runtime {args:?}: {status}\n{output}"
+        );
+    }
+
+    /// Runs `carrack-runtime ARGS` with its output going to a file; returns
+    /// its exit status and output.
+    fn detached(&self, args: &[&str]) -> (std::process::ExitStatus, String) {
         let log = self.dir.join("detached.log");
         let file = std::fs::File::create(&log).unwrap();
         let status = self
@@ -104,11 +116,7 @@ impl Container {
             .stderr(file)
             .status()
             .unwrap();
-        assert!(
-            status.success(),
-            "carrack-runtime {args:?}: {status}\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        (status, std::fs::read_to_string(&log).unwrap_or_default())
     }
 
     fn status(&self) -> String {
@@ -728,6 +736,164 @@ fn seccomp_profile_with_a_bad_field_fails_create_and_names_it() {
     assert!(
         !c.state_root().join(&c.id).exists(),
         "a failed create leaves no state"
+    );
+}
+
+/// `create` of `c`'s bundle, expected to fail: its stderr. A create that
+/// succeeds fails the test (output goes to a file: the init would hold
+/// pipes open).
+fn refused_create(c: &Container) -> String {
+    let b = c.bundle();
+    let (status, err) = c.detached(&["create", "--bundle", b.to_str().unwrap(), &c.id]);
+    assert!(!status.success(), "create succeeded: {err}");
+    assert!(
+        !c.state_root().join(&c.id).exists(),
+        "a refused create leaves no state"
+    );
+    err
+}
+
+/// The running container `c` was created and started with its bundle.
+fn create_and_start(c: &Container) {
+    let b = c.bundle();
+    c.ok_detached(&["create", "--bundle", b.to_str().unwrap(), &c.id]);
+    c.ok(&["start", &c.id]);
+}
+
+/// Writes a process.json for `exec --process`: the container's process
+/// running `args`, with `edit` applied.
+fn process_file(c: &Container, args: &[&str], edit: impl FnOnce(&mut Value)) -> PathBuf {
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(c.bundle().join("config.json")).unwrap()).unwrap();
+    let mut process = config["process"].clone();
+    process["args"] = json!(args);
+    edit(&mut process);
+    let path = c.dir.join("process.json");
+    std::fs::write(&path, serde_json::to_vec(&process).unwrap()).unwrap();
+    path
+}
+
+/// `process.apparmorProfile` confines the init and each exec'd process
+/// (which takes the container's profile unless its own names another),
+/// on a host with AppArmor (the VMs'). Before the fix the profile was
+/// ignored: the writes below succeeded and attr/current said unconfined.
+/// On a host without AppArmor, asking for a profile fails create, naming
+/// the field, and leaves nothing. `features` says which host this is.
+#[test]
+fn apparmor_profile_confines_the_init_and_exec() {
+    if !require_root() {
+        return;
+    }
+    let name = format!("carrack-test-deny-tmp-{}", std::process::id());
+    let usable = apparmor::usable();
+    if apparmor::kernel_has_apparmor() && !usable {
+        return; // usable() said what is missing
+    }
+    let features: Value = serde_json::from_str(
+        &String::from_utf8(
+            Command::new(&*RUNTIME)
+                .arg("features")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        features["linux"]["apparmor"]["enabled"],
+        json!(usable),
+        "features says whether this host can apply a profile"
+    );
+    if !usable {
+        let c = Container::new("aa-none", &["/bin/true"], |cfg| {
+            cfg["process"]["apparmorProfile"] = json!(name);
+        });
+        let err = refused_create(&c);
+        assert!(
+            err.contains("process.apparmorProfile") && err.contains("no AppArmor"),
+            "{err}"
+        );
+        return;
+    }
+    let profile = apparmor::TestProfile::load(&name, "  file,\n  signal,\n  deny /tmp/** w,");
+    let script = "touch /tmp/x 2>&1 && echo tmp-written; touch /dev/shm/x && echo shm-written; \
+                  echo label=$(cat /proc/self/attr/current)";
+    let c = Container::new("aa-init", &["/bin/sh", "-c", script], |cfg| {
+        cfg["process"]["apparmorProfile"] = json!(profile.name);
+    });
+    let out = c.run();
+    assert!(
+        !out.contains("tmp-written") && out.contains("Permission denied"),
+        "{out}"
+    );
+    assert!(
+        out.contains("shm-written"),
+        "only what the profile denies is denied: {out}"
+    );
+    assert!(out.contains(&format!("label={name} (enforce)")), "{out}");
+
+    let c = Container::new("aa-exec", &["/bin/sleep", "1000"], |cfg| {
+        cfg["process"]["apparmorProfile"] = json!(profile.name);
+    });
+    create_and_start(&c);
+    let out = c.ok(&["exec", &c.id, "/bin/sh", "-c", script]);
+    assert!(
+        !out.contains("tmp-written") && out.contains(&format!("label={name} (enforce)")),
+        "{out}"
+    );
+    let own = process_file(&c, &["/bin/sh", "-c", script], |p| {
+        p["apparmorProfile"] = json!("unconfined");
+    });
+    let out = c.ok(&["exec", "--process", own.to_str().unwrap(), &c.id]);
+    assert!(
+        out.contains("tmp-written") && out.contains("label=unconfined"),
+        "{out}"
+    );
+}
+
+/// A profile the kernel has not loaded (or any profile, on a host without
+/// AppArmor) fails create and exec before anything is made, naming
+/// `process.apparmorProfile`.
+#[test]
+fn an_apparmor_profile_not_loaded_fails_create_and_exec_naming_the_field() {
+    if !require_root() {
+        return;
+    }
+    let missing = "carrack-test-never-loaded";
+    let c = Container::new("aa-missing", &["/bin/true"], |cfg| {
+        cfg["process"]["apparmorProfile"] = json!(missing);
+    });
+    let err = refused_create(&c);
+    assert!(
+        err.contains("process.apparmorProfile") && err.contains(missing),
+        "{err}"
+    );
+    for dir in [
+        format!("/sys/fs/cgroup/{}", c.id),
+        format!("/sys/fs/cgroup/memory/{}", c.id),
+    ] {
+        assert!(!Path::new(&dir).exists(), "{dir} left behind");
+    }
+
+    let c = Container::new("aa-missing-exec", &["/bin/sleep", "1000"], |_| {});
+    create_and_start(&c);
+    let p = process_file(&c, &["/bin/true"], |p| {
+        p["apparmorProfile"] = json!(missing)
+    });
+    let out = c.out(&["exec", "--process", p.to_str().unwrap(), &c.id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("process.apparmorProfile") && err.contains(missing),
+        "{err}"
+    );
+    assert_eq!(
+        c.ok(&["ps", "--format", "json", &c.id])
+            .matches(',')
+            .count(),
+        0,
+        "no process left"
     );
 }
 

@@ -8,6 +8,15 @@ pub enum ImageError {
     /// No image matches the reference, id or digest.
     #[error("image not found: {0}")]
     NotFound(String),
+    /// The image is mounted as a volume: it cannot be removed from under
+    /// the containers using it.
+    #[error("image {image} is in use by the image volumes of container {}", owners.join(", "))]
+    InUse {
+        /// The image id.
+        image: String,
+        /// The owners of the volumes (container ids).
+        owners: Vec<String>,
+    },
     /// The image reference does not parse.
     #[error("invalid image reference {reference:?}: {reason}")]
     InvalidReference {

@@ -10,7 +10,10 @@
 //! - `containers/<id>/upper`, `containers/<id>/work`: a container's overlay
 //!   upper and work dirs (the rootfs itself is mounted where the caller says),
 //!   and `containers/<id>/lower/`, short names of its lower layers when the
-//!   kernel needs them ([`overlay`]).
+//!   kernel needs them ([`overlay`]);
+//! - `containers/<id>/views/<name>/rootfs`: read-only views of images (the
+//!   image volumes of container `<id>`), each with an empty bottom layer
+//!   `empty` and, when needed, its `lower` names.
 //!
 //! # Using it from carrackd
 //!
@@ -843,12 +846,31 @@ impl ImageStore {
 
     /// Removes the image (all its names) found by id, tag or digest, then
     /// collects what it alone held unless a pull is running (the next GC
-    /// does it then).
+    /// does it then). An image a view uses ([`ImageStore::mount_view`]) is
+    /// [`ImageError::InUse`], naming the views' owners.
     pub async fn remove(&self, reference_or_id: &str) -> Result<(), ImageError> {
         let img = self
             .resolve(reference_or_id)?
             .ok_or_else(|| ImageError::NotFound(reference_or_id.to_owned()))?;
-        self.inner.db.delete(&img.id)?;
+        {
+            let _fs = self.inner.fs_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let mut owners: Vec<String> = self
+                .inner
+                .db
+                .views()?
+                .into_iter()
+                .filter(|(_, _, image)| *image == img.id)
+                .map(|(owner, _, _)| owner)
+                .collect();
+            owners.dedup();
+            if !owners.is_empty() {
+                return Err(ImageError::InUse {
+                    image: img.id,
+                    owners,
+                });
+            }
+            self.inner.db.delete(&img.id)?;
+        }
         if let Ok(gate) = self.inner.pull_gate.try_write() {
             let this = self.clone();
             let report = tokio::task::spawn_blocking(move || this.collect())
@@ -903,8 +925,10 @@ impl ImageStore {
         if let Err(e) = overlay::mount_overlay(
             self.inner.overlay.method,
             &lowers,
-            &upper,
-            &work,
+            Some(overlay::UpperDirs {
+                upper: &upper,
+                work: &work,
+            }),
             target,
             &dir.join("lower"),
         ) {
@@ -943,6 +967,85 @@ impl ImageStore {
         // The caller may keep its own files (bundle) in the same directory.
         let _ = fs::remove_dir(&dir);
         self.inner.db.delete_rootfs(container_id)
+    }
+
+    /// Mounts a read-only view of image `image_id`'s file system (its
+    /// snapshots, no upper layer; `nosuid`, `nodev`, `noexec`) for the view
+    /// `name` of `owner` (a container id; `name` e.g. the index of its
+    /// mount), at `<root>/containers/<owner>/views/<name>/rootfs`, which it
+    /// returns. Recorded before it is mounted (so that a crash leaves a
+    /// record [`ImageStore::unmount_views`] finds); while it exists the
+    /// image is not removed and its snapshots are not collected.
+    pub fn mount_view(
+        &self,
+        image_id: &str,
+        owner: &str,
+        name: &str,
+    ) -> Result<PathBuf, ImageError> {
+        validate_container_id(owner)?;
+        validate_container_id(name)?;
+        let _fs = self.inner.fs_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let img = self
+            .complete(image_id)?
+            .ok_or_else(|| ImageError::NotFound(image_id.to_owned()))?;
+        let dir = self.views_dir(owner).join(name);
+        let target = dir.join("rootfs");
+        // Overlayfs wants two lower layers without an upper one: an empty
+        // one at the bottom (also the whole of an image with no layers).
+        let empty = dir.join("empty");
+        for d in [&target, &empty] {
+            fs::create_dir_all(d).ctx(|| format!("create {}", d.display()))?;
+        }
+        let chain = img.chain_ids();
+        let mut lowers: Vec<PathBuf> = chain
+            .iter()
+            .rev()
+            .map(|c| self.inner.snapshots.path(c))
+            .collect();
+        lowers.push(empty);
+        self.inner.db.put_view(owner, name, &img.id, &chain)?;
+        overlay::mount_overlay(
+            self.inner.overlay.method,
+            &lowers,
+            None,
+            &target,
+            &dir.join("lower"),
+        )?;
+        Ok(target)
+    }
+
+    /// Unmounts and removes every view of `owner` and forgets them
+    /// (idempotent: also a view recorded and never mounted, or mounted and
+    /// no longer recorded).
+    pub fn unmount_views(&self, owner: &str) -> Result<(), ImageError> {
+        validate_container_id(owner)?;
+        let dir = self.views_dir(owner);
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                overlay::unmount(&e.path().join("rootfs"))?;
+            }
+        }
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ImageError::io(format!("remove {}", dir.display()), e));
+            }
+            _ => {}
+        }
+        // The owner's directory too, unless its rootfs or bundle is there.
+        if let Some(parent) = dir.parent() {
+            let _ = fs::remove_dir(parent);
+        }
+        self.inner.db.delete_views(owner)
+    }
+
+    /// The views: (owner, name, image id), by owner and name.
+    pub fn views(&self) -> Result<Vec<(String, String, String)>, ImageError> {
+        self.inner.db.views()
+    }
+
+    /// `<root>/containers/<owner>/views`.
+    fn views_dir(&self, owner: &str) -> PathBuf {
+        self.inner.root.join("containers").join(owner).join("views")
     }
 
     /// Space and inodes used by images (content + snapshots) and by container

@@ -6,6 +6,9 @@
 //!   config JSON and the pinned flag;
 //! - `image_names`: repo tags and repo digests pointing at an image;
 //! - `image_rootfs`: which container rootfs uses which snapshots (kept by GC);
+//! - `image_views`: the read-only views of images (image volumes) by owner
+//!   and name, with the image and snapshots each uses (the image is not
+//!   removed, its snapshots not collected, while one exists).
 //! - `image_snapshot_usage`: bytes and inodes of each snapshot, measured
 //!   once when it is made ([`crate::usage::image_fs`]).
 
@@ -116,6 +119,13 @@ impl Metadata {
                 container_id TEXT PRIMARY KEY,
                 image_id TEXT NOT NULL,
                 chain_ids TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS image_views (
+                owner TEXT NOT NULL,
+                name TEXT NOT NULL,
+                image_id TEXT NOT NULL,
+                chain_ids TEXT NOT NULL,
+                PRIMARY KEY (owner, name)
              );
              CREATE TABLE IF NOT EXISTS image_snapshot_usage (
                 chain_id TEXT PRIMARY KEY,
@@ -274,10 +284,45 @@ impl Metadata {
         Ok(())
     }
 
-    /// Chain ids used by container rootfs.
+    /// Records view `name` of `owner` on image `image_id` (`chain_ids`).
+    pub fn put_view(
+        &self,
+        owner: &str,
+        name: &str,
+        image_id: &str,
+        chain_ids: &[String],
+    ) -> Result<(), ImageError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO image_views (owner, name, image_id, chain_ids) VALUES (?1, ?2, ?3, ?4)",
+            params![owner, name, image_id, serde_json::to_string(chain_ids).expect("serialises")],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets the views of `owner`.
+    pub fn delete_views(&self, owner: &str) -> Result<(), ImageError> {
+        self.conn()
+            .execute("DELETE FROM image_views WHERE owner = ?1", params![owner])?;
+        Ok(())
+    }
+
+    /// The views: (owner, name, image id), by owner and name.
+    pub fn views(&self) -> Result<Vec<(String, String, String)>, ImageError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT owner, name, image_id FROM image_views ORDER BY owner, name")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Chain ids used by container rootfs and image views.
     pub fn rootfs_chain_ids(&self) -> Result<Vec<String>, ImageError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT chain_ids FROM image_rootfs")?;
+        let mut stmt = conn.prepare(
+            "SELECT chain_ids FROM image_rootfs UNION ALL SELECT chain_ids FROM image_views",
+        )?;
         let rows: Vec<String> = stmt
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;

@@ -105,21 +105,33 @@ fn probe_lowerdir_append(scratch: &Path) -> Result<(), String> {
     result
 }
 
-/// Mounts an overlay of `lowers` (topmost first) with `upper` and `work` at
-/// `target`. [`OverlayMethod::OptionString`] may make short symlinks to the
-/// lowers in `links` (a directory of the container's own, created when
-/// needed; the caller removes it with the upper and work dirs).
+/// Where an overlay's writes go: a container rootfs's upper and work
+/// directories. An overlay without them is read-only, and the kernel then
+/// wants two lower layers at least.
+#[derive(Debug, Clone, Copy)]
+pub struct UpperDirs<'a> {
+    /// The upper (writable) layer.
+    pub upper: &'a Path,
+    /// Overlayfs's work directory, on the upper layer's file system.
+    pub work: &'a Path,
+}
+
+/// Mounts an overlay of `lowers` (topmost first) at `target`: with `upper`
+/// a container's writable rootfs; without, a read-only view mounted
+/// `nosuid`, `nodev` and `noexec` (an image volume).
+/// [`OverlayMethod::OptionString`] may make short symlinks to the lowers in
+/// `links` (a directory of the mount's own, created when needed; the
+/// caller removes it with the upper and work dirs).
 pub fn mount_overlay(
     method: OverlayMethod,
     lowers: &[PathBuf],
-    upper: &Path,
-    work: &Path,
+    upper: Option<UpperDirs<'_>>,
     target: &Path,
     links: &Path,
 ) -> Result<(), ImageError> {
     match method {
-        OverlayMethod::LowerdirAppend => mount_lowerdir_append(lowers, upper, work, target),
-        OverlayMethod::OptionString => mount_option_string(lowers, upper, work, target, links),
+        OverlayMethod::LowerdirAppend => mount_lowerdir_append(lowers, upper, target),
+        OverlayMethod::OptionString => mount_option_string(lowers, upper, target, links),
     }
 }
 
@@ -140,6 +152,8 @@ const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
 const FSMOUNT_CLOEXEC: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+/// fsmount(2)'s MOUNT_ATTR_RDONLY | NOSUID | NODEV | NOEXEC: a read-only view.
+const READ_ONLY_VIEW_ATTRS: libc::c_uint = 0x1 | 0x2 | 0x4 | 0x8;
 
 /// An overlay filesystem context of the new mount API.
 struct FsContext(OwnedFd);
@@ -220,8 +234,7 @@ impl FsContext {
 
 fn mount_lowerdir_append(
     lowers: &[PathBuf],
-    upper: &Path,
-    work: &Path,
+    upper: Option<UpperDirs<'_>>,
     target: &Path,
 ) -> Result<(), ImageError> {
     let fail = |reason: String| ImageError::Mount {
@@ -233,14 +246,20 @@ fn mount_lowerdir_append(
         fc.set_string("lowerdir+", l.as_os_str())
             .map_err(|e| fail(fc.explain(&format!("lowerdir+ {}", l.display()), e)))?;
     }
-    fc.set_string("upperdir", upper.as_os_str())
-        .map_err(|e| fail(fc.explain("upperdir", e)))?;
-    fc.set_string("workdir", work.as_os_str())
-        .map_err(|e| fail(fc.explain("workdir", e)))?;
+    let attrs = match upper {
+        Some(u) => {
+            fc.set_string("upperdir", u.upper.as_os_str())
+                .map_err(|e| fail(fc.explain("upperdir", e)))?;
+            fc.set_string("workdir", u.work.as_os_str())
+                .map_err(|e| fail(fc.explain("workdir", e)))?;
+            0
+        }
+        None => READ_ONLY_VIEW_ATTRS,
+    };
     fc.create()
         .map_err(|e| fail(fc.explain("create overlay", e)))?;
     // SAFETY: fsmount(2) on a created fs context fd.
-    let m = unsafe { libc::syscall(libc::SYS_fsmount, fc.0.as_raw_fd(), FSMOUNT_CLOEXEC, 0) };
+    let m = unsafe { libc::syscall(libc::SYS_fsmount, fc.0.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
     if m < 0 {
         return Err(mount_error(target, "fsmount", io::Error::last_os_error()));
     }
@@ -292,7 +311,7 @@ fn escape(path: &Path, out: &mut Vec<u8>) {
     }
 }
 
-fn options_with(lowers: impl Iterator<Item = Vec<u8>>, upper: &Path, work: &Path) -> Vec<u8> {
+fn options_with(lowers: impl Iterator<Item = Vec<u8>>, upper: Option<UpperDirs<'_>>) -> Vec<u8> {
     let mut s = b"lowerdir=".to_vec();
     for (i, l) in lowers.enumerate() {
         if i > 0 {
@@ -300,10 +319,12 @@ fn options_with(lowers: impl Iterator<Item = Vec<u8>>, upper: &Path, work: &Path
         }
         s.extend(l);
     }
-    s.extend_from_slice(b",upperdir=");
-    escape(upper, &mut s);
-    s.extend_from_slice(b",workdir=");
-    escape(work, &mut s);
+    if let Some(u) = upper {
+        s.extend_from_slice(b",upperdir=");
+        escape(u.upper, &mut s);
+        s.extend_from_slice(b",workdir=");
+        escape(u.work, &mut s);
+    }
     s
 }
 
@@ -312,8 +333,7 @@ fn options_with(lowers: impl Iterator<Item = Vec<u8>>, upper: &Path, work: &Path
 /// names; an error naming the layer count when even those do not fit.
 pub fn option_string(
     lowers: &[PathBuf],
-    upper: &Path,
-    work: &Path,
+    upper: Option<UpperDirs<'_>>,
     page_size: usize,
 ) -> Result<OptionString, String> {
     let to_string =
@@ -325,16 +345,11 @@ pub fn option_string(
             v
         }),
         upper,
-        work,
     );
     if absolute.len() < page_size {
         return to_string(absolute).map(OptionString::Absolute);
     }
-    let relative = options_with(
-        (0..lowers.len()).map(|i| i.to_string().into_bytes()),
-        upper,
-        work,
-    );
+    let relative = options_with((0..lowers.len()).map(|i| i.to_string().into_bytes()), upper);
     if relative.len() < page_size {
         return to_string(relative).map(OptionString::Relative);
     }
@@ -354,8 +369,7 @@ fn page_size() -> usize {
 
 fn mount_option_string(
     lowers: &[PathBuf],
-    upper: &Path,
-    work: &Path,
+    upper: Option<UpperDirs<'_>>,
     target: &Path,
     links: &Path,
 ) -> Result<(), ImageError> {
@@ -365,18 +379,22 @@ fn mount_option_string(
         .iter()
         .map(|l| absolute(l))
         .collect::<Result<Vec<_>, _>>()?;
-    let (upper, work, target) = (absolute(upper)?, absolute(work)?, absolute(target)?);
-    let options = option_string(&lowers, &upper, &work, page_size())
+    let target = absolute(target)?;
+    let dirs = match upper {
+        Some(u) => Some((absolute(u.upper)?, absolute(u.work)?)),
+        None => None,
+    };
+    let upper = dirs.as_ref().map(|(upper, work)| UpperDirs { upper, work });
+    let options = option_string(&lowers, upper, page_size())
         .map_err(|e| mount_error(&target, "overlay options", e))?;
+    use nix::mount::MsFlags;
+    let flags = match upper {
+        Some(_) => MsFlags::empty(),
+        None => MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+    };
     let mount = |data: &str| {
-        nix::mount::mount(
-            Some("overlay"),
-            &target,
-            Some("overlay"),
-            nix::mount::MsFlags::empty(),
-            Some(data),
-        )
-        .map_err(|e| mount_error(&target, "mount overlay", e))
+        nix::mount::mount(Some("overlay"), &target, Some("overlay"), flags, Some(data))
+            .map_err(|e| mount_error(&target, "mount overlay", e))
     };
     match options {
         OptionString::Absolute(data) => mount(&data),
@@ -423,6 +441,23 @@ pub fn unmount(target: &Path) -> Result<(), ImageError> {
 mod tests {
     use super::*;
 
+    fn dirs(upper: &'static str, work: &'static str) -> Option<UpperDirs<'static>> {
+        Some(UpperDirs {
+            upper: Path::new(upper),
+            work: Path::new(work),
+        })
+    }
+
+    #[test]
+    fn a_read_only_view_has_lower_layers_only() {
+        let opts = option_string(&layers(2), None, 4096).unwrap();
+        let want = format!(
+            "lowerdir=/var/lib/carrack/snapshots/{:064x}:/var/lib/carrack/snapshots/{:064x}",
+            0, 1
+        );
+        assert_eq!(opts, OptionString::Absolute(want));
+    }
+
     fn layers(n: usize) -> Vec<PathBuf> {
         (0..n)
             .map(|i| PathBuf::from(format!("/var/lib/carrack/snapshots/{i:064x}")))
@@ -431,13 +466,7 @@ mod tests {
 
     #[test]
     fn few_layers_get_absolute_paths_topmost_first() {
-        let opts = option_string(
-            &layers(2),
-            Path::new("/c/upper"),
-            Path::new("/c/work"),
-            4096,
-        )
-        .unwrap();
+        let opts = option_string(&layers(2), dirs("/c/upper", "/c/work"), 4096).unwrap();
         let want = format!(
             "lowerdir=/var/lib/carrack/snapshots/{:064x}:/var/lib/carrack/snapshots/{:064x},\
              upperdir=/c/upper,workdir=/c/work",
@@ -448,13 +477,8 @@ mod tests {
 
     #[test]
     fn separators_in_paths_are_escaped() {
-        let opts = option_string(
-            &[PathBuf::from("/a:b,c\\d")],
-            Path::new("/u,p"),
-            Path::new("/w:k"),
-            4096,
-        )
-        .unwrap();
+        let opts =
+            option_string(&[PathBuf::from("/a:b,c\\d")], dirs("/u,p", "/w:k"), 4096).unwrap();
         assert_eq!(
             opts,
             OptionString::Absolute(r"lowerdir=/a\:b\,c\\d,upperdir=/u\,p,workdir=/w\:k".into())
@@ -463,10 +487,9 @@ mod tests {
 
     #[test]
     fn the_page_holds_the_options_and_their_nul() {
-        let (upper, work) = (Path::new("/u"), Path::new("/w"));
+        let upper = dirs("/u", "/w");
         let len = |n| {
-            let OptionString::Absolute(s) =
-                option_string(&layers(n), upper, work, 1 << 20).unwrap()
+            let OptionString::Absolute(s) = option_string(&layers(n), upper, 1 << 20).unwrap()
             else {
                 panic!("absolute under a large page");
             };
@@ -474,11 +497,11 @@ mod tests {
         };
         let one = len(1);
         assert!(matches!(
-            option_string(&layers(1), upper, work, one + 1),
+            option_string(&layers(1), upper, one + 1),
             Ok(OptionString::Absolute(_))
         ));
         assert!(matches!(
-            option_string(&layers(1), upper, work, one),
+            option_string(&layers(1), upper, one),
             Ok(OptionString::Relative(_))
         ));
         // About 90 bytes a layer: 40 fit in a 4 KiB page, 50 do not.
@@ -487,7 +510,7 @@ mod tests {
 
     #[test]
     fn many_layers_get_short_relative_names() {
-        let opts = option_string(&layers(500), Path::new("/u"), Path::new("/w"), 4096).unwrap();
+        let opts = option_string(&layers(500), dirs("/u", "/w"), 4096).unwrap();
         let OptionString::Relative(s) = opts else {
             panic!("500 layers cannot be absolute: {opts:?}");
         };
@@ -503,7 +526,7 @@ mod tests {
 
     #[test]
     fn too_many_layers_for_a_page_are_an_error_naming_the_count() {
-        let e = option_string(&layers(2000), Path::new("/u"), Path::new("/w"), 4096).unwrap_err();
+        let e = option_string(&layers(2000), dirs("/u", "/w"), 4096).unwrap_err();
         assert!(e.contains("2000 lower layers"), "{e}");
     }
 }

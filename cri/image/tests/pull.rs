@@ -790,3 +790,124 @@ async fn tls_registry_needs_its_ca() {
         built.config_digest
     );
 }
+
+/// The per-mount options of the mount at `target` (mountinfo's sixth
+/// field: `ro,nosuid,…`).
+fn per_mount_options(target: &std::path::Path) -> Option<String> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        (fields.get(4) == Some(&target.to_str()?)).then(|| fields.get(5).map(|s| s.to_string()))?
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_views_are_read_only_and_keep_their_image() {
+    image_views(None).await;
+}
+
+/// The same through mount(2)'s option string (kernels before 6.8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_views_through_the_mount_option_string() {
+    image_views(Some(OverlayMethod::OptionString)).await;
+}
+
+/// A view of a two-layer image and of a one-layer one (whose overlay
+/// needs the empty bottom layer): the image's files, read-only, nosuid,
+/// nodev, noexec; the image refused to `remove` while viewed (naming the
+/// owner) and its snapshots kept by GC; after `unmount_views`, nothing
+/// mounted or left and the image removable.
+async fn image_views(overlay_method: Option<OverlayMethod>) {
+    if !prerequisites() {
+        return;
+    }
+    let dir = TestDir::new("views");
+    let reg = Registry::start().unwrap();
+    let data = Layer::new(Compression::Gzip).dir("data", 0o755).file(
+        "data/hello",
+        b"from the image\n",
+        0o644,
+    );
+    push(
+        &reg,
+        dir.path(),
+        "e2e/vol",
+        "v1",
+        &ImageSpec::new(vec![
+            Layer::busybox(Compression::Gzip).unwrap(),
+            data.clone(),
+        ]),
+    );
+    push(
+        &reg,
+        dir.path(),
+        "e2e/one",
+        "v1",
+        &ImageSpec::new(vec![data]),
+    );
+    let s = store_mounting_with(dir.path(), RegistryConfig::default(), overlay_method).await;
+    let vol = s
+        .pull(&format!("{}/e2e/vol:v1", reg.host()), None)
+        .await
+        .unwrap();
+    let one = s
+        .pull(&format!("{}/e2e/one:v1", reg.host()), None)
+        .await
+        .unwrap();
+    let mut views = Vec::new();
+    for (img, name) in [(&vol, "0"), (&one, "1")] {
+        let target = s.mount_view(&img.id, "ctr-v", name).unwrap();
+        assert_eq!(
+            target,
+            dir.path()
+                .join(format!("root/containers/ctr-v/views/{name}/rootfs"))
+        );
+        assert_eq!(
+            fs::read_to_string(target.join("data/hello")).unwrap(),
+            "from the image\n"
+        );
+        let e = fs::write(target.join("data/hello"), "changed").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+        let opts = per_mount_options(&target).expect("the view is a mount");
+        for o in ["ro", "nosuid", "nodev", "noexec"] {
+            assert!(opts.split(',').any(|x| x == o), "{o} not in {opts}");
+        }
+        views.push(target);
+    }
+    assert!(views[0].join("bin/busybox").exists());
+    assert_eq!(
+        s.views().unwrap(),
+        [
+            ("ctr-v".to_owned(), "0".to_owned(), vol.id.clone()),
+            ("ctr-v".to_owned(), "1".to_owned(), one.id.clone()),
+        ]
+    );
+    let e = s.remove(&vol.id).await.unwrap_err();
+    assert!(
+        matches!(&e, ImageError::InUse { image, owners } if *image == vol.id && owners == &["ctr-v"]),
+        "{e}"
+    );
+    assert!(e.to_string().contains("container ctr-v"), "{e}");
+    assert!(
+        s.resolve(&vol.id).unwrap().is_some(),
+        "refused, yet removed"
+    );
+    assert_eq!(s.gc().await.unwrap().snapshots_removed, 0);
+
+    s.unmount_views("ctr-v").unwrap();
+    for v in &views {
+        assert_eq!(per_mount_options(v), None, "{} still mounted", v.display());
+    }
+    assert!(!dir.path().join("root/containers/ctr-v").exists());
+    assert!(s.views().unwrap().is_empty());
+    s.unmount_views("ctr-v").unwrap(); // idempotent
+    s.remove(&vol.id).await.unwrap();
+    s.remove(&one.id).await.unwrap();
+    assert_eq!(snapshot_count(dir.path()), 0);
+    assert!(matches!(
+        s.mount_view(&vol.id, "ctr-v", "0"),
+        Err(ImageError::NotFound(_))
+    ));
+    assert!(!dir.path().join("root/containers/ctr-v").exists());
+    assert!(s.views().unwrap().is_empty());
+}

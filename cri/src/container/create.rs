@@ -21,7 +21,7 @@ use crate::events::ContainerEventKind;
 use crate::phases::{Phase, PhaseClock, Rpc};
 use crate::pod_pid::TARGET_ID_FIELD;
 use crate::spec::{self, SandboxView, SpecInput};
-use crate::store::{ContainerRecord, ContainerState, SandboxRecord, SandboxState};
+use crate::store::{ContainerRecord, ContainerState, SandboxRecord};
 
 /// Creates a container of `config` in the pod sandbox `pod_sandbox_id`
 /// names; returns its id.
@@ -49,16 +49,26 @@ struct Checked {
     sandbox: SandboxRecord,
     /// The image (pulled).
     image: Image,
+    /// The signal that stops it: the config's, else the image's.
+    stop_signal: i32,
     /// The pod's runtime handler.
     handler: RuntimeHandler,
     /// The PID namespace of the TARGET container, when asked for.
     target_pidns: Option<String>,
+    /// The edits of the CDI devices asked for (empty: none).
+    cdi: crate::cdi::ContainerEdits,
+    /// The image mounts (image volumes).
+    volumes: Vec<crate::image_volume::ImageVolume>,
+    /// The process's AppArmor profile (None: none).
+    apparmor_profile: Option<String>,
 }
 
 /// Checks the container's metadata and image name, its pod (Ready, with
 /// its infra process when it has one), the image (pulled), the pod's
-/// runtime handler (still configured, able to do what the mounts ask) and
-/// the TARGET container of its PID namespace.
+/// runtime handler (still configured, able to do what the mounts ask), the
+/// TARGET container of its PID namespace, the CDI devices asked for
+/// (each defined by a spec file and usable here), the images of image
+/// mounts (pulled) and its AppArmor profile (loaded on the node).
 async fn check(
     d: &Daemon,
     pod_sandbox_id: &str,
@@ -83,20 +93,13 @@ async fn check(
     if image_name.is_empty() {
         return Err(CriError::invalid("config.image.image", "must not be empty"));
     }
-    let sb = clock
-        .time(Phase::Db, || d.sandbox(pod_sandbox_id))?
-        .ok_or_else(|| CriError::NotFound(format!("pod sandbox {pod_sandbox_id:?} not found")))?;
-    if sb.state != SandboxState::Ready {
-        return Err(CriError::FailedPrecondition(format!(
-            "pod sandbox {} is not ready",
-            sb.id
-        )));
-    }
+    let sb = clock.time(Phase::Db, || d.ready_sandbox(pod_sandbox_id))?;
     let image = d.images.resolve(&image_name)?.ok_or_else(|| {
         CriError::NotFound(format!(
             "config.image.image: image {image_name:?} not found (pull it first)"
         ))
     })?;
+    let stop_signal = spec::stop_signal(config, &image.config)?;
     let (_, handler) = d.config().handler(&sb.runtime_handler).ok_or_else(|| {
         CriError::FailedPrecondition(format!(
             "runtime handler {:?} is gone from the config",
@@ -127,12 +130,41 @@ async fn check(
         )));
     }
     let target_pidns = target_pidns(d, config).await?;
+    let requests = crate::cdi::requests(&cdi_device_names(config), &config.annotations)?;
+    let cdi = crate::cdi::resolve(&d.config().cdi_spec_dirs, &requests)?;
+    let volumes = crate::image_volume::check(&config.mounts, &d.images)?;
+    let apparmor_profile = apparmor_profile(d, config).await?;
     Ok(Checked {
         sandbox: sb,
         image,
+        stop_signal,
         handler,
         target_pidns,
+        cdi,
+        volumes,
+        apparmor_profile,
     })
+}
+
+/// The names of `config.CDI_devices`.
+fn cdi_device_names(config: &cri::ContainerConfig) -> Vec<String> {
+    config.cdi_devices.iter().map(|d| d.name.clone()).collect()
+}
+
+/// The container's AppArmor profile (see [`crate::apparmor`]): the one its
+/// security context asks for, or the default, as the node can apply it.
+async fn apparmor_profile(
+    d: &Daemon,
+    config: &cri::ContainerConfig,
+) -> Result<Option<String>, CriError> {
+    let sc = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    let (asked, field) = crate::apparmor::asked(sc)?;
+    let privileged = sc.is_some_and(|s| s.privileged);
+    let profile = crate::apparmor::choose(&asked, field, privileged, d.apparmor.host())?;
+    d.apparmor.resolve(profile, field).await
 }
 
 /// The PID namespace file of the container `namespace_options.target_id`
@@ -217,7 +249,7 @@ fn record(
         log_path,
         bundle: d.config().root.join("containers").join(&id),
         runtime_handler: sb.runtime_handler.clone(),
-        stop_signal: spec::stop_signal(&image.config),
+        stop_signal: checked.stop_signal,
         resources: config.linux.as_ref().and_then(|l| l.resources.clone()),
         user: None,
         config,
@@ -229,9 +261,9 @@ fn record(
 
 /// Makes the container of `rec`: its shim starts (processes of its own)
 /// while its rootfs (shifted into the pod's user namespace when it has
-/// one), its OCI spec in the bundle and its log directory are made; then
-/// the shim runs the runtime's create. Returns the user its process runs
-/// as.
+/// one), the views of its image volumes, its OCI spec in the bundle and its
+/// log directory are made; then the shim runs the runtime's create.
+/// Returns the user its process runs as.
 async fn make(
     d: &Daemon,
     rec: &ContainerRecord,
@@ -269,7 +301,12 @@ async fn prepare_bundle(
     clock
         .time_async(Phase::Rootfs, prepare_rootfs(d, rec, checked, &rootfs))
         .await?;
-    let spec = clock.time(Phase::Spec, || write_spec(d, rec, checked, &rootfs))?;
+    let volumes = clock.time(Phase::Rootfs, || {
+        crate::image_volume::mount(&d.images, &rec.id, &checked.volumes)
+    })?;
+    let spec = clock.time(Phase::Spec, || {
+        write_spec(d, rec, checked, &rootfs, &volumes)
+    })?;
     if !rec.log_path.is_empty()
         && let Some(parent) = Path::new(&rec.log_path).parent()
     {
@@ -304,13 +341,14 @@ async fn prepare_rootfs(
     Ok(())
 }
 
-/// Generates the container's OCI spec and writes it as the bundle's
-/// `config.json`.
+/// Generates the container's OCI spec (with the host paths of its image
+/// volumes) and writes it as the bundle's `config.json`.
 fn write_spec(
     d: &Daemon,
     rec: &ContainerRecord,
     checked: &Checked,
     rootfs: &Path,
+    image_volumes: &std::collections::BTreeMap<usize, std::path::PathBuf>,
 ) -> Result<serde_json::Value, CriError> {
     let view = sandbox_view(d, &checked.sandbox);
     let spec = spec::generate(
@@ -320,9 +358,11 @@ fn write_spec(
             sandbox: &view,
             image: &checked.image.config,
             rootfs,
-            apparmor_available: apparmor_available(),
+            apparmor_profile: checked.apparmor_profile.as_deref(),
             cgroup_unified: cgroup_unified(),
             target_pidns: checked.target_pidns.as_deref(),
+            cdi: Some(&checked.cdi),
+            image_volumes,
         },
         &rootfs.to_owned(),
     )?;
@@ -402,13 +442,6 @@ fn sandbox_view(d: &Daemon, s: &SandboxRecord) -> SandboxView {
         dir: d.sandbox_dir(&s.id),
         hostname: crate::pod_config::hostname(&s.config),
     }
-}
-
-/// Whether the host has AppArmor.
-fn apparmor_available() -> bool {
-    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-        .map(|s| s.trim() == "Y")
-        .unwrap_or(false)
 }
 
 /// True when the host's cgroups are v2 only (read once).

@@ -113,12 +113,17 @@ pub(crate) async fn remove(d: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
 }
 
 /// Applies `resources` to the created or running container `id` names (its
-/// cgroup, through the shim) and records them.
+/// cgroup, through the shim) and records them; values the kernel would not
+/// take are InvalidArgument naming the field (`linux.<field>`), checked
+/// before anything is written.
 pub(crate) async fn update_resources(
     d: &Daemon,
     id: &str,
     resources: Option<cri::LinuxContainerResources>,
 ) -> Result<(), CriError> {
+    if let Some(r) = &resources {
+        crate::spec::check_resources(r, "linux")?;
+    }
     let c = find(d, id)?;
     let id = c.id.clone();
     if !matches!(c.state, ContainerState::Created | ContainerState::Running) {

@@ -74,7 +74,8 @@ impl Daemon {
         }
     }
 
-    /// Removes a container's shim, rootfs, bundle and row (idempotent).
+    /// Removes a container's shim, image volumes, rootfs, bundle and row
+    /// (idempotent).
     pub(crate) async fn destroy_container(&self, c: &ContainerRecord) {
         let socket = carrack_shim::socket_path(&self.shim_dir(), &c.id);
         let shim = match self.forget_shim(&c.id) {
@@ -85,6 +86,9 @@ impl Daemon {
         match shim {
             Some(s) => end_through_shim(s, &c.id).await,
             None => self.runtime_force_delete(c).await,
+        }
+        if let Err(e) = self.images.unmount_views(&c.id) {
+            warn!(container = c.id, "removing its image volumes: {e}");
         }
         let rootfs = c.bundle.join("rootfs");
         if let Err(e) = self.images.remove_rootfs(&c.id, &rootfs) {

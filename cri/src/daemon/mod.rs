@@ -47,7 +47,7 @@ use crate::cri_error::CriError;
 use crate::cri_records::{container_state, sandbox_state};
 use crate::events::ContainerEvents;
 use crate::pod_host::PodNetwork;
-use crate::store::{ContainerRecord, ContainerState, SandboxRecord, Store};
+use crate::store::{ContainerRecord, ContainerState, SandboxRecord, SandboxState, Store};
 use crate::telemetry::{Census, Telemetry};
 
 /// The shared state of the daemon.
@@ -76,6 +76,8 @@ pub struct Daemon {
     /// Sandboxes StopPodSandbox is stopping: their infra process's exit is
     /// expected, not a lost PID namespace.
     stopping: Mutex<HashSet<String>>,
+    /// The node's AppArmor and carrackd's default profile.
+    pub(crate) apparmor: crate::apparmor::NodeAppArmor,
 }
 
 /// Now, in nanoseconds since the epoch (the CRI's timestamps).
@@ -104,6 +106,8 @@ impl Daemon {
         info!(driver = cfg.cgroup_driver().name(), "cgroup driver");
         let handler_features = crate::handler_features::probe_all(&cfg);
         let sampler = crate::stats::Sampler::new(cfg.stats_collection_seconds > 0);
+        let apparmor = crate::apparmor::NodeAppArmor::probe();
+        apparmor.log_state();
         Ok(Arc::new(Daemon {
             cfg,
             store,
@@ -117,6 +121,7 @@ impl Daemon {
             streaming: Default::default(),
             handler_features,
             stopping: Mutex::new(Default::default()),
+            apparmor,
         }))
     }
 
@@ -188,6 +193,21 @@ impl Daemon {
         }
         let all = self.store.sandboxes()?;
         by_id_or_prefix(all, id, |s| &s.id, "pod sandbox")
+    }
+    /// The Ready sandbox `id` names (what a container is made in, or a
+    /// pod resized): NotFound when none, FailedPrecondition when it is not
+    /// Ready.
+    pub(crate) fn ready_sandbox(&self, id: &str) -> Result<SandboxRecord, CriError> {
+        let sb = self
+            .sandbox(id)?
+            .ok_or_else(|| CriError::NotFound(format!("pod sandbox {id:?} not found")))?;
+        if sb.state != SandboxState::Ready {
+            return Err(CriError::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                sb.id
+            )));
+        }
+        Ok(sb)
     }
     /// The container `id` names: its full id or a unique prefix of it.
     pub(crate) fn container(&self, id: &str) -> Result<Option<ContainerRecord>, CriError> {

@@ -3,7 +3,8 @@
 //! is matched with its shim (reconnected, and watched again if it runs, or
 //! recorded exited with the exit the shim kept, or lost if the shim is
 //! gone); a Ready sandbox whose network namespace or infra process is gone
-//! becomes NotReady, and a live infra process is watched again.
+//! becomes NotReady, and a live infra process is watched again. Image
+//! volumes whose container has no row are unmounted.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +24,24 @@ impl Daemon {
         }
         for s in self.store.sandboxes()? {
             self.recover_sandbox(s).await;
+        }
+        self.remove_orphan_views()?;
+        Ok(())
+    }
+
+    /// Unmounts the image volumes of containers that have no record (a
+    /// removal interrupted after the row went).
+    fn remove_orphan_views(&self) -> anyhow::Result<()> {
+        let containers: std::collections::HashSet<String> =
+            self.store.containers()?.into_iter().map(|c| c.id).collect();
+        for (owner, _, _) in self.images.views()? {
+            if !containers.contains(&owner) {
+                info!(
+                    container = owner,
+                    "removing the image volumes of a container gone"
+                );
+                self.images.unmount_views(&owner)?;
+            }
         }
         Ok(())
     }

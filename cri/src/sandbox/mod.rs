@@ -1,11 +1,13 @@
 //! The pod sandbox manager: RunPodSandbox (`run`), StopPodSandbox
-//! (`stop`), RemovePodSandbox (`remove`) and the selection of
-//! ListPodSandbox (`list`), over the daemon's core. The host-side pieces
-//! it makes are `crate::pod_host`'s, `crate::pod_network`'s,
-//! `crate::pod_cgroup`'s and `crate::pod_pid`'s; their removal is the
+//! (`stop`), RemovePodSandbox (`remove`), UpdatePodSandboxResources
+//! (`update_resources`) and the selection of ListPodSandbox (`list`), over
+//! the daemon's core. The host-side pieces it makes are
+//! `crate::pod_host`'s, `crate::pod_network`'s, `crate::pod_cgroup`'s
+//! (and `crate::pod_resize`'s) and `crate::pod_pid`'s; their removal is the
 //! core's destroy path.
 
 mod run;
+mod update;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use carrack_proto::cri;
 use tracing::info;
 
 pub(crate) use run::run;
+pub(crate) use update::update_resources;
 
 use crate::cri_error::CriError;
 use crate::cri_records::{labels_match, sandbox_state};

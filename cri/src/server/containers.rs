@@ -1,12 +1,13 @@
 //! The container RPCs: CreateContainer, StartContainer, StopContainer,
-//! RemoveContainer, ListContainers, ContainerStatus,
-//! UpdateContainerResources and ReopenContainerLog.
+//! RemoveContainer, ListContainers, StreamContainers (its pages),
+//! ContainerStatus, UpdateContainerResources and ReopenContainerLog.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use carrack_proto::cri;
 
+use super::pages;
 use crate::container;
 use crate::cri_error::CriError;
 use crate::cri_records::{container_item, container_status as status_of};
@@ -59,9 +60,30 @@ pub(super) fn list_containers(
     d: &Daemon,
     r: cri::ListContainersRequest,
 ) -> Result<cri::ListContainersResponse, CriError> {
-    let f = r.filter.unwrap_or_default();
-    let containers = container::list(d, &f)?.iter().map(container_item).collect();
-    Ok(cri::ListContainersResponse { containers })
+    Ok(cri::ListContainersResponse {
+        containers: containers(d, r.filter)?,
+    })
+}
+
+/// StreamContainers: ListContainers' items in pages.
+pub(super) fn stream_containers(
+    d: &Daemon,
+    r: cri::StreamContainersRequest,
+) -> Result<Vec<cri::StreamContainersResponse>, CriError> {
+    Ok(pages::split(
+        containers(d, r.filter)?,
+        d.config().stream_page_bytes,
+        |containers| cri::StreamContainersResponse { containers },
+    ))
+}
+
+/// The items of ListContainers: the containers `filter` selects.
+fn containers(
+    d: &Daemon,
+    filter: Option<cri::ContainerFilter>,
+) -> Result<Vec<cri::Container>, CriError> {
+    let f = filter.unwrap_or_default();
+    Ok(container::list(d, &f)?.iter().map(container_item).collect())
 }
 
 /// ContainerStatus: the status of the container; with `verbose`, the info

@@ -1,5 +1,6 @@
-//! The CRI ImageService: ListImages, ImageStatus, PullImage, RemoveImage
-//! and ImageFsInfo, over the image store (`carrack-image`).
+//! The CRI ImageService: ListImages, StreamImages (its pages), ImageStatus,
+//! PullImage, RemoveImage and ImageFsInfo, over the image store
+//! (`carrack-image`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,15 +46,32 @@ fn image_name(spec: Option<cri::ImageSpec>) -> Result<String, CriError> {
 
 /// ListImages: the images, or those the filter's reference names.
 fn list_images(d: &Daemon, r: cri::ListImagesRequest) -> Result<cri::ListImagesResponse, CriError> {
-    let filter = r
-        .filter
+    Ok(cri::ListImagesResponse {
+        images: images(d, r.filter)?,
+    })
+}
+
+/// StreamImages: ListImages' items in pages.
+fn stream_images(
+    d: &Daemon,
+    r: cri::StreamImagesRequest,
+) -> Result<Vec<cri::StreamImagesResponse>, CriError> {
+    Ok(super::pages::split(
+        images(d, r.filter)?,
+        d.config().stream_page_bytes,
+        |images| cri::StreamImagesResponse { images },
+    ))
+}
+
+/// The items of ListImages: every image, or those `filter`'s reference
+/// names.
+fn images(d: &Daemon, filter: Option<cri::ImageFilter>) -> Result<Vec<cri::Image>, CriError> {
+    let reference = filter
         .and_then(|f| f.image)
         .map(|s| s.image)
         .filter(|s| !s.is_empty());
-    let images = d.images.list(filter.as_deref())?;
-    Ok(cri::ListImagesResponse {
-        images: images.iter().map(to_cri_image).collect(),
-    })
+    let images = d.images.list(reference.as_deref())?;
+    Ok(images.iter().map(to_cri_image).collect())
 }
 
 /// ImageStatus: the image, or none when it is not here (not an error); with
@@ -158,5 +176,12 @@ impl cri::image_service_server::ImageService for Images {
         r: Request<cri::ImageFsInfoRequest>,
     ) -> R<cri::ImageFsInfoResponse> {
         answer(image_fs_info(&self.0, r.into_inner()))
+    }
+    type StreamImagesStream = super::Pages<cri::StreamImagesResponse>;
+    async fn stream_images(
+        &self,
+        r: Request<cri::StreamImagesRequest>,
+    ) -> R<Self::StreamImagesStream> {
+        super::pages::streamed(stream_images(&self.0, r.into_inner()))
     }
 }

@@ -3,16 +3,19 @@
 //! No lifecycle logic lives here.
 //!
 //! - `sandboxes`: RunPodSandbox, StopPodSandbox, RemovePodSandbox,
-//!   PodSandboxStatus, ListPodSandbox;
+//!   PodSandboxStatus, ListPodSandbox, StreamPodSandboxes,
+//!   UpdatePodSandboxResources;
 //! - `containers`: CreateContainer, StartContainer, StopContainer,
-//!   RemoveContainer, ListContainers, ContainerStatus,
+//!   RemoveContainer, ListContainers, StreamContainers, ContainerStatus,
 //!   UpdateContainerResources, ReopenContainerLog;
 //! - `streaming`: ExecSync, Exec, Attach, PortForward;
-//! - `stats`: ContainerStats, ListContainerStats, PodSandboxStats,
-//!   ListPodSandboxStats, ListMetricDescriptors, ListPodSandboxMetrics;
+//! - `stats`: ContainerStats, ListContainerStats, StreamContainerStats,
+//!   PodSandboxStats, ListPodSandboxStats, StreamPodSandboxStats,
+//!   ListMetricDescriptors, ListPodSandboxMetrics, StreamPodSandboxMetrics;
 //! - `runtime_status`: Version, Status, UpdateRuntimeConfig, RuntimeConfig,
 //!   CheckpointContainer;
-//! - `images`: the ImageService.
+//! - `images`: the ImageService;
+//! - `pages`: the pages of every Stream* list RPC.
 //!
 //! GetContainerEvents hands out a subscription to the daemon's events
 //! (`crate::events`). Every other handler returns a [`CriError`]; the
@@ -20,6 +23,7 @@
 
 mod containers;
 mod images;
+mod pages;
 mod runtime_status;
 mod sandboxes;
 mod stats;
@@ -46,6 +50,9 @@ impl From<CriError> for Status {
 }
 
 type R<T> = Result<Response<T>, Status>;
+
+/// The answer of a server-streaming RPC: its pages.
+type Pages<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
 
 /// A handler's result as tonic's.
 fn answer<T>(r: Result<T, CriError>) -> R<T> {
@@ -218,5 +225,46 @@ impl cri::runtime_service_server::RuntimeService for Runtime {
         r: Request<cri::RuntimeConfigRequest>,
     ) -> R<cri::RuntimeConfigResponse> {
         answer(Ok(runtime_status::runtime_config(&self.0, r.into_inner())))
+    }
+    type StreamPodSandboxesStream = Pages<cri::StreamPodSandboxesResponse>;
+    async fn stream_pod_sandboxes(
+        &self,
+        r: Request<cri::StreamPodSandboxesRequest>,
+    ) -> R<Self::StreamPodSandboxesStream> {
+        pages::streamed(sandboxes::stream_pod_sandboxes(&self.0, r.into_inner()))
+    }
+    type StreamContainersStream = Pages<cri::StreamContainersResponse>;
+    async fn stream_containers(
+        &self,
+        r: Request<cri::StreamContainersRequest>,
+    ) -> R<Self::StreamContainersStream> {
+        pages::streamed(containers::stream_containers(&self.0, r.into_inner()))
+    }
+    type StreamContainerStatsStream = Pages<cri::StreamContainerStatsResponse>;
+    async fn stream_container_stats(
+        &self,
+        r: Request<cri::StreamContainerStatsRequest>,
+    ) -> R<Self::StreamContainerStatsStream> {
+        pages::streamed(stats::stream_container_stats(&self.0, r.into_inner()).await)
+    }
+    type StreamPodSandboxStatsStream = Pages<cri::StreamPodSandboxStatsResponse>;
+    async fn stream_pod_sandbox_stats(
+        &self,
+        r: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> R<Self::StreamPodSandboxStatsStream> {
+        pages::streamed(stats::stream_pod_sandbox_stats(&self.0, r.into_inner()).await)
+    }
+    type StreamPodSandboxMetricsStream = Pages<cri::StreamPodSandboxMetricsResponse>;
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        r: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> R<Self::StreamPodSandboxMetricsStream> {
+        pages::streamed(stats::stream_pod_sandbox_metrics(&self.0, r.into_inner()).await)
+    }
+    async fn update_pod_sandbox_resources(
+        &self,
+        r: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> R<cri::UpdatePodSandboxResourcesResponse> {
+        answer(sandboxes::update_pod_sandbox_resources(&self.0, r.into_inner()).await)
     }
 }

@@ -24,7 +24,7 @@ pub(super) fn version(_: cri::VersionRequest) -> cri::VersionResponse {
 
 /// Status: RuntimeReady (always, once serving) and NetworkReady (from the
 /// pod network), every runtime handler with its features; with `verbose`,
-/// the configuration.
+/// the configuration and the cgroup driver in effect.
 pub(super) async fn status(d: &Daemon, r: cri::StatusRequest) -> cri::StatusResponse {
     let mut conditions = vec![cri::RuntimeCondition {
         r#type: "RuntimeReady".into(),
@@ -52,6 +52,12 @@ pub(super) async fn status(d: &Daemon, r: cri::StatusRequest) -> cri::StatusResp
             "config".to_owned(),
             serde_json::to_string(d.config()).unwrap_or_default(),
         );
+        // The driver in effect (the config may say "auto"), as `crictl
+        // info` shows containerd's SystemdCgroup.
+        info.insert(
+            "cgroupDriver".to_owned(),
+            d.config().cgroup_driver().name().to_owned(),
+        );
     }
     cri::StatusResponse {
         status: Some(cri::RuntimeStatus { conditions }),
@@ -67,6 +73,11 @@ pub(super) async fn status(d: &Daemon, r: cri::StatusRequest) -> cri::StatusResp
             .collect(),
         features: Some(cri::RuntimeFeatures {
             supplemental_groups_policy: true,
+            // Not supported: a pod's user namespace owns the pod's network
+            // namespace (that is what lets net sysctls and loopback work
+            // from inside), so a `hostUsers: false` pod with the host's
+            // network is refused (`crate::id_maps::validate`).
+            user_namespaces_host_network: false,
         }),
     }
 }

@@ -1,11 +1,13 @@
 //! The pod sandbox RPCs: RunPodSandbox, StopPodSandbox, RemovePodSandbox,
-//! PodSandboxStatus and ListPodSandbox.
+//! PodSandboxStatus, ListPodSandbox, StreamPodSandboxes (its pages) and
+//! UpdatePodSandboxResources.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use carrack_proto::cri;
 
+use super::pages;
 use crate::cri_error::CriError;
 use crate::cri_records::{sandbox_item, sandbox_status};
 use crate::daemon::{Daemon, now_nanos};
@@ -65,12 +67,43 @@ pub(super) fn pod_sandbox_status(
     })
 }
 
+/// UpdatePodSandboxResources: the pod's overhead and resources after an
+/// in-place resize, applied to its cgroup and recorded, all or nothing.
+pub(super) async fn update_pod_sandbox_resources(
+    d: &Daemon,
+    r: cri::UpdatePodSandboxResourcesRequest,
+) -> Result<cri::UpdatePodSandboxResourcesResponse, CriError> {
+    sandbox::update_resources(d, &r.pod_sandbox_id, r.overhead, r.resources).await?;
+    Ok(cri::UpdatePodSandboxResourcesResponse {})
+}
+
 /// ListPodSandbox: the sandboxes the filter selects.
 pub(super) fn list_pod_sandbox(
     d: &Daemon,
     r: cri::ListPodSandboxRequest,
 ) -> Result<cri::ListPodSandboxResponse, CriError> {
-    let f = r.filter.unwrap_or_default();
-    let items = sandbox::list(d, &f)?.iter().map(sandbox_item).collect();
-    Ok(cri::ListPodSandboxResponse { items })
+    Ok(cri::ListPodSandboxResponse {
+        items: pod_sandboxes(d, r.filter)?,
+    })
+}
+
+/// StreamPodSandboxes: ListPodSandbox's items in pages.
+pub(super) fn stream_pod_sandboxes(
+    d: &Daemon,
+    r: cri::StreamPodSandboxesRequest,
+) -> Result<Vec<cri::StreamPodSandboxesResponse>, CriError> {
+    Ok(pages::split(
+        pod_sandboxes(d, r.filter)?,
+        d.config().stream_page_bytes,
+        |pod_sandboxes| cri::StreamPodSandboxesResponse { pod_sandboxes },
+    ))
+}
+
+/// The items of ListPodSandbox: the sandboxes `filter` selects.
+fn pod_sandboxes(
+    d: &Daemon,
+    filter: Option<cri::PodSandboxFilter>,
+) -> Result<Vec<cri::PodSandbox>, CriError> {
+    let f = filter.unwrap_or_default();
+    Ok(sandbox::list(d, &f)?.iter().map(sandbox_item).collect())
 }

@@ -1,13 +1,15 @@
 //! The statistics and metrics RPCs: ContainerStats, ListContainerStats,
 //! PodSandboxStats, ListPodSandboxStats, ListMetricDescriptors and
-//! ListPodSandboxMetrics. The records are chosen here; the samples are
-//! `crate::stats`'s (read off the event loop: they read cgroup files and
-//! walk writable layers).
+//! ListPodSandboxMetrics, and the Stream* forms of the List ones (their
+//! pages). The records are chosen here; the samples are `crate::stats`'s
+//! (read off the event loop: they read cgroup files and walk writable
+//! layers).
 
 use std::sync::Arc;
 
 use carrack_proto::cri;
 
+use super::pages;
 use crate::cri_error::CriError;
 use crate::cri_records::labels_match;
 use crate::daemon::Daemon;
@@ -52,8 +54,31 @@ pub(super) async fn list_container_stats(
     d: &Arc<Daemon>,
     r: cri::ListContainerStatsRequest,
 ) -> Result<cri::ListContainerStatsResponse, CriError> {
-    let f = r.filter.unwrap_or_default();
-    let stats = off_loop(d, move |d| {
+    Ok(cri::ListContainerStatsResponse {
+        stats: all_container_stats(d, r.filter).await?,
+    })
+}
+
+/// StreamContainerStats: ListContainerStats' items in pages.
+pub(super) async fn stream_container_stats(
+    d: &Arc<Daemon>,
+    r: cri::StreamContainerStatsRequest,
+) -> Result<Vec<cri::StreamContainerStatsResponse>, CriError> {
+    Ok(pages::split(
+        all_container_stats(d, r.filter).await?,
+        d.config().stream_page_bytes,
+        |container_stats| cri::StreamContainerStatsResponse { container_stats },
+    ))
+}
+
+/// The items of ListContainerStats: the stats of the sampled containers
+/// `filter` selects.
+async fn all_container_stats(
+    d: &Arc<Daemon>,
+    filter: Option<cri::ContainerStatsFilter>,
+) -> Result<Vec<cri::ContainerStats>, CriError> {
+    let f = filter.unwrap_or_default();
+    off_loop(d, move |d| {
         let sandboxes = d.store.sandboxes()?;
         let all = d.store.containers()?;
         Ok::<_, CriError>(
@@ -71,8 +96,7 @@ pub(super) async fn list_container_stats(
                 .collect(),
         )
     })
-    .await??;
-    Ok(cri::ListContainerStatsResponse { stats })
+    .await?
 }
 
 /// PodSandboxStats: the stats of one pod and its sampled containers.
@@ -107,13 +131,35 @@ pub(super) async fn list_pod_sandbox_stats(
     d: &Arc<Daemon>,
     r: cri::ListPodSandboxStatsRequest,
 ) -> Result<cri::ListPodSandboxStatsResponse, CriError> {
-    let f = r.filter.unwrap_or_default();
-    let stats = all_pod_stats(d, move |s| {
+    Ok(cri::ListPodSandboxStatsResponse {
+        stats: filtered_pod_stats(d, r.filter).await?,
+    })
+}
+
+/// StreamPodSandboxStats: ListPodSandboxStats' items in pages.
+pub(super) async fn stream_pod_sandbox_stats(
+    d: &Arc<Daemon>,
+    r: cri::StreamPodSandboxStatsRequest,
+) -> Result<Vec<cri::StreamPodSandboxStatsResponse>, CriError> {
+    Ok(pages::split(
+        filtered_pod_stats(d, r.filter).await?,
+        d.config().stream_page_bytes,
+        |pod_sandbox_stats| cri::StreamPodSandboxStatsResponse { pod_sandbox_stats },
+    ))
+}
+
+/// The items of ListPodSandboxStats: the stats of the pods `filter`
+/// selects.
+async fn filtered_pod_stats(
+    d: &Arc<Daemon>,
+    filter: Option<cri::PodSandboxStatsFilter>,
+) -> Result<Vec<cri::PodSandboxStats>, CriError> {
+    let f = filter.unwrap_or_default();
+    all_pod_stats(d, move |s| {
         (f.id.is_empty() || s.id.starts_with(&f.id))
             && labels_match(&s.config.labels, &f.label_selector)
     })
-    .await?;
-    Ok(cri::ListPodSandboxStatsResponse { stats })
+    .await
 }
 
 /// ListMetricDescriptors: the descriptors of the metrics
@@ -132,13 +178,32 @@ pub(super) async fn list_pod_sandbox_metrics(
     d: &Arc<Daemon>,
     _: cri::ListPodSandboxMetricsRequest,
 ) -> Result<cri::ListPodSandboxMetricsResponse, CriError> {
-    let stats = all_pod_stats(d, |_| true).await?;
     Ok(cri::ListPodSandboxMetricsResponse {
-        pod_metrics: stats
-            .iter()
-            .map(crate::stats::metrics::pod_metrics)
-            .collect(),
+        pod_metrics: all_pod_metrics(d).await?,
     })
+}
+
+/// StreamPodSandboxMetrics: ListPodSandboxMetrics' items in pages.
+pub(super) async fn stream_pod_sandbox_metrics(
+    d: &Arc<Daemon>,
+    _: cri::StreamPodSandboxMetricsRequest,
+) -> Result<Vec<cri::StreamPodSandboxMetricsResponse>, CriError> {
+    Ok(pages::split(
+        all_pod_metrics(d).await?,
+        d.config().stream_page_bytes,
+        |pod_sandbox_metrics| cri::StreamPodSandboxMetricsResponse {
+            pod_sandbox_metrics,
+        },
+    ))
+}
+
+/// The items of ListPodSandboxMetrics: every pod's metrics.
+async fn all_pod_metrics(d: &Arc<Daemon>) -> Result<Vec<cri::PodSandboxMetrics>, CriError> {
+    let stats = all_pod_stats(d, |_| true).await?;
+    Ok(stats
+        .iter()
+        .map(crate::stats::metrics::pod_metrics)
+        .collect())
 }
 
 /// The stats of every sandbox `keep` selects (not those being made),

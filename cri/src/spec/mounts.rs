@@ -1,9 +1,11 @@
 //! The container's mounts: the defaults every container gets (proc, /dev,
 //! sysfs, cgroups, the pod's /dev/shm, hosts, resolv.conf and hostname),
 //! then the request's volumes, which replace a default at the same
-//! destination; and the root propagation the volumes need.
+//! destination (an image volume from its view, read-only, `nosuid`,
+//! `nodev`, `noexec`); and the root propagation the volumes need.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use carrack_proto::cri;
 use serde_json::{Value, json};
@@ -12,11 +14,13 @@ use super::SandboxView;
 use crate::spec_error::{SpecError, invalid};
 
 /// The defaults, then the request's mounts (which replace a default at the
-/// same destination).
+/// same destination); `image_volumes` holds the host paths of its image
+/// mounts by index.
 pub(super) fn mounts(
     c: &cri::ContainerConfig,
     sb: &SandboxView,
     privileged: bool,
+    image_volumes: &BTreeMap<usize, PathBuf>,
 ) -> Result<Vec<Value>, SpecError> {
     let sys_opts = if privileged {
         vec!["nosuid", "noexec", "nodev", "rw"]
@@ -42,6 +46,19 @@ pub(super) fn mounts(
                 &format!("{field}.container_path"),
                 format!("expected an absolute path, got {:?}", m.container_path),
             ));
+        }
+        if let Some(view) = image_volumes.get(&i) {
+            let opts = [
+                "rbind",
+                propagation(m.propagation),
+                "ro",
+                "nosuid",
+                "nodev",
+                "noexec",
+            ];
+            mounts.retain(|d| d["destination"] != json!(m.container_path));
+            mounts.push(json!({"destination": m.container_path, "type": "bind", "source": view, "options": opts}));
+            continue;
         }
         if !m.host_path.starts_with('/') {
             return Err(invalid(
@@ -96,5 +113,42 @@ fn propagation(p: i32) -> &'static str {
         1 => "rslave",
         2 => "rshared",
         _ => "rprivate",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_volumes_are_bound_from_their_views_read_only() {
+        let c = cri::ContainerConfig {
+            mounts: vec![
+                cri::Mount {
+                    container_path: "/data".into(),
+                    host_path: "/tmp".into(),
+                    ..Default::default()
+                },
+                cri::Mount {
+                    container_path: "/models".into(),
+                    readonly: false,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let views = BTreeMap::from([(1, PathBuf::from("/r/containers/c1/views/1/rootfs/m"))]);
+        let all = mounts(&c, &SandboxView::default(), false, &views).unwrap();
+        let models = all.iter().find(|m| m["destination"] == "/models").unwrap();
+        assert_eq!(
+            *models,
+            json!({"destination": "/models", "type": "bind", "source": "/r/containers/c1/views/1/rootfs/m",
+                   "options": ["rbind", "rprivate", "ro", "nosuid", "nodev", "noexec"]})
+        );
+        let data = all.iter().find(|m| m["destination"] == "/data").unwrap();
+        assert_eq!(data["options"], json!(["rbind", "rprivate", "rw"]));
+        // Without its view, a mount with no host path is refused.
+        let e = mounts(&c, &SandboxView::default(), false, &BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().contains("config.mounts[1].host_path"), "{e}");
     }
 }

@@ -51,7 +51,7 @@ pub(super) fn process(
     {
         process["oomScoreAdj"] = json!(r.oom_score_adj);
     }
-    if let Some(profile) = apparmor_profile(sc, input.apparmor_available)? {
+    if let Some(profile) = input.apparmor_profile {
         process["apparmorProfile"] = json!(profile);
     }
     Ok((process, caps))
@@ -77,22 +77,6 @@ fn working_dir(c: &cri::ContainerConfig, image: &ImageConfiguration) -> Result<S
         ));
     }
     Ok(cwd)
-}
-
-/// The AppArmor profile a Localhost `apparmor` asks for (a host without
-/// AppArmor cannot apply one); None for the others.
-fn apparmor_profile(
-    sc: Option<&cri::LinuxContainerSecurityContext>,
-    apparmor_available: bool,
-) -> Result<Option<String>, SpecError> {
-    match sc.and_then(|s| s.apparmor.as_ref()) {
-        Some(aa) if aa.profile_type == 2 && !apparmor_available => Err(invalid(
-            "config.linux.security_context.apparmor",
-            "this host has no AppArmor (module not loaded): a Localhost profile cannot be applied",
-        )),
-        Some(aa) if aa.profile_type == 2 => Ok(Some(aa.localhost_ref.clone())),
-        _ => Ok(None),
-    }
 }
 
 /// The process arguments as kubelet and Docker define them: `command`
@@ -153,41 +137,13 @@ pub fn process_env(
         let (k, v) = e.split_once('=').unwrap_or((e, ""));
         set(k, v);
     }
+    // A value is bytes on the wire (cri-api v0.34.9+) and may not be UTF-8;
+    // config.json is JSON, whose strings are: such bytes become U+FFFD,
+    // as they do through containerd (Go's JSON encoder) to runc.
     for kv in &config.envs {
-        set(&kv.key, &kv.value);
+        set(&kv.key, &String::from_utf8_lossy(&kv.value));
     }
     keys.iter().map(|k| format!("{k}={}", map[k])).collect()
-}
-
-/// The signal named by the image's STOPSIGNAL (name or number), SIGTERM
-/// when none.
-pub fn stop_signal(image: &ImageConfiguration) -> i32 {
-    let s = image
-        .config()
-        .as_ref()
-        .and_then(|c| c.stop_signal().clone())
-        .unwrap_or_default();
-    parse_signal(&s).unwrap_or(libc::SIGTERM)
-}
-
-/// `SIGKILL`, `KILL`, `9` → 9.
-pub fn parse_signal(s: &str) -> Option<i32> {
-    let s = s.trim();
-    if s.is_empty() {
-        return None;
-    }
-    if let Ok(n) = s.parse::<i32>() {
-        return (1..=64).contains(&n).then_some(n);
-    }
-    let name = s.to_ascii_uppercase();
-    let name = if name.starts_with("SIG") {
-        name
-    } else {
-        format!("SIG{name}")
-    };
-    name.parse::<nix::sys::signal::Signal>()
-        .ok()
-        .map(|s| s as i32)
 }
 
 /// The OCI process spec (JSON) of an ExecSync: the container's process with

@@ -267,6 +267,7 @@ mod tests {
                         timestamp: 1,
                         usage_core_nano_seconds: v(2_500_000_000),
                         usage_nano_cores: None,
+                        psi: None,
                     }),
                     memory: Some(cri::MemoryUsage {
                         timestamp: 1,

@@ -10,6 +10,11 @@
 //! file tree is walked here, and its timestamp is when it was measured),
 //! network counters from inside the pod's network namespace ([`network`]).
 //!
+//! Pressure (PSI: the `psi` of CPU and memory, and `io`, which carries only
+//! the I/O pressure) comes from the cgroup2 directory's `*.pressure` files:
+//! on a cgroup v2 or hybrid host; none on a host without cgroup2, nor where
+//! the kernel has PSI off (`psi=0`).
+//!
 //! `usage_nano_cores` is a rate: the [`Sampler`] keeps the last CPU sample
 //! of every container and pod and divides the CPU time used since then by
 //! the wall time elapsed. The first sample of a container has no rate.
@@ -103,6 +108,7 @@ struct ContainerSample {
     cpu: Option<cri::CpuUsage>,
     memory: Option<cri::MemoryUsage>,
     swap: Option<cri::SwapUsage>,
+    io: Option<cri::IoUsage>,
 }
 
 /// What a pod's cgroup and network namespace said at one moment.
@@ -112,6 +118,7 @@ struct PodSample {
     memory: Option<cri::MemoryUsage>,
     process: Option<cri::ProcessUsage>,
     network: Option<cri::NetworkUsage>,
+    io: Option<cri::IoUsage>,
 }
 
 impl Sampler {
@@ -186,6 +193,7 @@ impl Sampler {
             timestamp: ts,
             usage_core_nano_seconds: value(st.cpu.usage.total),
             usage_nano_cores: self.rate(key, sample).and_then(value),
+            psi: st.cpu.psi.as_ref().map(psi),
         };
         let processes = if count_processes {
             cg.pids().map(|p| p.len() as u64).unwrap_or(0)
@@ -196,6 +204,10 @@ impl Sampler {
             cpu,
             memory: memory_usage(&st.memory, ts),
             swap: swap_usage(&st.memory, ts),
+            io: st.blkio.psi.as_ref().map(|p| cri::IoUsage {
+                timestamp: ts,
+                psi: Some(psi(p)),
+            }),
             processes,
         })
     }
@@ -210,6 +222,7 @@ impl Sampler {
                 cpu: Some(u.cpu),
                 memory: Some(u.memory),
                 swap: u.swap,
+                io: u.io,
             },
             None => ContainerSample::default(),
         }
@@ -234,6 +247,7 @@ impl Sampler {
                     process_count: value(u.processes),
                 }),
                 network,
+                io: u.io,
             },
             None => PodSample {
                 network,
@@ -275,6 +289,7 @@ impl Sampler {
             memory: sample.memory,
             writable_layer,
             swap: sample.swap,
+            io: sample.io,
         }
     }
 
@@ -306,6 +321,7 @@ impl Sampler {
                     .iter()
                     .map(|c| self.container_stats(images, c, Some(sb)))
                     .collect(),
+                io: sample.io,
             }),
             windows: None,
         }
@@ -317,7 +333,24 @@ struct CgroupUsage {
     cpu: cri::CpuUsage,
     memory: cri::MemoryUsage,
     swap: Option<cri::SwapUsage>,
+    /// I/O pressure, where the kernel reports it.
+    io: Option<cri::IoUsage>,
     processes: u64,
+}
+
+/// A cgroup's pressure as the CRI has it: the same lines, the total in
+/// nanoseconds (the kernel counts microseconds).
+fn psi(p: &carrack_cgroups::Psi) -> cri::PsiStats {
+    let line = |d: &carrack_cgroups::PsiData| cri::PsiData {
+        total: d.total.saturating_mul(1000),
+        avg10: d.avg10,
+        avg60: d.avg60,
+        avg300: d.avg300,
+    };
+    cri::PsiStats {
+        full: Some(line(&p.full)),
+        some: Some(line(&p.some)),
+    }
 }
 
 /// Memory as kubelet reads it; `available_bytes` only under a limit.
@@ -333,6 +366,7 @@ fn memory_usage(m: &carrack_cgroups::MemoryStats, ts: i64) -> cri::MemoryUsage {
         rss_bytes: value(m.rss),
         page_faults: value(m.pgfault),
         major_page_faults: value(m.pgmajfault),
+        psi: m.psi.as_ref().map(psi),
     }
 }
 
@@ -478,6 +512,33 @@ mod tests {
         assert_eq!(
             sm.container_cgroup_path(&c, None).as_deref(),
             Some("/kubepods/pod1/c1")
+        );
+    }
+
+    #[test]
+    fn pressure_totals_are_nanoseconds() {
+        let p = carrack_cgroups::Psi {
+            some: carrack_cgroups::PsiData {
+                avg10: 2.5,
+                avg60: 1.0,
+                avg300: 0.5,
+                total: 1500,
+            },
+            full: carrack_cgroups::PsiData::default(),
+        };
+        let c = psi(&p);
+        let some = c.some.unwrap();
+        assert_eq!(
+            (some.total, some.avg10, some.avg60, some.avg300),
+            (1_500_000, 2.5, 1.0, 0.5)
+        );
+        assert_eq!(c.full.unwrap(), cri::PsiData::default());
+        let mut m = carrack_cgroups::MemoryStats::default();
+        assert!(memory_usage(&m, 1).psi.is_none(), "no pressure file: none");
+        m.psi = Some(p);
+        assert_eq!(
+            memory_usage(&m, 1).psi.unwrap().some.unwrap().total,
+            1_500_000
         );
     }
 

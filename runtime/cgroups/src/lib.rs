@@ -34,6 +34,7 @@ mod hierarchy;
 mod oom;
 mod stats;
 pub mod systemd;
+mod undo;
 mod v1;
 mod v2;
 
@@ -52,8 +53,9 @@ pub use hierarchy::{
 pub use oom::OomWatcher;
 pub use stats::{
     BlkioEntry, BlkioStats, CpuStats, CpuUsage, Detail, HugetlbStats, MemoryData, MemoryStats,
-    PidsStats, Stats, Throttling,
+    PidsStats, Psi, PsiData, Stats, Throttling,
 };
+pub use undo::Applied;
 
 /// One cgroup across all hierarchies of the host.
 #[derive(Debug, Clone)]
@@ -222,6 +224,25 @@ impl Cgroup {
             v2::apply(self, dir, resources)?;
         }
         Ok(())
+    }
+
+    /// Applies OCI resources as [`Cgroup::apply`] does, undoably: the
+    /// content of each file is kept before its first write. When a write
+    /// fails, the files written before it get their old content back and
+    /// the write's error is returned: the cgroup is as it was (but for a
+    /// file the kernel would not take its old content back into, see
+    /// [`Applied::undo`]). On success the [`Applied`] undoes the whole
+    /// apply when a later step of the caller fails. Files only: the
+    /// properties of a systemd unit are the caller's.
+    pub fn apply_undoable(&self, resources: &LinuxResources) -> Result<Applied> {
+        let (result, applied) = undo::journaled(|| self.apply(resources));
+        match result {
+            Ok(()) => Ok(applied),
+            Err(e) => {
+                let _ = applied.undo();
+                Err(e)
+            }
+        }
     }
 
     /// Applies resources to a running container: for a systemd scope its
@@ -396,6 +417,7 @@ fn mkdir_all(dir: &Path) -> Result<()> {
 /// Writes one value to a cgroup file (no truncation games: cgroupfs files
 /// take one write each).
 pub(crate) fn write_file(path: &Path, value: &str) -> Result<()> {
+    undo::note(path);
     std::fs::write(path, value).map_err(|source| CgroupError::Write {
         path: path.to_path_buf(),
         value: value.to_owned(),

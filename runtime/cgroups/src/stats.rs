@@ -1,5 +1,11 @@
 //! Cgroup statistics, in the JSON shape of `runc events --stats` (its `data`
 //! object), so that tools reading runc's output read ours.
+//!
+//! Pressure stall information ([`Psi`]) comes from the cgroup2 directory's
+//! `cpu.pressure`, `memory.pressure` and `io.pressure`: every cgroup2
+//! directory has them (kernel 4.20 and later, unless booted with `psi=0`),
+//! whichever controllers it has, so a hybrid host reports them too; a host
+//! without cgroup2 has none.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +44,9 @@ pub struct CpuStats {
     pub usage: CpuUsage,
     /// CFS throttling.
     pub throttling: Throttling,
+    /// CPU pressure (`cpu.pressure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psi: Option<Psi>,
 }
 
 /// CPU time, nanoseconds.
@@ -88,6 +97,9 @@ pub struct MemoryStats {
     pub oom_kill: u64,
     /// The raw memory.stat counters.
     pub stats: BTreeMap<String, u64>,
+    /// Memory pressure (`memory.pressure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psi: Option<Psi>,
 }
 
 /// One memory counter set.
@@ -120,6 +132,33 @@ pub struct BlkioStats {
     pub io_service_bytes_recursive: Vec<BlkioEntry>,
     /// Operations per device and operation.
     pub io_serviced_recursive: Vec<BlkioEntry>,
+    /// I/O pressure (`io.pressure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psi: Option<Psi>,
+}
+
+/// Pressure stall information of one resource: its `some` line (at least
+/// one task stalled) and `full` line (every non-idle task stalled).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Psi {
+    /// Some tasks stalled.
+    pub some: PsiData,
+    /// All non-idle tasks stalled (zero where the kernel has no such line:
+    /// `cpu.pressure` before Linux 5.13).
+    pub full: PsiData,
+}
+
+/// One line of a pressure file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PsiData {
+    /// Share of the last 10 s stalled, in percent.
+    pub avg10: f64,
+    /// Share of the last 60 s stalled, in percent.
+    pub avg60: f64,
+    /// Share of the last 300 s stalled, in percent.
+    pub avg300: f64,
+    /// Time stalled in all, microseconds.
+    pub total: u64,
 }
 
 /// One block I/O counter.
@@ -156,6 +195,37 @@ pub(crate) fn parse_flat_keyed(text: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Parses a pressure file (`some avg10=0.12 avg60=… avg300=… total=…`, then
+/// the same for `full`); None when it has no `some` line.
+pub(crate) fn parse_pressure(text: &str) -> Option<Psi> {
+    let mut psi = Psi::default();
+    let mut some = false;
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let data = match it.next() {
+            Some("some") => {
+                some = true;
+                &mut psi.some
+            }
+            Some("full") => &mut psi.full,
+            _ => continue,
+        };
+        for kv in it {
+            let Some((k, v)) = kv.split_once('=') else {
+                continue;
+            };
+            match k {
+                "avg10" => data.avg10 = v.parse().ok()?,
+                "avg60" => data.avg60 = v.parse().ok()?,
+                "avg300" => data.avg300 = v.parse().ok()?,
+                "total" => data.total = v.parse().ok()?,
+                _ => {}
+            }
+        }
+    }
+    some.then_some(psi)
+}
+
 /// Parses a single number, with "max" as u64::MAX.
 pub(crate) fn parse_u64(text: &str) -> Option<u64> {
     let t = text.trim();
@@ -180,10 +250,34 @@ mod tests {
     }
 
     #[test]
+    fn pressure_files() {
+        let psi = parse_pressure(
+            "some avg10=1.50 avg60=0.25 avg300=0.00 total=123456\nfull avg10=0.50 avg60=0.00 avg300=0.00 total=789\n",
+        )
+        .unwrap();
+        assert_eq!(psi.some.avg10, 1.5);
+        assert_eq!(psi.some.avg60, 0.25);
+        assert_eq!(psi.some.total, 123456);
+        assert_eq!(psi.full.avg10, 0.5);
+        assert_eq!(psi.full.total, 789);
+        // cpu.pressure of kernels before 5.13: no full line.
+        let cpu = parse_pressure("some avg10=0.00 avg60=0.00 avg300=0.00 total=42\n").unwrap();
+        assert_eq!((cpu.some.total, cpu.full), (42, PsiData::default()));
+        assert_eq!(parse_pressure(""), None);
+        assert_eq!(parse_pressure("some avg10=x total=1\n"), None);
+    }
+
+    #[test]
     fn serializes_like_runc() {
         let json = serde_json::to_value(Stats::default()).unwrap();
         assert!(json["cpu"]["throttling"].get("throttledPeriods").is_some());
         assert!(json["blkio"].get("ioServiceBytesRecursive").is_some());
         assert!(json["memory"].get("swap_usage").is_some());
+        assert!(json["cpu"].get("psi").is_none(), "no pressure: no key");
+        let mut s = Stats::default();
+        s.memory.psi = Some(Psi::default());
+        let json = serde_json::to_value(s).unwrap();
+        assert!(json["memory"]["psi"]["some"].get("avg10").is_some());
+        assert!(json["memory"]["psi"]["full"].get("total").is_some());
     }
 }

@@ -11,7 +11,9 @@ use oci_spec::runtime::LinuxResources;
 
 use crate::error::{CgroupError, Result, io_err};
 use crate::hierarchy::Mode;
-use crate::stats::{BlkioEntry, Detail, HugetlbStats, Stats, parse_flat_keyed, parse_u64};
+use crate::stats::{
+    BlkioEntry, Detail, HugetlbStats, Stats, parse_flat_keyed, parse_pressure, parse_u64,
+};
 use crate::{Cgroup, devices_bpf, read_optional, write_file};
 
 /// Enables, in every ancestor from `root` down to `dir`'s parent, each
@@ -284,6 +286,11 @@ pub(crate) fn set_frozen(dir: &Path, frozen: bool) -> Result<()> {
 pub(crate) fn read_stats(cg: &Cgroup, dir: &Path, stats: &mut Stats, detail: Detail) -> Result<()> {
     let full = detail == Detail::Full;
     let num = |f: &str| read_optional(&dir.join(f)).and_then(|s| parse_u64(&s));
+    // Every cgroup2 directory has the pressure files, whatever it controls.
+    let pressure = |f: &str| read_optional(&dir.join(f)).and_then(|t| parse_pressure(&t));
+    stats.cpu.psi = pressure("cpu.pressure");
+    stats.memory.psi = pressure("memory.pressure");
+    stats.blkio.psi = pressure("io.pressure");
     if owns(cg, "cpu") || cg.layout().mode() == Mode::Unified {
         let s = parse_flat_keyed(&read_optional(&dir.join("cpu.stat")).unwrap_or_default());
         if let Some(usage) = s.get("usage_usec") {

@@ -171,6 +171,61 @@ fn limits_are_written_and_read_back() {
     );
 }
 
+/// An undoable apply that the kernel refuses part-way (a CPU this machine
+/// does not have, written after the memory and CPU limits) leaves every
+/// file as it was; one that succeeds is undone on request.
+#[test]
+fn an_undoable_apply_changes_all_or_nothing() {
+    if !require_root() {
+        return;
+    }
+    let t = TestCgroup::new("undo");
+    let limits = || {
+        [
+            read(&t.cg, "memory", "memory.limit_in_bytes", "memory.max"),
+            read(&t.cg, "cpu", "cpu.shares", "cpu.weight"),
+            read(&t.cg, "cpu", "cpu.cfs_quota_us", "cpu.max"),
+            read(&t.cg, "cpuset", "cpuset.cpus", "cpuset.cpus"),
+        ]
+    };
+    let before = limits();
+    let with_cpus = |cpus: &str| {
+        resources(|b| {
+            b.memory(
+                LinuxMemoryBuilder::default()
+                    .limit(96 << 20)
+                    .build()
+                    .unwrap(),
+            )
+            .cpu(
+                LinuxCpuBuilder::default()
+                    .shares(300u64)
+                    .quota(30_000i64)
+                    .period(100_000u64)
+                    .cpus(cpus)
+                    .build()
+                    .unwrap(),
+            )
+        })
+    };
+    let e = t.cg.apply_undoable(&with_cpus("4000")).unwrap_err();
+    assert!(e.to_string().contains("cpuset.cpus"), "{e}");
+    assert_eq!(limits(), before, "a refused apply changed the cgroup");
+
+    let applied = t.cg.apply_undoable(&with_cpus("0")).unwrap();
+    assert_eq!(
+        read(&t.cg, "memory", "memory.limit_in_bytes", "memory.max"),
+        (96u64 << 20).to_string()
+    );
+    assert!(
+        applied.files().count() >= 4,
+        "{:?}",
+        applied.files().collect::<Vec<_>>()
+    );
+    applied.undo().unwrap();
+    assert_eq!(limits(), before, "undo left a change");
+}
+
 #[test]
 fn process_joins_freezes_and_shows_in_stats() {
     if !require_root() {
@@ -202,6 +257,21 @@ fn process_joins_freezes_and_shows_in_stats() {
     assert_eq!(stats.pids.current, 1);
     let json = serde_json::to_value(&stats).unwrap();
     assert!(json["memory"]["usage"]["usage"].as_u64().unwrap() > 0);
+    // Pressure: from the cgroup2 directory (v2 and hybrid hosts), whatever
+    // its controllers, where the kernel has PSI on.
+    let psi_on =
+        t.cg.unified_dir()
+            .is_some_and(|d| std::fs::read_to_string(d.join("cpu.pressure")).is_ok());
+    for (what, psi) in [
+        ("cpu", &stats.cpu.psi),
+        ("memory", &stats.memory.psi),
+        ("io", &stats.blkio.psi),
+    ] {
+        assert_eq!(psi.is_some(), psi_on, "{what}: {psi:?}");
+    }
+    if psi_on {
+        assert!(json["cpu"]["psi"]["some"]["avg10"].is_number(), "{json}");
+    }
 }
 
 /// The CPU and memory read (CRI's stats, every 10 s for every container)

@@ -71,9 +71,9 @@ pub enum BusError {
     Other(String),
 }
 
-fn failed<'a>(unit: &'a ScopeUnit, op: &'static str) -> impl FnOnce(BusError) -> CgroupError + 'a {
+fn failed<'a>(unit: &'a str, op: &'static str) -> impl FnOnce(BusError) -> CgroupError + 'a {
     move |e| CgroupError::Systemd {
-        unit: unit.name.clone(),
+        unit: unit.to_owned(),
         op,
         reason: e.to_string(),
     }
@@ -89,7 +89,7 @@ pub(crate) fn parse_version(text: &str) -> u32 {
     digits.parse().unwrap_or(0)
 }
 
-fn target(m: &mut impl Manager, unit: &ScopeUnit, layout: &Hierarchy) -> Result<Target> {
+fn target(m: &mut impl Manager, unit: &str, layout: &Hierarchy) -> Result<Target> {
     Ok(Target {
         unified: layout.mode() == Mode::Unified,
         version: m
@@ -119,7 +119,13 @@ pub fn start_scope(
         op: "starting",
         reason: format!("{pid} is not a process id"),
     })?;
-    let props = scope_properties(unit, pid, r, target(m, unit, layout)?, &proc_devices())?;
+    let props = scope_properties(
+        unit,
+        pid,
+        r,
+        target(m, &unit.name, layout)?,
+        &proc_devices(),
+    )?;
     match m.start_transient_unit(&unit.name, &props) {
         Err(BusError::UnitExists) => {
             let _ = m.reset_failed_unit(&unit.name);
@@ -127,7 +133,7 @@ pub fn start_scope(
         }
         r => r,
     }
-    .map_err(failed(unit, "starting"))
+    .map_err(failed(&unit.name, "starting"))
 }
 
 /// Sets new resources on a running scope (the caller writes the cgroup
@@ -138,12 +144,23 @@ pub fn update_scope(
     r: &LinuxResources,
     layout: &Hierarchy,
 ) -> Result<()> {
-    let props = resource_properties(r, target(m, unit, layout)?, &proc_devices())?;
+    update_unit(m, &unit.name, r, layout)
+}
+
+/// Sets new resources on the unit `name`, a scope or a slice (a pod's):
+/// the properties systemd owns (the caller writes the cgroup files too).
+pub fn update_unit(
+    m: &mut impl Manager,
+    name: &str,
+    r: &LinuxResources,
+    layout: &Hierarchy,
+) -> Result<()> {
+    let props = resource_properties(r, target(m, name, layout)?, &proc_devices())?;
     if props.is_empty() {
         return Ok(());
     }
-    m.set_unit_properties(&unit.name, &props)
-        .map_err(failed(unit, "updating"))
+    m.set_unit_properties(name, &props)
+        .map_err(failed(name, "updating"))
 }
 
 /// Stops the scope and resets it, so that systemd forgets it; a unit that
@@ -354,6 +371,11 @@ pub(crate) mod tests {
         let mut m = Recorder::default();
         update_scope(&mut m, &unit(), &LinuxResources::default(), &unified()).unwrap();
         assert!(m.set.is_empty(), "nothing to set: no call");
+        // A pod's slice by its name, the same way.
+        let mut m = Recorder::default();
+        update_unit(&mut m, "kubepods-pod1.slice", &memory(32 << 20), &unified()).unwrap();
+        assert_eq!(m.calls, ["version", "set kubepods-pod1.slice"]);
+        assert_eq!(m.set[0].1[0].value, Value::U64(32 << 20));
     }
 
     #[test]
