@@ -210,8 +210,8 @@ pub async fn exec(url: &str, protocols: &[&str], io: ExecIo) -> Result<i32, Clie
             let s = open(&session, url, &[("streamtype", kind)]).await?;
             let (mut r, _w) = s.split();
             tasks.push(tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut r, &mut out).await;
-                let _ = out.flush().await;
+                tokio::io::copy(&mut r, &mut out).await?;
+                out.flush().await
             }));
         }
     }
@@ -231,15 +231,22 @@ pub async fn exec(url: &str, protocols: &[&str], io: ExecIo) -> Result<i32, Clie
             }));
         }
     }
+    // A stream that ends without the server's FIN (the connection was lost)
+    // is an error: its status, or its output, did not arrive whole.
     let mut msg = Vec::new();
-    let _ = error.read_to_end(&mut msg).await;
+    let mut ended = error.read_to_end(&mut msg).await.map(drop);
     for t in tasks {
-        let _ = t.await;
+        let copied = t.await.unwrap_or_else(|e| Err(io::Error::other(e)));
+        ended = ended.and(copied);
     }
     for t in [stdin_task, resize_task].into_iter().flatten() {
         t.abort();
     }
     session.close().await;
+    ended.map_err(|source| ClientError::Io {
+        url: url.to_string(),
+        source,
+    })?;
     parse_status(version, &msg)
 }
 
@@ -376,12 +383,24 @@ pub async fn exec_ws(url: &str, protocols: &[&str], io: ExecIo) -> Result<i32, C
     let (mut stdout, mut stderr) = (io.stdout, io.stderr);
     let mut error = Vec::new();
     let mut wrong_channel = None;
-    while let Ok(Some(m)) = ws::read_message(&mut rd).await {
+    // The server ends with a close frame; a connection that ends without
+    // one was lost, and what it carried may not have arrived whole.
+    let ended = loop {
+        let m = match ws::read_message(&mut rd).await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                break Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the connection ended without a close frame",
+                ));
+            }
+            Err(e) => break Err(e),
+        };
         match m {
             Message::Ping(p) => {
                 let _ = out_tx.send(Out::Pong(p));
             }
-            Message::Close => break,
+            Message::Close => break Ok(()),
             Message::Data(d) if d.is_empty() => {}
             Message::Data(d) => {
                 let target = match d[0] {
@@ -401,7 +420,7 @@ pub async fn exec_ws(url: &str, protocols: &[&str], io: ExecIo) -> Result<i32, C
                 }
             }
         }
-    }
+    };
     for t in side_tasks {
         t.abort();
     }
@@ -415,6 +434,10 @@ pub async fn exec_ws(url: &str, protocols: &[&str], io: ExecIo) -> Result<i32, C
     if let Some(c) = wrong_channel {
         return Err(ClientError::ServerChannel(c));
     }
+    ended.map_err(|source| ClientError::Io {
+        url: url.to_string(),
+        source,
+    })?;
     parse_status(4, &error)
 }
 

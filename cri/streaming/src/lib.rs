@@ -55,6 +55,28 @@ use tokio::sync::mpsc;
 
 pub use server::StreamingServer;
 
+/// How long a closing side goes on reading once its write side is shut,
+/// waiting for the peer to close too. Closing a socket with unread bytes in
+/// its receive queue (a peer's SPDY WINDOW_UPDATEs, a WebSocket pong) makes
+/// the kernel answer with a reset, and a reset makes the peer's kernel
+/// discard what it had received but its program had not read yet: the end
+/// of an exec's output and its exit status.
+pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+/// Lets a connection's read side (`reader`, which ends at the peer's
+/// close) run for up to [`CLOSE_LINGER`], then stops it; stopped too if
+/// this future is dropped first.
+pub(crate) async fn linger(reader: tokio::task::JoinHandle<()>) {
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _stop = AbortOnDrop(reader.abort_handle());
+    let _ = tokio::time::timeout(CLOSE_LINGER, reader).await;
+}
+
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A boxed stdin reader.

@@ -539,7 +539,9 @@ where
     let (done_tx, done_rx) = oneshot::channel();
     let _ = out_tx.send(ws::Out::Close(done_tx));
     let _ = done_rx.await;
-    reader.abort();
+    // The client answers our close frame with its own (or closes): read
+    // until then, or a reset could cut off what it has not read yet.
+    crate::linger(reader).await;
     let _ = writer.await;
 }
 

@@ -33,8 +33,12 @@ enum Cmd {
     Close(oneshot::Sender<()>),
 }
 
+/// What a stream's read side receives: the peer's data, or an error when
+/// the connection ended before the peer's FIN.
+type Chunk = io::Result<Bytes>;
+
 struct StreamSlot {
-    data: mpsc::UnboundedSender<Bytes>,
+    data: mpsc::UnboundedSender<Chunk>,
     reply: Option<oneshot::Sender<Headers>>,
 }
 
@@ -56,7 +60,7 @@ pub struct Session {
     tx: mpsc::UnboundedSender<Cmd>,
     shared: Arc<Shared>,
     next_id: Arc<Mutex<u32>>,
-    reader: Arc<Mutex<Option<tokio::task::AbortHandle>>>,
+    reader: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Session {
@@ -107,10 +111,16 @@ impl Session {
         let reader_session = session.clone();
         let reader = tokio::spawn(async move {
             let _ = reader_session.read_loop(rd, in_tx).await;
-            // Connection gone: end every stream's read side.
-            reader_session.shared.streams.lock().unwrap().clear();
+            // Connection gone: every stream still open ends in an error,
+            // not as if the peer had finished it.
+            for (id, slot) in reader_session.shared.streams.lock().unwrap().drain() {
+                let _ = slot.data.send(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the connection ended before the end of SPDY stream {id}"),
+                )));
+            }
         });
-        *session.reader.lock().unwrap() = Some(reader.abort_handle());
+        *session.reader.lock().unwrap() = Some(reader);
         (session, in_rx)
     }
 
@@ -187,7 +197,7 @@ impl Session {
                 let mut streams = self.shared.streams.lock().unwrap();
                 if let Some(s) = streams.get(&stream_id) {
                     if !payload.is_empty() {
-                        let _ = s.data.send(payload);
+                        let _ = s.data.send(Ok(payload));
                     }
                     if flags & FLAG_FIN != 0 {
                         streams.remove(&stream_id);
@@ -257,17 +267,19 @@ impl Session {
         Ok(Stream::new(self.clone(), stream_id, drx))
     }
 
-    /// Flushes everything queued, closes the connection's write side and
-    /// stops reading, which releases the connection.
+    /// Flushes everything queued, closes the connection's write side, ends
+    /// our streams' read sides, and reads (discarding) until the peer closes
+    /// too or [`crate::CLOSE_LINGER`] has passed, which releases the connection.
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Cmd::Close(tx)).is_ok() {
             let _ = rx.await;
         }
-        if let Some(r) = self.reader.lock().unwrap().take() {
-            r.abort();
-        }
         self.shared.streams.lock().unwrap().clear();
+        let reader = self.reader.lock().unwrap().take();
+        if let Some(r) = reader {
+            crate::linger(r).await;
+        }
     }
 }
 
@@ -276,13 +288,13 @@ impl Session {
 pub struct Stream {
     session: Session,
     id: u32,
-    rx: mpsc::UnboundedReceiver<Bytes>,
+    rx: mpsc::UnboundedReceiver<Chunk>,
     pending: Bytes,
     fin_sent: bool,
 }
 
 impl Stream {
-    fn new(session: Session, id: u32, rx: mpsc::UnboundedReceiver<Bytes>) -> Self {
+    fn new(session: Session, id: u32, rx: mpsc::UnboundedReceiver<Chunk>) -> Self {
         Self {
             session,
             id,
@@ -357,14 +369,15 @@ impl Stream {
 }
 
 fn poll_read_chan(
-    rx: &mut mpsc::UnboundedReceiver<Bytes>,
+    rx: &mut mpsc::UnboundedReceiver<Chunk>,
     pending: &mut Bytes,
     cx: &mut Context<'_>,
     buf: &mut ReadBuf<'_>,
 ) -> Poll<io::Result<()>> {
     if pending.is_empty() {
         match rx.poll_recv(cx) {
-            Poll::Ready(Some(b)) => *pending = b,
+            Poll::Ready(Some(Ok(b))) => *pending = b,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
             Poll::Ready(None) => return Poll::Ready(Ok(())),
             Poll::Pending => return Poll::Pending,
         }
@@ -408,7 +421,7 @@ impl AsyncWrite for Stream {
 
 /// Read half of a [`Stream`].
 pub struct StreamReader {
-    rx: mpsc::UnboundedReceiver<Bytes>,
+    rx: mpsc::UnboundedReceiver<Chunk>,
     pending: Bytes,
 }
 
