@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use carrack_proto::cri;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -159,11 +159,12 @@ pub struct ContainerRecord {
 }
 
 /// The rows of one table as written, by id and in insertion order (the
-/// order of SQLite's rowids, which reads used to follow).
+/// order of SQLite's rowids, which reads used to follow). Records are
+/// shared, so that the lists kubelet polls every second take no copies.
 #[derive(Debug)]
 struct Rows<T> {
     /// id → (insertion number, record).
-    by_id: HashMap<String, (u64, T)>,
+    by_id: HashMap<String, (u64, Arc<T>)>,
     /// Insertion number → id.
     order: BTreeMap<u64, String>,
     next: u64,
@@ -186,14 +187,14 @@ impl<T: Clone> Rows<T> {
         let n = self.next;
         self.next += 1;
         self.order.insert(n, id.clone());
-        if let Some((old, _)) = self.by_id.insert(id, (n, r)) {
+        if let Some((old, _)) = self.by_id.insert(id, (n, Arc::new(r))) {
             self.order.remove(&old);
         }
     }
 
     fn update(&mut self, id: &str, r: T) {
         if let Some((_, slot)) = self.by_id.get_mut(id) {
-            *slot = r;
+            *slot = Arc::new(r);
         }
     }
 
@@ -204,10 +205,17 @@ impl<T: Clone> Rows<T> {
     }
 
     fn get(&self, id: &str) -> Option<T> {
-        self.by_id.get(id).map(|(_, r)| r.clone())
+        self.by_id.get(id).map(|(_, r)| T::clone(r))
     }
 
     fn all(&self) -> Vec<T> {
+        self.order
+            .values()
+            .filter_map(|id| self.by_id.get(id).map(|(_, r)| T::clone(r)))
+            .collect()
+    }
+
+    fn shared(&self) -> Vec<Arc<T>> {
         self.order
             .values()
             .filter_map(|id| self.by_id.get(id).map(|(_, r)| r.clone()))
@@ -372,6 +380,12 @@ impl Store {
         Ok(read(&self.sandboxes).all())
     }
 
+    /// Every sandbox, in the order they were inserted, as shared records
+    /// (nothing copied: for reads that look at each and keep little).
+    pub fn sandboxes_shared(&self) -> Vec<Arc<SandboxRecord>> {
+        read(&self.sandboxes).shared()
+    }
+
     /// The sandbox whose id is `id`.
     pub fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
         Ok(read(&self.sandboxes).get(id))
@@ -412,6 +426,12 @@ impl Store {
     /// Every container, in the order they were inserted.
     pub fn containers(&self) -> Result<Vec<ContainerRecord>, StoreError> {
         Ok(read(&self.containers).all())
+    }
+
+    /// Every container, in the order they were inserted, as shared records
+    /// (nothing copied: for reads that look at each and keep little).
+    pub fn containers_shared(&self) -> Vec<Arc<ContainerRecord>> {
+        read(&self.containers).shared()
     }
 
     /// The container whose id is `id`.

@@ -181,9 +181,9 @@ pub(crate) async fn reopen_log(d: &Daemon, id: &str) -> Result<(), CriError> {
 
 /// The containers ListContainers's filter `f` selects (not those being
 /// made): by id or id prefix, pod (id or prefix), state and labels.
-pub(crate) fn list(d: &Daemon, f: &cri::ContainerFilter) -> Result<Vec<ContainerRecord>, CriError> {
-    Ok(d.store
-        .containers()?
+pub(crate) fn list(d: &Daemon, f: &cri::ContainerFilter) -> Vec<Arc<ContainerRecord>> {
+    d.store
+        .containers_shared()
         .into_iter()
         .filter(|c| c.state != ContainerState::Creating)
         .filter(|c| f.id.is_empty() || c.id == f.id || c.id.starts_with(&f.id))
@@ -198,5 +198,5 @@ pub(crate) fn list(d: &Daemon, f: &cri::ContainerFilter) -> Result<Vec<Container
                 .is_none_or(|v| v.state == container_state(c.state))
         })
         .filter(|c| labels_match(&c.config.labels, &f.label_selector))
-        .collect())
+        .collect()
 }

@@ -118,9 +118,9 @@ pub(crate) async fn remove(d: &Arc<Daemon>, id: &str) -> Result<(), CriError> {
 
 /// The sandboxes ListPodSandbox's filter `f` selects (not those being
 /// made): by id or id prefix, state and labels.
-pub(crate) fn list(d: &Daemon, f: &cri::PodSandboxFilter) -> Result<Vec<SandboxRecord>, CriError> {
-    Ok(d.store
-        .sandboxes()?
+pub(crate) fn list(d: &Daemon, f: &cri::PodSandboxFilter) -> Vec<Arc<SandboxRecord>> {
+    d.store
+        .sandboxes_shared()
         .into_iter()
         .filter(|s| s.state != SandboxState::Creating)
         .filter(|s| f.id.is_empty() || s.id == f.id || s.id.starts_with(&f.id))
@@ -130,5 +130,5 @@ pub(crate) fn list(d: &Daemon, f: &cri::PodSandboxFilter) -> Result<Vec<SandboxR
                 .is_none_or(|v| v.state == sandbox_state(s.state))
         })
         .filter(|s| labels_match(&s.config.labels, &f.label_selector))
-        .collect())
+        .collect()
 }

@@ -83,7 +83,10 @@ fn containers(
     filter: Option<cri::ContainerFilter>,
 ) -> Result<Vec<cri::Container>, CriError> {
     let f = filter.unwrap_or_default();
-    Ok(container::list(d, &f)?.iter().map(container_item).collect())
+    Ok(container::list(d, &f)
+        .iter()
+        .map(|c| container_item(c))
+        .collect())
 }
 
 /// ContainerStatus: the status of the container; with `verbose`, the info

@@ -105,5 +105,8 @@ fn pod_sandboxes(
     filter: Option<cri::PodSandboxFilter>,
 ) -> Result<Vec<cri::PodSandbox>, CriError> {
     let f = filter.unwrap_or_default();
-    Ok(sandbox::list(d, &f)?.iter().map(sandbox_item).collect())
+    Ok(sandbox::list(d, &f)
+        .iter()
+        .map(|s| sandbox_item(s))
+        .collect())
 }

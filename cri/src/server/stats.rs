@@ -5,6 +5,7 @@
 //! (read off the event loop: they read cgroup files and walk writable
 //! layers).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use carrack_proto::cri;
@@ -79,8 +80,13 @@ async fn all_container_stats(
 ) -> Result<Vec<cri::ContainerStats>, CriError> {
     let f = filter.unwrap_or_default();
     off_loop(d, move |d| {
-        let sandboxes = d.store.sandboxes()?;
-        let all = d.store.containers()?;
+        let sandboxes: HashMap<String, Arc<SandboxRecord>> = d
+            .store
+            .sandboxes_shared()
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        let all = d.store.containers_shared();
         Ok::<_, CriError>(
             all.iter()
                 .filter(|c| sampled(c.state))
@@ -90,7 +96,7 @@ async fn all_container_stats(
                 })
                 .filter(|c| labels_match(&c.config.labels, &f.label_selector))
                 .map(|c| {
-                    let sb = sandboxes.iter().find(|s| s.id == c.sandbox_id);
+                    let sb = sandboxes.get(&c.sandbox_id).map(|s| &**s);
                     d.sampler.container_stats(&d.images, c, sb)
                 })
                 .collect(),
@@ -213,16 +219,16 @@ async fn all_pod_stats(
     keep: impl Fn(&SandboxRecord) -> bool + Send + 'static,
 ) -> Result<Vec<cri::PodSandboxStats>, CriError> {
     off_loop(d, move |d| {
-        let sandboxes = d.store.sandboxes()?;
-        let containers = d.store.containers()?;
+        let sandboxes = d.store.sandboxes_shared();
+        let containers = d.store.containers_shared();
         Ok(sandboxes
             .iter()
             .filter(|s| s.state != SandboxState::Creating && keep(s))
             .map(|s| {
-                let mine: Vec<ContainerRecord> = containers
+                let mine: Vec<&ContainerRecord> = containers
                     .iter()
                     .filter(|c| c.sandbox_id == s.id && sampled(c.state))
-                    .cloned()
+                    .map(|c| &**c)
                     .collect();
                 d.sampler.pod_stats(&d.images, s, &mine)
             })

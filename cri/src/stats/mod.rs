@@ -299,7 +299,7 @@ impl Sampler {
         &self,
         images: &ImageStore,
         sb: &SandboxRecord,
-        containers: &[ContainerRecord],
+        containers: &[impl std::borrow::Borrow<ContainerRecord>],
     ) -> cri::PodSandboxStats {
         let sample = match &self.collected {
             Some(collected) => collected.pod(sb, || self.read_pod(sb)),
@@ -319,7 +319,7 @@ impl Sampler {
                 process: sample.process,
                 containers: containers
                     .iter()
-                    .map(|c| self.container_stats(images, c, Some(sb)))
+                    .map(|c| self.container_stats(images, c.borrow(), Some(sb)))
                     .collect(),
                 io: sample.io,
             }),
