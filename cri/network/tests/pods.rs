@@ -153,14 +153,33 @@ fn port(host: u16, container: u16) -> PortMapping {
 
 /// Listens on `addr` inside the pod and serves one "hello <n>" per connection.
 fn serve(ns: &Path, addr: SocketAddr, greeting: &'static str) -> std::thread::JoinHandle<()> {
-    let l: TcpListener = netns::run_in(ns, move || TcpListener::bind(addr))
-        .unwrap()
-        .unwrap();
+    let l: TcpListener = match netns::run_in(ns, move || TcpListener::bind(addr)).unwrap() {
+        Ok(l) => l,
+        // Seen once in a hundred runs (EADDRINUSE, not reproduced since):
+        // the pod's sockets say what held the address.
+        Err(e) => panic!(
+            "binding {addr} in {}: {e}\n{}",
+            ns.display(),
+            sockets_in(ns)
+        ),
+    };
     std::thread::spawn(move || {
         if let Ok((mut s, _)) = l.accept() {
             let _ = s.write_all(greeting.as_bytes());
         }
     })
+}
+
+/// `ss -tanoe` in the network namespace at `ns`.
+fn sockets_in(ns: &Path) -> String {
+    match std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(["ss", "-tanoe"])
+        .output()
+    {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => format!("(ss: {e})"),
+    }
 }
 
 fn fetch(addr: SocketAddr) -> std::io::Result<String> {
