@@ -141,6 +141,22 @@ pub struct Shim {
 struct OomState {
     watcher: Arc<carrack_cgroups::OomWatcher>,
     baseline: u64,
+    /// The counter as last read on one of the watcher's events. Under the
+    /// systemd driver the scope's cgroup can be gone by the time the exit
+    /// is reported (systemd stops an OOM-killed scope and removes it): its
+    /// last value says whether there was a kill.
+    seen: Arc<AtomicU64>,
+}
+
+impl OomState {
+    /// Whether the OOM killer has killed in the cgroup since the watch began.
+    fn killed(&self) -> bool {
+        let now = self
+            .watcher
+            .oom_kills()
+            .unwrap_or_else(|_| self.seen.load(Ordering::SeqCst));
+        now > self.baseline
+    }
 }
 
 type Shared = Arc<Shim>;
@@ -337,8 +353,7 @@ impl Shim {
                     .lock()
                     .expect("oom lock")
                     .as_ref()
-                    .and_then(|o| o.watcher.oom_kills().ok().map(|n| n > o.baseline))
-                    .unwrap_or(false);
+                    .is_some_and(OomState::killed);
             let status = pb::ExitStatus {
                 exit_code: code.code,
                 signal: code.signal,
@@ -387,9 +402,11 @@ impl Shim {
         };
         let baseline = watcher.oom_kills().unwrap_or(0);
         let watcher = Arc::new(watcher);
+        let seen = Arc::new(AtomicU64::new(baseline));
         *self.oom.lock().expect("oom lock") = Some(OomState {
             watcher: watcher.clone(),
             baseline,
+            seen: seen.clone(),
         });
         let this = self.clone();
         tokio::spawn(async move {
@@ -404,6 +421,9 @@ impl Shim {
                 };
                 guard.clear_ready();
                 if watcher.drain() {
+                    if let Ok(n) = watcher.oom_kills() {
+                        seen.fetch_max(n, Ordering::SeqCst);
+                    }
                     this.publish("", pb::event::Kind::Oom(pb::OomKilled {}));
                 }
             }

@@ -691,6 +691,73 @@ async fn oom_kill_is_reported_with(runtime: &str) {
     assert_eq!(exit.signal, 9);
 }
 
+/// The container's memory cgroup directory, from /proc/<pid>/cgroup.
+fn memory_cgroup_of(pid: u32) -> PathBuf {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let line = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.split_once(prefix).map(|(_, path)| path.to_owned()))
+    };
+    match line(":memory:") {
+        Some(path) => PathBuf::from(format!("/sys/fs/cgroup/memory{path}")),
+        None => PathBuf::from(format!("/sys/fs/cgroup{}", line("0::").unwrap())),
+    }
+}
+
+/// Under the systemd driver, systemd stops an OOM-killed container's scope
+/// and removes its cgroup, which can happen before the shim reports the
+/// exit: the kill it saw on its watcher's event still counts. Here the
+/// test takes the init out of the cgroup and removes it after the kill.
+#[tokio::test]
+async fn an_oom_kill_counts_when_the_cgroup_is_gone_at_exit() {
+    if !prerequisites() {
+        return;
+    }
+    let limit = 16 << 20;
+    let mut f = Fixture::new(
+        "oom-gone",
+        RUNC,
+        "dd if=/dev/zero of=/dev/null bs=64M count=1; while [ ! -e /go ]; do sleep 0.1; done",
+        |c| {
+            c["linux"]["resources"]["memory"] = json!({"limit": limit, "swap": limit});
+        },
+    )
+    .await;
+    let mut events = f
+        .task()
+        .subscribe(pb::SubscribeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let pid = f.create(f.logged_stdio()).await.unwrap();
+    f.start("").await;
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(20), events.message())
+            .await
+            .expect("an OOM event")
+            .unwrap()
+            .unwrap();
+        if matches!(ev.kind, Some(pb::event::Kind::Oom(_))) {
+            break;
+        }
+    }
+    let cgroup = memory_cgroup_of(pid);
+    std::fs::write(cgroup.join("../cgroup.procs"), pid.to_string()).unwrap();
+    let mut removed = std::fs::remove_dir(&cgroup);
+    for _ in 0..50 {
+        if removed.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        removed = std::fs::remove_dir(&cgroup);
+    }
+    removed.unwrap_or_else(|e| panic!("removing {}: {e}", cgroup.display()));
+    std::fs::write(Path::new(&f.bundle()).join("rootfs/go"), "").unwrap();
+    let exit = f.wait("").await.exit.unwrap();
+    assert_eq!(exit.exit_code, 0, "{exit:?}");
+    assert!(exit.oom_killed, "{exit:?}");
+}
+
 #[tokio::test]
 async fn bad_requests_get_clear_errors_and_leave_nothing() {
     if !prerequisites() {
