@@ -104,6 +104,15 @@ impl Fixture {
         self.client.as_ref().unwrap().task.clone()
     }
 
+    /// The shim's event stream (Subscribe).
+    async fn events(&self) -> tonic::Streaming<pb::Event> {
+        self.task()
+            .subscribe(pb::SubscribeRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     fn bundle(&self) -> String {
         self.dir.join("bundle").display().to_string()
     }
@@ -576,12 +585,7 @@ async fn exit_while_no_client_is_connected_is_kept_and_replayed_with(runtime: &s
         .unwrap()
         .into_inner();
     assert!(hello.task_pid > 0);
-    let mut events = f
-        .task()
-        .subscribe(pb::SubscribeRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = f.events().await;
     let ev = tokio::time::timeout(Duration::from_secs(5), events.message())
         .await
         .unwrap()
@@ -723,12 +727,7 @@ async fn an_oom_kill_counts_when_the_cgroup_is_gone_at_exit() {
         },
     )
     .await;
-    let mut events = f
-        .task()
-        .subscribe(pb::SubscribeRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = f.events().await;
     let pid = f.create(f.logged_stdio()).await.unwrap();
     f.start("").await;
     loop {
