@@ -421,9 +421,7 @@ impl Shim {
                 };
                 guard.clear_ready();
                 if watcher.drain() {
-                    if let Ok(n) = watcher.oom_kills() {
-                        seen.fetch_max(n, Ordering::SeqCst);
-                    }
+                    record_kills(&watcher, &seen).await;
                     this.publish("", pb::event::Kind::Oom(pb::OomKilled {}));
                 }
             }
@@ -432,6 +430,23 @@ impl Shim {
 
     async fn runtime_error(&self, e: crate::runtime_cmd::RuntimeError) -> Status {
         Status::internal(e.to_string())
+    }
+}
+
+/// Keeps the cgroup's OOM kill count in `seen` after one of its OOM events.
+/// cgroup v1 signals the event as the cgroup runs out of memory, before
+/// the kill is counted: the count is read again for a short while until it
+/// moves (v2 signals again once the kill is counted).
+async fn record_kills(watcher: &carrack_cgroups::OomWatcher, seen: &AtomicU64) {
+    for _ in 0..25 {
+        match watcher.oom_kills() {
+            Ok(n) if n > seen.load(Ordering::SeqCst) => {
+                seen.fetch_max(n, Ordering::SeqCst);
+                return;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(_) => return,
+        }
     }
 }
 
