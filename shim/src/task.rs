@@ -146,16 +146,27 @@ struct OomState {
     /// is reported (systemd stops an OOM-killed scope and removes it): its
     /// last value says whether there was a kill.
     seen: Arc<AtomicU64>,
+    /// cgroup v2: the parent's counter (the pod's) when the watch began.
+    parent_baseline: Option<u64>,
 }
 
 impl OomState {
     /// Whether the OOM killer has killed in the cgroup since the watch began.
+    /// Once the cgroup is gone: the count kept from the watcher's events,
+    /// else (the cgroup was removed before its event was read) a kill
+    /// counted by the parent since then. The parent counts its other
+    /// children's kills too; it is asked only when nothing else is left.
     fn killed(&self) -> bool {
-        let now = self
-            .watcher
-            .oom_kills()
-            .unwrap_or_else(|_| self.seen.load(Ordering::SeqCst));
-        now > self.baseline
+        if let Ok(now) = self.watcher.oom_kills() {
+            return now > self.baseline;
+        }
+        if self.seen.load(Ordering::SeqCst) > self.baseline {
+            return true;
+        }
+        match (self.parent_baseline, self.watcher.parent_oom_kills()) {
+            (Some(before), Some(now)) => now > before,
+            _ => false,
+        }
     }
 }
 
@@ -407,6 +418,7 @@ impl Shim {
             watcher: watcher.clone(),
             baseline,
             seen: seen.clone(),
+            parent_baseline: watcher.parent_oom_kills(),
         });
         let this = self.clone();
         tokio::spawn(async move {

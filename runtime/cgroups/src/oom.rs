@@ -86,6 +86,20 @@ impl OomWatcher {
             .unwrap_or(0))
     }
 
+    /// On cgroup v2, the `oom_kill` counter of the cgroup's parent, which
+    /// counts the kills in all of its children, this cgroup's included: what
+    /// is left to read once this cgroup has been removed (systemd removes a
+    /// scope as soon as its processes are gone). `None` on v1, whose counter
+    /// is the cgroup's own.
+    pub fn parent_oom_kills(&self) -> Option<u64> {
+        if self._oom_control.is_some() {
+            return None;
+        }
+        let file = self.counter_file.parent()?.parent()?.join("memory.events");
+        let text = read_optional(&file)?;
+        parse_flat_keyed(&text).get("oom_kill").copied()
+    }
+
     /// Drains the pending notifications after the descriptor polled readable.
     /// Returns whether there was any (false: spurious wakeup).
     pub fn drain(&self) -> bool {

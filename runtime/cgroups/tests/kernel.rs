@@ -367,6 +367,55 @@ fn oom_kill_wakes_the_watcher() {
     assert!(watcher.oom_kills().unwrap() >= 1);
 }
 
+/// Once a cgroup is removed (systemd removes a scope as soon as its
+/// processes are gone), its OOM kill still shows in its parent's count on
+/// cgroup v2; v1 has no such count.
+#[test]
+fn a_removed_cgroups_oom_kill_shows_in_its_parents_count() {
+    if !require_root() {
+        return;
+    }
+    let parent_path = format!("/carrack-test-cgroups-{}-oomparent", std::process::id());
+    let parent = Cgroup::open(&parent_path, "oomparent").unwrap();
+    {
+        let cg = Cgroup::open(&format!("{parent_path}/child"), "child").unwrap();
+        cg.create().unwrap();
+        let mut t = TestCgroup {
+            cg,
+            children: Vec::new(),
+        };
+        t.cg.apply(&resources(|b| {
+            b.memory(
+                LinuxMemoryBuilder::default()
+                    .limit(8 << 20)
+                    .swap(8 << 20)
+                    .build()
+                    .unwrap(),
+            )
+        }))
+        .unwrap();
+        let on_v2 =
+            t.cg.paths()
+                .iter()
+                .any(|d| d.join("memory.events").exists());
+        let watcher = t.cg.oom_watcher().unwrap();
+        let before = watcher.parent_oom_kills();
+        let child = t.spawn("dd if=/dev/zero of=/dev/null bs=64M count=1");
+        let (code, _, _) = output(child);
+        assert_ne!(code, 0, "the memory hog must not survive");
+        t.cg.delete().unwrap();
+        assert!(watcher.oom_kills().is_err(), "the cgroup is gone");
+        if on_v2 {
+            let before = before.expect("the parent's count on v2");
+            let after = watcher.parent_oom_kills().expect("the parent's count");
+            assert!(after > before, "{before} -> {after}");
+        } else {
+            assert_eq!(before, None);
+        }
+    }
+    parent.delete().unwrap();
+}
+
 #[test]
 fn bad_values_name_the_field_and_change_nothing() {
     if !require_root() {
