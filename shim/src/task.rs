@@ -432,8 +432,11 @@ impl Shim {
                     return;
                 };
                 guard.clear_ready();
-                if watcher.drain() {
-                    record_kills(&watcher, &seen).await;
+                // v2 also signals events that are no kill: only a moved
+                // count is an OOM there; v1 signals only OOMs.
+                if watcher.drain()
+                    && (record_kills(&watcher, &seen).await || watcher.signals_before_the_kill())
+                {
                     this.publish("", pb::event::Kind::Oom(pb::OomKilled {}));
                 }
             }
@@ -445,21 +448,30 @@ impl Shim {
     }
 }
 
-/// Keeps the cgroup's OOM kill count in `seen` after one of its OOM events.
-/// cgroup v1 signals the event as the cgroup runs out of memory, before
-/// the kill is counted: the count is read again for a short while until it
-/// moves (v2 signals again once the kill is counted).
-async fn record_kills(watcher: &carrack_cgroups::OomWatcher, seen: &AtomicU64) {
-    for _ in 0..25 {
+/// Keeps the cgroup's OOM kill count in `seen` after one of the watcher's
+/// events; returns whether it moved. On cgroup v1 the event comes before
+/// the kill is counted: the count is read again for a short while (at most
+/// 0.5 s) until it moves.
+async fn record_kills(watcher: &carrack_cgroups::OomWatcher, seen: &AtomicU64) -> bool {
+    let tries = if watcher.signals_before_the_kill() {
+        25
+    } else {
+        1
+    };
+    for i in 0..tries {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         match watcher.oom_kills() {
             Ok(n) if n > seen.load(Ordering::SeqCst) => {
                 seen.fetch_max(n, Ordering::SeqCst);
-                return;
+                return true;
             }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(_) => return,
+            Ok(_) => {}
+            Err(_) => return false,
         }
     }
+    false
 }
 
 /// `linux.cgroupsPath` from the bundle's config.json.

@@ -86,13 +86,21 @@ impl OomWatcher {
             .unwrap_or(0))
     }
 
+    /// Whether the watcher's event comes before the kill is counted (cgroup
+    /// v1: memory.oom_control signals as the cgroup runs out of memory).
+    /// On v2 memory.events changes again once `oom_kill` has moved, and
+    /// also on events that are no kill (`high`, `max`).
+    pub fn signals_before_the_kill(&self) -> bool {
+        self._oom_control.is_some()
+    }
+
     /// On cgroup v2, the `oom_kill` counter of the cgroup's parent, which
     /// counts the kills in all of its children, this cgroup's included: what
     /// is left to read once this cgroup has been removed (systemd removes a
     /// scope as soon as its processes are gone). `None` on v1, whose counter
     /// is the cgroup's own.
     pub fn parent_oom_kills(&self) -> Option<u64> {
-        if self._oom_control.is_some() {
+        if self.signals_before_the_kill() {
             return None;
         }
         let file = self.counter_file.parent()?.parent()?.join("memory.events");
