@@ -936,20 +936,12 @@ async fn stats_collected_in_the_background_follow_each_pass() {
     }
     const PERIOD: Duration = Duration::from_secs(1);
     let config = format!("stats_collection_seconds = {}\n", PERIOD.as_secs());
-    let (
-        CriStack {
-            image: _image,
-            daemon: _daemon,
-            mut rt,
-            ..
-        },
-        pod_id,
-        burn,
-    ) = burning_container(&config, "collected").await;
-    let first = listed_cpu(&mut rt, &burn).await;
+    let (mut stack, pod_id, burn) = burning_container(&config, "collected").await;
+    let rt = &mut stack.rt;
+    let first = listed_cpu(rt, &burn).await;
     let deadline = Instant::now() + PERIOD * 30;
     let later = loop {
-        let cpu = listed_cpu(&mut rt, &burn).await;
+        let cpu = listed_cpu(rt, &burn).await;
         let used = |c: &cri::CpuUsage| c.usage_core_nano_seconds.map(|v| v.value);
         if used(&cpu) > used(&first) && cpu.usage_nano_cores.is_some() {
             break cpu;
@@ -971,8 +963,8 @@ async fn stats_collected_in_the_background_follow_each_pass() {
     let linux = pods[0].linux.as_ref().unwrap();
     assert!(linux.cpu.is_some() && linux.memory.is_some() && linux.network.is_some());
     assert_eq!(linux.containers.len(), 1);
-    stop_pod(&mut rt, &pod_id).await;
-    remove_pod(&mut rt, &pod_id).await;
+    stop_pod(rt, &pod_id).await;
+    remove_pod(rt, &pod_id).await;
 }
 
 /// Between two passes every call gives the same sample (nothing is read at
@@ -983,21 +975,14 @@ async fn between_passes_stats_calls_read_nothing() {
     if !prerequisites() {
         return;
     }
-    let (
-        CriStack {
-            image: _image,
-            daemon: _daemon,
-            mut rt,
-            ..
-        },
-        pod_id,
-        burn,
-    ) = burning_container("stats_collection_seconds = 600\n", "standing").await;
-    let first = listed_cpu(&mut rt, &burn).await;
+    let (mut stack, pod_id, burn) =
+        burning_container("stats_collection_seconds = 600\n", "standing").await;
+    let rt = &mut stack.rt;
+    let first = listed_cpu(rt, &burn).await;
     // The loop burns a core meanwhile: a read now would show more.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(listed_cpu(&mut rt, &burn).await, first);
-    assert_eq!(container_stats(&mut rt, &burn).await.cpu.unwrap(), first);
+    assert_eq!(listed_cpu(rt, &burn).await, first);
+    assert_eq!(container_stats(rt, &burn).await.cpu.unwrap(), first);
     let pods = rt
         .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
         .await
@@ -1006,6 +991,6 @@ async fn between_passes_stats_calls_read_nothing() {
         .stats;
     let listed = &pods[0].linux.as_ref().unwrap().containers[0];
     assert_eq!(listed.cpu.as_ref().unwrap(), &first);
-    stop_pod(&mut rt, &pod_id).await;
-    remove_pod(&mut rt, &pod_id).await;
+    stop_pod(rt, &pod_id).await;
+    remove_pod(rt, &pod_id).await;
 }

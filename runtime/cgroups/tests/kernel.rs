@@ -333,13 +333,9 @@ fn pids_limit_stops_forks() {
     );
 }
 
-#[test]
-fn oom_kill_wakes_the_watcher() {
-    if !require_root() {
-        return;
-    }
-    let mut t = TestCgroup::new("oom");
-    t.cg.apply(&resources(|b| {
+/// Memory and memory+swap limited to 8 MiB: a 64 MiB buffer is OOM-killed.
+fn limit_memory_to_8_mib(cg: &Cgroup) {
+    cg.apply(&resources(|b| {
         b.memory(
             LinuxMemoryBuilder::default()
                 .limit(8 << 20)
@@ -349,6 +345,15 @@ fn oom_kill_wakes_the_watcher() {
         )
     }))
     .unwrap();
+}
+
+#[test]
+fn oom_kill_wakes_the_watcher() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestCgroup::new("oom");
+    limit_memory_to_8_mib(&t.cg);
     let watcher = t.cg.oom_watcher().unwrap();
     assert_eq!(watcher.oom_kills().unwrap(), 0);
     // dd fills a 64 MiB buffer: far beyond 8 MiB.
@@ -384,16 +389,7 @@ fn a_removed_cgroups_oom_kill_shows_in_its_parents_count() {
             cg,
             children: Vec::new(),
         };
-        t.cg.apply(&resources(|b| {
-            b.memory(
-                LinuxMemoryBuilder::default()
-                    .limit(8 << 20)
-                    .swap(8 << 20)
-                    .build()
-                    .unwrap(),
-            )
-        }))
-        .unwrap();
+        limit_memory_to_8_mib(&t.cg);
         let on_v2 =
             t.cg.paths()
                 .iter()
